@@ -1,0 +1,58 @@
+"""fluxaorm: a small, fast MySQL ORM whose flush streams every change to Redis Streams.
+
+Import everything from here::
+
+    import fluxaorm
+
+    registry = fluxaorm.Registry()
+    registry.register_mysql("mysql://root@127.0.0.1:3306/test")
+    registry.register_redis("redis://127.0.0.1:6379/0")
+    registry.register_entity(UserEntity)
+    engine = registry.validate()
+"""
+
+from __future__ import annotations
+
+from .ddl import Alter
+from .engine import Engine, StreamInfo
+from .errors import (
+    ConfigurationError,
+    DatabaseError,
+    DuplicateKeyError,
+    FluxaORMError,
+    SchemaError,
+    StreamError,
+    ValidationError,
+)
+from .events import Delete, DirtyStreamEvent, Insert, Operation, Update
+from .orm import ORM
+from .query import Pager, Where
+from .registry import Registry
+from .tags import column, entity
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ORM",
+    "Alter",
+    "ConfigurationError",
+    "DatabaseError",
+    "Delete",
+    "DirtyStreamEvent",
+    "DuplicateKeyError",
+    "Engine",
+    "FluxaORMError",
+    "Insert",
+    "Operation",
+    "Pager",
+    "Registry",
+    "SchemaError",
+    "StreamError",
+    "StreamInfo",
+    "Update",
+    "ValidationError",
+    "Where",
+    "__version__",
+    "column",
+    "entity",
+]

@@ -1,0 +1,315 @@
+"""The MySQL driver boundary: connection pools, transactions and the statement log.
+
+This is the only module that imports pymysql. Every statement fluxaorm sends goes
+through :meth:`Connection.execute`, which logs it at DEBUG on ``fluxaorm.sql``,
+tells the engine's statement listeners (``fluxaorm.testing.count_queries``) and
+turns pymysql exceptions into :class:`~fluxaorm.DatabaseError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import attrs
+import pymysql
+import pymysql.cursors
+from pymysql.constants import ER
+
+from .config import MySQLConfig
+from .errors import DatabaseError, DuplicateKeyError
+
+__all__ = ["Connection", "MySQLPool", "ServerInfo", "StatementListener"]
+
+_log = logging.getLogger("fluxaorm.sql")
+# Backslash escapes on, strict values: what fluxaorm's literal rendering relies on.
+_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
+_DUPLICATE_RE = re.compile(
+    r"Duplicate entry '(?P<value>.*)' for key '(?P<key>[^']*)'", re.S
+)
+_CONNECTION_ERRORS = {2003, 2005, 2006, 2013, 2055}
+_LOG_LIMIT = 2000
+
+StatementListener = Callable[[str, str], None]
+
+
+@attrs.frozen
+class ServerInfo:
+    """What fluxaorm needs to know about a MySQL server, read once per pool."""
+
+    version: str
+    mariadb: bool
+    autoinc_lock_mode: int
+    autoinc_increment: int
+    max_allowed_packet: int
+
+    @property
+    def returning(self) -> bool:
+        """Whether ``INSERT ... RETURNING`` is available (MariaDB 10.5+)."""
+        if not self.mariadb:
+            return False
+        numbers = re.findall(r"\d+", self.version)[:2]
+        major, minor = (int(n) for n in numbers) if len(numbers) == 2 else (0, 0)
+        return (major, minor) >= (10, 5)
+
+
+class Connection:
+    """One pooled pymysql connection; every statement goes through :meth:`execute`."""
+
+    __slots__ = ("_cursor", "_listeners", "broken", "last_used", "pool", "raw")
+
+    def __init__(
+        self,
+        raw: pymysql.connections.Connection[Any],
+        pool: str,
+        listeners: list[StatementListener],
+    ):
+        self.raw = raw
+        self.pool = pool
+        self._cursor: pymysql.cursors.Cursor = raw.cursor()
+        self._listeners = listeners
+        self.broken = False
+        self.last_used = time.monotonic()
+
+    def execute(
+        self, sql: str, args: Sequence[Any] | None = None
+    ) -> pymysql.cursors.Cursor:
+        """Send one statement (one round trip) and return the cursor holding its result.
+
+        Raises:
+            DuplicateKeyError: a unique index refused a row.
+            DatabaseError: any other failure; the connection is dropped when it is
+                no longer usable.
+        """
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug(
+                "[%s] %s",
+                self.pool,
+                sql if len(sql) <= _LOG_LIMIT else sql[:_LOG_LIMIT] + "...",
+            )
+        for listener in self._listeners:
+            listener(self.pool, sql)
+        cursor = self._cursor
+        try:
+            cursor.execute(sql, args)
+        except pymysql.err.Error as exc:
+            raise self._wrap(exc) from exc
+        return cursor
+
+    def query(
+        self, sql: str, args: Sequence[Any] | None = None
+    ) -> tuple[tuple[Any, ...], ...]:
+        """Send a statement and return all its rows."""
+        return self.execute(sql, args).fetchall()
+
+    def begin(self) -> None:
+        """Start a transaction."""
+        self.execute("BEGIN")
+
+    def commit(self) -> None:
+        """Commit the transaction."""
+        self.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Roll the transaction back; a connection that cannot is marked broken."""
+        try:
+            self.execute("ROLLBACK")
+        except DatabaseError:
+            self.broken = True
+
+    def _wrap(self, exc: pymysql.err.Error) -> DatabaseError:
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        message = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+        if code == ER.DUP_ENTRY:
+            match = _DUPLICATE_RE.search(message)
+            key = match.group("key").rsplit(".", 1)[-1] if match else "?"
+            return DuplicateKeyError(
+                f"{message} (MySQL pool {self.pool!r})",
+                index=key,
+                pool=self.pool,
+                orig=exc,
+            )
+        if code in _CONNECTION_ERRORS or isinstance(exc, pymysql.err.InterfaceError):
+            self.broken = True
+            return DatabaseError(
+                f"MySQL pool {self.pool!r}: connection lost ({code}: {message})",
+                pool=self.pool,
+                orig=exc,
+            )
+        if isinstance(exc, pymysql.err.OperationalError) and code in (1205, 1213):
+            return DatabaseError(
+                f"MySQL pool {self.pool!r}: {message} ({code})",
+                pool=self.pool,
+                orig=exc,
+            )
+        return DatabaseError(
+            f"MySQL pool {self.pool!r}: {message} ({code})", pool=self.pool, orig=exc
+        )
+
+    def close(self) -> None:
+        """Close the socket, ignoring errors."""
+        with suppress(Exception):  # closing a dead socket must never raise
+            self.raw.close()
+
+
+class MySQLPool:
+    """A thread-safe LIFO pool of connections to one MySQL server.
+
+    At most ``config.pool_size`` connections are open at once; a caller waits up to
+    ``config.pool_timeout`` seconds for one. An idle connection older than
+    ``config.pool_recycle`` seconds is pinged before reuse. After ``os.fork()`` the
+    child never touches the parent's sockets.
+    """
+
+    def __init__(self, config: MySQLConfig, listeners: list[StatementListener]):
+        self.config = config
+        self.name = config.pool
+        self._listeners = listeners
+        self._idle: list[Connection] = []
+        self._open = 0
+        self._cond = threading.Condition()
+        self._pid = os.getpid()
+        self._info: ServerInfo | None = None
+
+    def __repr__(self) -> str:
+        return f"<MySQLPool {self.name!r} {self.config.address} open={self._open}>"
+
+    @property
+    def info(self) -> ServerInfo:
+        """Server facts (version, auto-increment mode, packet size), read on first use."""
+        if self._info is None:
+            with self.connection():
+                pass
+        assert self._info is not None
+        return self._info
+
+    def _connect(self) -> Connection:
+        try:
+            raw = pymysql.connect(
+                init_command=f"SET SESSION sql_mode='{_SQL_MODE}'",
+                **self.config.connect_kwargs(),
+            )
+        except pymysql.err.Error as exc:
+            detail = exc.args[1] if len(exc.args) > 1 else exc
+            raise DatabaseError(
+                f"MySQL pool {self.name!r}: cannot connect to {self.config.address} "
+                f"as {self.config.user!r}: {detail}",
+                pool=self.name,
+                orig=exc,
+            ) from None
+        conn = Connection(raw, self.name, self._listeners)
+        if self._info is None:
+            try:
+                row = conn.query(
+                    "SELECT VERSION(), @@innodb_autoinc_lock_mode, "
+                    "@@auto_increment_increment, @@max_allowed_packet"
+                )[0]
+            except DatabaseError:
+                conn.close()
+                raise
+            version = str(row[0])
+            self._info = ServerInfo(
+                version=version,
+                mariadb="mariadb" in version.lower(),
+                autoinc_lock_mode=int(row[1]),
+                autoinc_increment=int(row[2]),
+                max_allowed_packet=self.config.max_allowed_packet or int(row[3]),
+            )
+        return conn
+
+    def _check_fork(self) -> None:
+        pid = os.getpid()
+        if pid != self._pid:
+            with self._cond:
+                if pid != self._pid:
+                    self._idle = []  # the parent owns those sockets
+                    self._open = 0
+                    self._pid = pid
+
+    def acquire(self) -> Connection:
+        """Take a connection out of the pool (open one when none is idle)."""
+        self._check_fork()
+        deadline = time.monotonic() + self.config.pool_timeout
+        with self._cond:
+            while not self._idle and self._open >= self.config.pool_size:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DatabaseError(
+                        f"MySQL pool {self.name!r}: all {self.config.pool_size} connections "
+                        f"are in use after {self.config.pool_timeout}s; raise pool_size or "
+                        "release connections sooner",
+                        pool=self.name,
+                    )
+                self._cond.wait(left)
+            if self._idle:
+                conn = self._idle.pop()
+            else:
+                self._open += 1
+                conn = None
+        if conn is None:
+            try:
+                return self._connect()
+            except BaseException:
+                self._forget()
+                raise
+        if time.monotonic() - conn.last_used > self.config.pool_recycle:
+            try:
+                conn.raw.ping(reconnect=False)
+            except pymysql.err.Error:
+                conn.close()
+                self._forget()
+                return self.acquire()
+        return conn
+
+    def _forget(self) -> None:
+        with self._cond:
+            self._open -= 1
+            self._cond.notify()
+
+    def release(self, conn: Connection) -> None:
+        """Give a connection back; a broken one is closed instead."""
+        if os.getpid() != self._pid:
+            return
+        if conn.broken:
+            conn.close()
+            self._forget()
+            return
+        conn.last_used = time.monotonic()
+        with self._cond:
+            self._idle.append(conn)
+            self._cond.notify()
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """Lend a connection for the duration of a ``with`` block."""
+        conn = self.acquire()
+        try:
+            yield conn
+        finally:
+            self.release(conn)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """Run the block in one transaction: COMMIT on success, ROLLBACK on error."""
+        with self.connection() as conn:
+            conn.begin()
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    def close(self) -> None:
+        """Close every idle connection (connections in use close on release)."""
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+        for conn in idle:
+            conn.close()

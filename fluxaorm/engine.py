@@ -1,0 +1,312 @@
+"""The engine: the validated, immutable product of ``Registry.validate()``.
+
+It owns the MySQL and Redis pools, the entity schemas, the stream routes and the
+outbox settings. ORMs, consumers and the broker read from it; nothing changes it
+after construction except its pools' connections and the statement listeners.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from . import ddl
+from . import outbox as _outbox
+from .config import MySQLConfig, RedisConfig
+from .db import MySQLPool, StatementListener
+from .errors import ConfigurationError
+from .events import STREAM_PREFIX, StreamEncoder
+from .schema import EntitySchema
+from .streams import RedisPool, RoundTripListener
+
+if TYPE_CHECKING:
+    from .broker import EventBroker
+    from .orm import ORM
+
+__all__ = ["Engine", "StreamInfo"]
+
+_log = logging.getLogger("fluxaorm")
+
+
+@attrs.frozen
+class StreamInfo:
+    """A dirty stream as declared by the entities.
+
+    Attributes:
+        name: the declared name (``AllChanges``).
+        key: the Redis key (``dirty_AllChanges``).
+        redis_pool: the Redis pool holding it.
+        sources: ``(entity name, operations)`` pairs; operations are ``add``,
+            ``edit``, ``delete`` or ``field:<name>`` (an update changing that field).
+    """
+
+    name: str
+    key: str
+    redis_pool: str
+    sources: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+class Engine:
+    """Holds the pools and schemas; thread-safe. Create it with ``Registry.validate()``.
+
+    Use it as a context manager (or call :meth:`close`) to close its connections.
+    """
+
+    def __init__(
+        self,
+        schemas: Iterable[EntitySchema],
+        mysql: Mapping[str, MySQLConfig],
+        redis: Mapping[str, RedisConfig],
+        streams: Mapping[str, StreamInfo],
+        *,
+        outbox: bool,
+        relay_delay: float,
+    ):
+        self._sql_listeners: list[StatementListener] = []
+        self._redis_listeners: list[RoundTripListener] = []
+        self._mysql = {
+            name: MySQLPool(cfg, self._sql_listeners) for name, cfg in mysql.items()
+        }
+        self._redis = {
+            name: RedisPool(cfg, self._redis_listeners) for name, cfg in redis.items()
+        }
+        self._schemas: dict[type, EntitySchema] = {s.cls: s for s in schemas}
+        self._by_name = {s.name: s for s in self._schemas.values()}
+        self._streams = dict(streams)
+        self.outbox = outbox
+        self.relay_delay = relay_delay
+        self.encoder = StreamEncoder()
+        # Tests force the id-assignment strategy of the flush; None picks per server.
+        self.id_strategy: str | None = None
+        self._unpublished: dict[str, set[int]] = {}
+        self._lock = threading.Lock()
+        self._unwire: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {}
+        for schema in self._schemas.values():
+            self._unwire[schema.name] = _unwirer(schema)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Engine entities={len(self._schemas)} mysql={sorted(self._mysql)} "
+            f"redis={sorted(self._redis)} streams={len(self._streams)}>"
+        )
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every pooled connection (the engine reconnects if used again)."""
+        for pool in self._mysql.values():
+            pool.close()
+        for rpool in self._redis.values():
+            rpool.close()
+
+    # -- units of work -----------------------------------------------------------
+
+    def new_orm(self) -> ORM:
+        """Return a new unit of work (cheap; one per thread or request)."""
+        from .orm import ORM
+
+        return ORM(self)
+
+    def get_event_broker(self) -> EventBroker:
+        """Return the broker that reports stream statistics (SPEC §6)."""
+        from .broker import EventBroker
+
+        return EventBroker(self)
+
+    # -- lookups -------------------------------------------------------------------
+
+    @property
+    def entities(self) -> tuple[type, ...]:
+        """The registered entity classes."""
+        return tuple(self._schemas)
+
+    def schema(self, cls: type) -> EntitySchema:
+        """Return the schema of a registered entity class.
+
+        Raises:
+            ConfigurationError: the class was not registered.
+        """
+        try:
+            return self._schemas[cls]
+        except (KeyError, TypeError):
+            name = getattr(cls, "__qualname__", repr(cls))
+            raise ConfigurationError(
+                f"{name} is not a registered entity; call registry.register_entity({name}) "
+                "before registry.validate()"
+            ) from None
+
+    def schema_by_name(self, name: str) -> EntitySchema | None:
+        """Return the schema whose entity name (module + class) is ``name``."""
+        return self._by_name.get(name)
+
+    def unwirer(
+        self, entity_name: str
+    ) -> Callable[[str, dict[str, Any]], dict[str, Any]] | None:
+        """Return the bind decoder of an entity name, ``None`` when unknown."""
+        return self._unwire.get(entity_name)
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """The declared dirty stream names (without ``dirty_``)."""
+        return tuple(self._streams)
+
+    def stream(self, name: str) -> StreamInfo:
+        """Return a declared stream by name (``AllChanges`` or ``dirty_AllChanges``).
+
+        Raises:
+            ConfigurationError: no entity declares that stream.
+        """
+        found = self._streams.get(name)
+        if found is None and name.startswith(STREAM_PREFIX):
+            found = self._streams.get(name[len(STREAM_PREFIX) :])
+        if found is None:
+            known = ", ".join(sorted(self._streams)) or "none"
+            raise ConfigurationError(
+                f"no entity declares the dirty stream {name!r} (declared: {known})"
+            )
+        return found
+
+    def mysql_pool(self, name: str) -> MySQLPool:
+        """Return a MySQL pool by name.
+
+        Raises:
+            ConfigurationError: no such pool was registered.
+        """
+        try:
+            return self._mysql[name]
+        except KeyError:
+            raise ConfigurationError(
+                f"MySQL pool {name!r} is not registered (registered: {', '.join(sorted(self._mysql)) or 'none'})"
+            ) from None
+
+    def redis_pool(self, name: str) -> RedisPool:
+        """Return a Redis pool by name.
+
+        Raises:
+            ConfigurationError: no such pool was registered.
+        """
+        try:
+            return self._redis[name]
+        except KeyError:
+            raise ConfigurationError(
+                f"Redis pool {name!r} is not registered (registered: {', '.join(sorted(self._redis)) or 'none'})"
+            ) from None
+
+    @property
+    def redis_pools(self) -> Mapping[str, RedisPool]:
+        """Every Redis pool by name."""
+        return self._redis
+
+    @property
+    def mysql_pools(self) -> Mapping[str, MySQLPool]:
+        """Every MySQL pool by name."""
+        return self._mysql
+
+    # -- schema ----------------------------------------------------------------------
+
+    def get_alters(self) -> list[ddl.Alter]:
+        """Return the statements that would make the databases match the entities.
+
+        Each :class:`~fluxaorm.ddl.Alter` says whether it is destructive (drops a
+        table or column, or narrows a column). Reads ``information_schema`` only.
+        """
+        return ddl.get_alters(self._mysql, self._schemas.values(), self.outbox)
+
+    def sync_schema(self, *, destructive: bool = False) -> list[ddl.Alter]:
+        """Create and alter tables to match the entities; return what ran.
+
+        Args:
+            destructive: also run statements that can lose data (DROP TABLE,
+                DROP COLUMN, narrowing a column). Off by default.
+        """
+        alters = [a for a in self.get_alters() if destructive or not a.destructive]
+        for alter in alters:
+            _log.info("sync_schema [%s]: %s", alter.pool, alter.sql.replace("\n", " "))
+        return ddl.run_alters(self._mysql, alters)
+
+    # -- outbox ------------------------------------------------------------------------
+
+    def relay_outbox(self) -> int:
+        """Publish committed changes that have not reached Redis yet.
+
+        Safe to run in many processes at once: rows are locked with
+        ``FOR UPDATE SKIP LOCKED`` while published, so two relays never publish
+        the same row. Rows younger than ``outbox_relay_delay`` seconds are left to
+        the process that wrote them, except this process's own failed ones.
+
+        Returns:
+            The number of stream entries published.
+
+        Raises:
+            StreamError: Redis refused entries (they stay in the outbox).
+            DatabaseError: MySQL failed.
+        """
+        if not self.outbox:
+            return 0
+        total = 0
+        for name in sorted({s.mysql_pool for s in self._schemas.values() if s.streams}):
+            with self._lock:
+                mine = set(self._unpublished.get(name, ()))
+            published, _handled = _outbox.relay(
+                self._mysql[name],
+                self._redis,
+                self.encoder,
+                self.relay_delay,
+                set(mine),
+            )
+            total += published
+            # Every row of `mine` still present was published just now or is being
+            # published by a concurrent relay holding its lock.
+            with self._lock:
+                self._unpublished.get(name, set()).difference_update(mine)
+        return total
+
+    def remember_unpublished(self, pool: str, outbox_id: int) -> None:
+        """Note an outbox row this process failed to publish (the relay takes it at once)."""
+        with self._lock:
+            self._unpublished.setdefault(pool, set()).add(outbox_id)
+
+    # -- listeners -----------------------------------------------------------------------
+
+    def add_statement_listener(self, listener: StatementListener) -> None:
+        """Call ``listener(pool, sql)`` for every SQL statement sent from now on."""
+        self._sql_listeners.append(listener)
+
+    def remove_statement_listener(self, listener: StatementListener) -> None:
+        """Stop calling ``listener`` for SQL statements."""
+        self._sql_listeners.remove(listener)
+
+    def add_round_trip_listener(self, listener: RoundTripListener) -> None:
+        """Call ``listener(pool, what, commands)`` for every Redis round trip from now on."""
+        self._redis_listeners.append(listener)
+
+    def remove_round_trip_listener(self, listener: RoundTripListener) -> None:
+        """Stop calling ``listener`` for Redis round trips."""
+        self._redis_listeners.remove(listener)
+
+
+def _unwirer(schema: EntitySchema) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
+    decoders = {c.name: c.unwire for c in schema.columns if c.from_wire is not None}
+
+    def unwire(action: str, bind: dict[str, Any]) -> dict[str, Any]:
+        for name, decode in decoders.items():
+            value = bind.get(name)
+            if value is not None:
+                bind[name] = decode(value)
+        return bind
+
+    return unwire

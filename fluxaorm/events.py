@@ -1,0 +1,336 @@
+"""Dirty-stream events: the event type users see and the wire codec (SPEC §4).
+
+The flush (``flush.py``) and ``push_dirty`` turn changes into :class:`EventRecord`
+tuples collected in an :class:`EventBatch`; the batch is written to the outbox
+(``outbox.py``) and packed into XADD commands by :class:`StreamEncoder`. Consumers
+(``consumer.py``) turn raw entries back into :class:`DirtyStreamEvent` with
+:func:`decode_entry`. This module is the one place that knows the entry layout.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import attrs
+import msgpack
+
+__all__ = [
+    "Delete",
+    "DirtyStreamEvent",
+    "EventBatch",
+    "EventRecord",
+    "Insert",
+    "MalformedEntryError",
+    "Operation",
+    "StreamEncoder",
+    "Update",
+    "decode_entry",
+    "stream_key",
+]
+
+STREAM_PREFIX = "dirty_"
+_PACK = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+_OUTBOX_VERSION = 1
+
+
+class Operation(enum.Enum):
+    """What happened to the entity; the value is the wire ``action``."""
+
+    Insert = "add"
+    Update = "edit"
+    Delete = "delete"
+
+
+Insert = Operation.Insert
+Update = Operation.Update
+Delete = Operation.Delete
+_BY_ACTION = {op.value.encode(): op for op in Operation}
+
+
+def stream_key(name: str) -> str:
+    """Return the Redis key of the dirty stream ``name`` (``dirty_<name>``)."""
+    return STREAM_PREFIX + name
+
+
+def pack_bind(bind: Mapping[str, Any]) -> bytes:
+    """Pack a bind (wire values) as a msgpack map."""
+    return bytes(_PACK(bind))
+
+
+class EventRecord(NamedTuple):
+    """One change to publish: built by the flush, stored in the outbox, packed as XADD.
+
+    ``streams`` are stream names (without ``dirty_``); ``bind`` and ``old`` are
+    msgpack maps already packed.
+    """
+
+    streams: tuple[str, ...]
+    action: str
+    entity: str
+    id: int
+    bind: bytes
+    old: bytes | None
+
+
+class EventBatch:
+    """The events of one flush (or one ``push_dirty``) for one Redis pool.
+
+    Attributes:
+        redis_pool: where the events go.
+        event_id: a random id shared by the batch; entry ``n`` carries
+            ``eid = f"{event_id}-{n}"``.
+        timestamp_ms: when the batch was made (milliseconds since the epoch).
+        records: the events, in publish order.
+    """
+
+    __slots__ = ("event_id", "records", "redis_pool", "timestamp_ms")
+
+    def __init__(
+        self,
+        redis_pool: str,
+        records: list[EventRecord] | None = None,
+        event_id: str | None = None,
+        timestamp_ms: int | None = None,
+    ):
+        self.redis_pool = redis_pool
+        self.records: list[EventRecord] = records if records is not None else []
+        self.event_id = event_id or os.urandom(8).hex()
+        self.timestamp_ms = (
+            timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
+        )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def entries(self) -> int:
+        """How many stream entries the batch makes (one per event and stream)."""
+        return sum(len(r.streams) for r in self.records)
+
+    def dumps(self) -> bytes:
+        """Serialise the batch for the outbox (msgpack; names stored once)."""
+        routes: dict[tuple[str, ...], int] = {}
+        entities: dict[str, int] = {}
+        rows = []
+        for r in self.records:
+            route = routes.setdefault(r.streams, len(routes))
+            entity = entities.setdefault(r.entity, len(entities))
+            rows.append((route, r.action, entity, r.id, r.bind, r.old))
+        return bytes(
+            _PACK(
+                (
+                    _OUTBOX_VERSION,
+                    self.redis_pool,
+                    self.event_id,
+                    self.timestamp_ms,
+                    list(routes),
+                    list(entities),
+                    rows,
+                )
+            )
+        )
+
+    @classmethod
+    def loads(cls, data: bytes) -> EventBatch:
+        """Rebuild a batch written by :meth:`dumps`."""
+        version, pool, event_id, ts, routes, entities, rows = msgpack.unpackb(
+            data, raw=False
+        )
+        if version != _OUTBOX_VERSION:
+            raise ValueError(f"unknown outbox payload version {version}")
+        route_list = [tuple(r) for r in routes]
+        records = [
+            EventRecord(route_list[route], action, entities[entity], ident, bind, old)
+            for route, action, entity, ident, bind, old in rows
+        ]
+        return cls(pool, records, event_id, ts)
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+class StreamEncoder:
+    """Packs event batches into pipelined XADD commands (RESP bytes).
+
+    The constant part of each command (key, trim option, ``action``, ``entity``) is
+    rendered once per stream/action/entity and cached; per event only the id, the
+    binds and the event id are packed.
+    """
+
+    def __init__(self, trim: Callable[[str], Sequence[bytes]] | None = None):
+        self._trim = trim or (lambda name: ())
+        self._prefixes: dict[tuple[str, str, str, bool], bytes] = {}
+
+    def _prefix(self, stream: str, action: str, entity: str, has_old: bool) -> bytes:
+        key = (stream, action, entity, has_old)
+        found = self._prefixes.get(key)
+        if found is None:
+            trim = list(self._trim(stream))
+            fields = 7 if has_old else 6
+            head = [b"XADD", stream_key(stream).encode(), *trim, b"*"]
+            parts = [b"*%d\r\n" % (len(head) + 2 * fields)]
+            parts.extend(_bulk(p) for p in head)
+            parts.append(_bulk(b"action") + _bulk(action.encode()))
+            parts.append(_bulk(b"entity") + _bulk(entity.encode()))
+            found = b"".join(parts)
+            self._prefixes[key] = found
+        return found
+
+    def encode(self, batch: EventBatch) -> tuple[bytes, int]:
+        """Return ``(RESP bytes, number of commands)`` for every entry of ``batch``."""
+        out: list[bytes] = []
+        append = out.append
+        eid_prefix = batch.event_id.encode() + b"-"
+        ts = _bulk(b"ts") + _bulk(str(batch.timestamp_ms).encode())
+        prefix = self._prefix
+        count = 0
+        for n, r in enumerate(batch.records):
+            ident = str(r.id).encode()
+            eid = eid_prefix + str(n).encode()
+            body = b"$2\r\nid\r\n$%d\r\n%b\r\n$1\r\ns\r\n$%d\r\n%b\r\n" % (
+                len(ident),
+                ident,
+                len(r.bind),
+                r.bind,
+            )
+            if r.old is not None:
+                body += b"$3\r\nold\r\n$%d\r\n%b\r\n" % (len(r.old), r.old)
+            body += b"$3\r\neid\r\n$%d\r\n%b\r\n%b" % (len(eid), eid, ts)
+            has_old = r.old is not None
+            for stream in r.streams:
+                append(prefix(stream, r.action, r.entity, has_old))
+                append(body)
+                count += 1
+        return b"".join(out), count
+
+
+class MalformedEntryError(ValueError):
+    """A stream entry that is not a valid fluxaorm event (foreign or corrupt)."""
+
+
+@attrs.frozen(eq=False)
+class DirtyStreamEvent:
+    """One change read from a dirty stream.
+
+    Attributes:
+        stream: the stream name (without ``dirty_``).
+        message_id: the Redis entry id (``"1700000000000-0"``).
+        entity_name: module + qualified class name of the entity.
+        id: the id of the added, edited or deleted entity.
+        operation: ``fluxaorm.Insert``, ``fluxaorm.Update`` or ``fluxaorm.Delete``.
+        bind: field values as SPEC §4 describes (Python values).
+        old: for an update, the previous values of the changed fields; else ``{}``.
+        event_id: a unique id of the change (stable across republishing), for
+            deduplication; ``""`` for entries written by other producers.
+        timestamp_ms: when the change was flushed, in ms since the epoch (0 when
+            the producer did not say).
+        deliveries: how many times Redis has handed this entry out (when known).
+    """
+
+    stream: str
+    message_id: str
+    entity_name: str
+    id: int
+    operation: Operation
+    bind: dict[str, Any]
+    old: dict[str, Any] = attrs.field(factory=dict)
+    event_id: str = ""
+    timestamp_ms: int = 0
+    deliveries: int = 1
+    _acker: Callable[[DirtyStreamEvent], None] | None = attrs.field(
+        default=None, repr=False, alias="acker"
+    )
+
+    def ack(self) -> None:
+        """Acknowledge the event now (one round trip); it is never delivered again.
+
+        Raises:
+            StreamError: when Redis cannot be reached.
+        """
+        if self._acker is not None:
+            self._acker(self)
+
+
+Unwire = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
+def decode_entry(
+    stream: str,
+    message_id: str,
+    fields: Mapping[bytes, bytes],
+    unwire: Callable[[str], Unwire | None],
+    acker: Callable[[DirtyStreamEvent], None] | None = None,
+) -> DirtyStreamEvent:
+    """Turn one raw entry into an event.
+
+    Args:
+        stream: the stream name (without ``dirty_``).
+        message_id: the entry id.
+        fields: the entry's field -> value map, as bytes.
+        unwire: entity name -> a function converting a decoded bind to Python
+            values, or ``None`` for an entity this engine does not know.
+        acker: what :meth:`DirtyStreamEvent.ack` calls.
+
+    Raises:
+        MalformedEntryError: the entry lacks a field, has bad msgpack or an unknown entity.
+    """
+    try:
+        action = fields[b"action"]
+        entity = fields[b"entity"].decode()
+        raw_id = fields[b"id"]
+        raw_bind = fields[b"s"]
+    except KeyError as exc:
+        raise MalformedEntryError(f"missing field {exc.args[0].decode()!r}") from None
+    except UnicodeDecodeError:
+        raise MalformedEntryError("entity name is not UTF-8") from None
+    operation = _BY_ACTION.get(action)
+    if operation is None:
+        raise MalformedEntryError(f"unknown action {action!r}")
+    try:
+        ident = int(raw_id)
+    except ValueError:
+        raise MalformedEntryError(f"id {raw_id!r} is not a number") from None
+    converter = unwire(entity)
+    if converter is None:
+        raise MalformedEntryError(f"unknown entity {entity!r}")
+    bind = _unpack_map(raw_bind, "s")
+    raw_old = fields.get(b"old")
+    old = _unpack_map(raw_old, "old") if raw_old is not None else {}
+    try:
+        bind = converter(operation.value, bind)
+        if old:
+            old = converter(operation.value, old)
+    except Exception as exc:
+        raise MalformedEntryError(f"bind does not decode: {exc}") from None
+    eid = fields.get(b"eid", b"").decode("utf-8", "replace")
+    try:
+        ts = int(fields.get(b"ts", b"0"))
+    except ValueError:
+        ts = 0
+    return DirtyStreamEvent(
+        stream=stream,
+        message_id=message_id,
+        entity_name=entity,
+        id=ident,
+        operation=operation,
+        bind=bind,
+        old=old,
+        event_id=eid,
+        timestamp_ms=ts,
+        acker=acker,
+    )
+
+
+def _unpack_map(data: bytes, name: str) -> dict[str, Any]:
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise MalformedEntryError(f"field {name!r} is not msgpack: {exc}") from None
+    if not isinstance(value, dict):
+        raise MalformedEntryError(f"field {name!r} is not a msgpack map")
+    return value

@@ -1,0 +1,165 @@
+"""The registry: collects pools and entity classes, then validates them into an Engine.
+
+Users call ``register_*`` (no I/O, only URL parsing) and then ``validate()``, which
+builds every schema and stream route once and raises ``SchemaError`` for anything
+wrong before a connection is opened.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import MySQLConfig, RedisConfig
+from .engine import Engine, StreamInfo
+from .errors import ConfigurationError, SchemaError
+from .events import stream_key
+from .schema import EntitySchema, build_schema
+
+__all__ = ["Registry"]
+
+
+class Registry:
+    """Collects configuration; :meth:`validate` turns it into an :class:`Engine`.
+
+    Args:
+        outbox: write each flush's stream entries to a MySQL outbox table in the
+            flush's transaction (default), so committed changes always reach
+            Redis. ``False`` publishes straight after COMMIT (faster, but a Redis
+            outage or a crash at that moment loses the entries).
+        outbox_relay_delay: seconds an outbox row is left to the process that
+            wrote it before any relay publishes it.
+    """
+
+    def __init__(self, *, outbox: bool = True, outbox_relay_delay: float = 5.0):
+        if outbox_relay_delay < 0:
+            raise ConfigurationError("outbox_relay_delay must be 0 or more seconds")
+        self._outbox = outbox
+        self._relay_delay = float(outbox_relay_delay)
+        self._mysql: dict[str, MySQLConfig] = {}
+        self._redis: dict[str, RedisConfig] = {}
+        self._entities: list[type] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"<Registry mysql={list(self._mysql.values())!r} redis={list(self._redis.values())!r} "
+            f"entities={[e.__qualname__ for e in self._entities]}>"
+        )
+
+    def register_mysql(self, url: str, pool: str = "default", **options: Any) -> None:
+        """Register a MySQL/MariaDB server as pool ``pool``.
+
+        Args:
+            url: ``mysql://user:password@host:3306/database?charset=utf8mb4``;
+                query options as below.
+            pool: the pool name entities refer to.
+            **options: ``connect_timeout``, ``read_timeout``, ``write_timeout``,
+                ``pool_size``, ``pool_recycle``, ``pool_timeout``, ``charset``,
+                ``unix_socket``, ``ssl`` / ``ssl_ca`` / ``ssl_cert`` / ``ssl_key``
+                / ``ssl_verify_cert`` / ``ssl_verify_identity``.
+
+        Raises:
+            ConfigurationError: the URL or an option is invalid, or the pool exists.
+        """
+        if pool in self._mysql:
+            raise ConfigurationError(f"MySQL pool {pool!r} is already registered")
+        self._mysql[pool] = MySQLConfig(url, pool, **options)
+
+    def register_redis(self, url: str, pool: str = "default", **options: Any) -> None:
+        """Register a Redis server as pool ``pool``.
+
+        Args:
+            url: ``redis://[user:password@]host:6379/0``, ``rediss://`` for TLS
+                (``?ssl_cert_reqs=...&ssl_ca_certs=...``) or ``unix://``.
+            pool: the pool name entities refer to (``redis_pool=``).
+            **options: passed to ``redis.ConnectionPool.from_url`` (for example
+                ``socket_timeout``, ``max_connections``, ``ssl_ca_certs``).
+
+        Raises:
+            ConfigurationError: the URL is invalid or the pool exists.
+        """
+        if pool in self._redis:
+            raise ConfigurationError(f"Redis pool {pool!r} is already registered")
+        self._redis[pool] = RedisConfig(url, pool, **options)
+
+    def register_entity(self, *entities: type) -> None:
+        """Register entity classes (dataclasses or attrs classes)."""
+        for entity in entities:
+            if entity not in self._entities:
+                self._entities.append(entity)
+
+    def validate(self) -> Engine:
+        """Check everything and build the engine (no connection is opened).
+
+        Raises:
+            SchemaError: an entity is invalid (names the entity and field), uses a
+                pool that is not registered, shares a table, or feeds a stream that
+                lives on another Redis pool.
+        """
+        schemas = [build_schema(cls) for cls in self._entities]
+        names: dict[str, EntitySchema] = {}
+        tables: dict[tuple[str, str], EntitySchema] = {}
+        for schema in schemas:
+            if schema.name in names:
+                raise SchemaError(
+                    f"two registered classes are named {schema.name}", schema.label
+                )
+            names[schema.name] = schema
+            if schema.mysql_pool not in self._mysql:
+                raise SchemaError(
+                    f"mysql_pool {schema.mysql_pool!r} is not registered; call "
+                    f"registry.register_mysql(url, pool={schema.mysql_pool!r})",
+                    schema.label,
+                )
+            if schema.streams and schema.redis_pool not in self._redis:
+                raise SchemaError(
+                    f"redis_pool {schema.redis_pool!r} (for its dirty streams) is not registered; "
+                    f"call registry.register_redis(url, pool={schema.redis_pool!r})",
+                    schema.label,
+                )
+            other = tables.get((schema.mysql_pool, schema.table.lower()))
+            if other is not None:
+                raise SchemaError(
+                    f"table {schema.table!r} is already used by {other.label}",
+                    schema.label,
+                )
+            tables[(schema.mysql_pool, schema.table.lower())] = schema
+        streams = _routes(schemas)
+        return Engine(
+            schemas,
+            self._mysql,
+            self._redis,
+            streams,
+            outbox=self._outbox,
+            relay_delay=self._relay_delay,
+        )
+
+
+def _routes(schemas: list[EntitySchema]) -> dict[str, StreamInfo]:
+    sources: dict[str, dict[str, list[str]]] = {}
+    pools: dict[str, tuple[str, EntitySchema]] = {}
+    for schema in schemas:
+        operations: list[tuple[str, str]] = []
+        operations += [(s, "add") for s in schema.insert_streams]
+        operations += [(s, "edit") for s in schema.edit_streams]
+        operations += [(s, "delete") for s in schema.delete_streams]
+        for field_name, names in schema.field_streams.items():
+            operations += [(s, f"field:{field_name}") for s in names]
+        for stream, operation in operations:
+            seen = pools.get(stream)
+            if seen is not None and seen[0] != schema.redis_pool:
+                raise SchemaError(
+                    f"dirty stream {stream!r} is fed from Redis pool {schema.redis_pool!r} here "
+                    f"but from {seen[0]!r} by {seen[1].label}; a stream lives on one pool",
+                    schema.label,
+                )
+            pools[stream] = (schema.redis_pool, schema)
+            sources.setdefault(stream, {}).setdefault(schema.name, []).append(operation)
+    return {
+        name: StreamInfo(
+            name=name,
+            key=stream_key(name),
+            redis_pool=pools[name][0],
+            sources=tuple((entity, tuple(ops)) for entity, ops in by_entity.items()),
+        )
+        for name, by_entity in sources.items()
+    }

@@ -1,0 +1,317 @@
+"""Entity schemas: everything the engine knows about one entity class, computed once.
+
+``registry.py`` builds one :class:`EntitySchema` per registered class at
+``Registry.validate()``. The ORM, the flush, the loaders, the DDL diff and the event
+codec read the precomputed columns, SQL fragments and stream routes from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from .errors import SchemaError
+from .fields import Column, build_column
+from .sql import quote
+from .tags import EntityOptions, entity_options, parse_field_options
+
+__all__ = ["EntitySchema", "Index", "build_schema", "entity_name"]
+
+_MISSING = object()
+_FACTORY: Any = type(attrs.Factory(list))
+
+
+@attrs.frozen
+class Index:
+    """A named index over one or more columns."""
+
+    name: str
+    unique: bool
+    columns: tuple[str, ...]
+
+
+@attrs.frozen
+class _FieldInfo:
+    name: str
+    metadata: Any
+    default: Any
+    default_factory: Callable[[], Any] | None
+    init: bool
+
+
+def entity_name(cls: type) -> str:
+    """Return the name events carry for ``cls``: module + qualified class name."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class EntitySchema:
+    """One entity class as stored in MySQL and streamed to Redis.
+
+    Attributes:
+        cls: the entity class.
+        name: module + qualified class name (the ``entity`` of stream events).
+        label: the class name, used in messages.
+        table: the MySQL table name.
+        mysql_pool / redis_pool: pool names.
+        columns: every stored column, ``id`` first.
+        data_columns: ``columns`` without ``id``.
+        indexes: named indexes.
+        has_fake_delete: whether the entity has a ``fake_delete`` field.
+        insert_streams / edit_streams / delete_streams: stream names fed by inserts,
+            by any update, and by deletes.
+        field_streams: field name -> streams fed by an update that changes it.
+    """
+
+    def __init__(
+        self,
+        cls: type,
+        options: EntityOptions,
+        columns: Sequence[Column],
+        indexes: Sequence[Index],
+        dirty: dict[str, tuple[tuple[str, frozenset[str]], ...]],
+        ignored: Sequence[_FieldInfo],
+        init_names: Sequence[str] = (),
+    ):
+        self.cls = cls
+        self.name = entity_name(cls)
+        self.label = cls.__qualname__
+        self.table = options.table or cls.__name__
+        self.quoted_table = quote(self.table, self.label, "table name")
+        self.mysql_pool = options.mysql_pool
+        self.redis_pool = options.redis_pool
+        self.columns = tuple(columns)
+        self.by_name = {c.name: c for c in self.columns}
+        self.id_column = self.columns[0]
+        self.data_columns = self.columns[1:]
+        self.names = tuple(c.name for c in self.columns)
+        self.data_names = self.names[1:]
+        self.indexes = tuple(indexes)
+        self.has_fake_delete = "fake_delete" in self.by_name
+        self.get_values: Callable[[Any], tuple[Any, ...]] = _tuple_getter(self.names)
+        self.get_data_values: Callable[[Any], tuple[Any, ...]] = _tuple_getter(
+            self.data_names
+        )
+        self._ignored = tuple(ignored)
+        self.init_names: tuple[str, ...] = tuple(init_names)
+        self._slots = any("__slots__" in k.__dict__ for k in cls.__mro__[:-1])
+        self._conversions = tuple(
+            (i, c.from_db) for i, c in enumerate(self.columns) if c.from_db is not None
+        )
+
+        cols = ",".join(c.quoted for c in self.columns)
+        data_cols = ",".join(c.quoted for c in self.data_columns)
+        self.select_sql = f"SELECT {cols} FROM {self.quoted_table}"
+        self.alive_sql = "`fake_delete` = 0" if self.has_fake_delete else ""
+        self.insert_prefix = f"INSERT INTO {self.quoted_table} ({data_cols}) VALUES "
+        self.insert_prefix_with_id = f"INSERT INTO {self.quoted_table} ({cols}) VALUES "
+
+        self.insert_streams: tuple[str, ...] = ()
+        self.edit_streams: tuple[str, ...] = ()
+        self.delete_streams: tuple[str, ...] = ()
+        self.field_streams: dict[str, tuple[str, ...]] = {}
+        for name, sources in dirty.pop("id", ()):
+            if "add" in sources:
+                self.insert_streams += (name,)
+            if "edit" in sources:
+                self.edit_streams += (name,)
+            if "delete" in sources:
+                self.delete_streams += (name,)
+        for field_name, names in dirty.items():
+            self.field_streams[field_name] = tuple(n for n, _ in names)
+        every_update = list(self.edit_streams)
+        for names_of_field in self.field_streams.values():
+            every_update.extend(n for n in names_of_field if n not in every_update)
+        self.push_streams: tuple[str, ...] = tuple(every_update)
+        self.streams: tuple[str, ...] = tuple(
+            dict.fromkeys(self.insert_streams + self.delete_streams + self.push_streams)
+        )
+        self._update_routes: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def __repr__(self) -> str:
+        return f"<EntitySchema {self.label} table={self.table!r}>"
+
+    def update_streams(self, changed: tuple[str, ...]) -> tuple[str, ...]:
+        """Return the streams fed by an update that changed the fields ``changed``."""
+        found = self._update_routes.get(changed)
+        if found is None:
+            streams = list(self.edit_streams)
+            for field_name in changed:
+                for stream in self.field_streams.get(field_name, ()):
+                    if stream not in streams:
+                        streams.append(stream)
+            found = tuple(streams)
+            if len(self._update_routes) < 4096:
+                self._update_routes[changed] = found
+        return found
+
+    def load(self, row: Sequence[Any]) -> Any:
+        """Build an entity from a row in ``columns`` order, without calling ``__init__``."""
+        if self._conversions:
+            values = list(row)
+            for i, convert in self._conversions:
+                value = values[i]
+                if value is not None:
+                    values[i] = convert(value)
+        else:
+            values = row  # type: ignore[assignment]
+        obj: Any = object.__new__(self.cls)
+        if self._slots:
+            setter = object.__setattr__
+            for name, value in zip(self.names, values):
+                setter(obj, name, value)
+        else:
+            obj.__dict__.update(zip(self.names, values))
+        for info in self._ignored:
+            value = info.default_factory() if info.default_factory else info.default
+            object.__setattr__(obj, info.name, value)
+        return obj
+
+    def set_id(self, obj: Any, value: int) -> None:
+        """Set the ``id`` of an entity, bypassing ``__setattr__`` hooks."""
+        object.__setattr__(obj, "id", value)
+
+
+def _tuple_getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    getter = operator.attrgetter(*names)
+    if len(names) == 1:
+        return lambda obj: (getter(obj),)
+    return getter
+
+
+def _fields_of(cls: type, label: str) -> list[_FieldInfo]:
+    if dataclasses.is_dataclass(cls):
+        if cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+            raise SchemaError("entities must be mutable; remove frozen=True", label)
+        result = []
+        default: Any
+        for f in dataclasses.fields(cls):
+            factory = (
+                None if f.default_factory is dataclasses.MISSING else f.default_factory
+            )
+            default = _MISSING if f.default is dataclasses.MISSING else f.default
+            result.append(
+                _FieldInfo(f.name, f.metadata.get("orm"), default, factory, f.init)
+            )
+        return result
+    if attrs.has(cls):
+        if getattr(cls.__setattr__, "__name__", "") == "_frozen_setattrs":
+            raise SchemaError(
+                "entities must be mutable; use @attrs.define, not frozen", label
+            )
+        result = []
+        for a in attrs.fields(cls):
+            default = _MISSING
+            factory = None
+            spec: Any = a.default
+            if isinstance(spec, _FACTORY):
+                if spec.takes_self:
+                    raise SchemaError(
+                        "attrs Factory(takes_self=True) defaults are not supported",
+                        label,
+                        a.name,
+                    )
+                factory = spec.factory
+            elif a.default is not attrs.NOTHING:
+                default = a.default
+            result.append(
+                _FieldInfo(a.name, a.metadata.get("orm"), default, factory, a.init)
+            )
+        return result
+    raise SchemaError(
+        "is not a dataclass or an attrs class; decorate it with @dataclass or @attrs.define",
+        label,
+    )
+
+
+def build_schema(cls: type) -> EntitySchema:
+    """Build the schema of one entity class.
+
+    Raises:
+        SchemaError: naming the entity and field for anything invalid.
+    """
+    label = getattr(cls, "__qualname__", repr(cls))
+    if not isinstance(cls, type):
+        raise SchemaError("is not a class; register the entity class itself", label)
+    options = entity_options(cls)
+    infos = _fields_of(cls, label)
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception as exc:
+        raise SchemaError(f"type hints cannot be resolved: {exc}", label) from exc
+
+    columns: list[Column] = []
+    ignored: list[_FieldInfo] = []
+    dirty: dict[str, tuple[tuple[str, frozenset[str]], ...]] = {}
+    index_parts: dict[str, tuple[bool, list[tuple[int, int, str]]]] = {}
+    for order, info in enumerate(infos):
+        field_options = parse_field_options(info.metadata, label, info.name)
+        if field_options.ignore:
+            if info.default is _MISSING and info.default_factory is None:
+                raise SchemaError(
+                    "an ignored field needs a default (it is not loaded from MySQL)",
+                    label,
+                    info.name,
+                )
+            ignored.append(info)
+            continue
+        quote(info.name, label, "field name")
+        column = build_column(
+            label,
+            info.name,
+            hints.get(info.name),
+            field_options,
+            primary=info.name == "id",
+        )
+        columns.append(column)
+        if field_options.dirty:
+            dirty[info.name] = field_options.dirty
+        for unique, parts in (
+            (True, field_options.unique),
+            (False, field_options.index),
+        ):
+            for index_name, position in parts:
+                if index_name.upper() == "PRIMARY":
+                    raise SchemaError(
+                        "PRIMARY is reserved for the primary key; pick another index name",
+                        label,
+                        info.name,
+                    )
+                kind, members = index_parts.setdefault(index_name, (unique, []))
+                if kind != unique:
+                    raise SchemaError(
+                        f"index {index_name!r} is declared both as unique= and index=; "
+                        "use one kind per name",
+                        label,
+                        info.name,
+                    )
+                members.append((position or 10_000 + order, order, info.name))
+
+    id_columns = [c for c in columns if c.name == "id"]
+    if not id_columns:
+        raise SchemaError("has no id field; add `id: int = 0` (the primary key)", label)
+    columns.remove(id_columns[0])
+    columns.insert(0, id_columns[0])
+
+    fake_delete = any(c.name == "fake_delete" for c in columns)
+    indexes: list[Index] = []
+    for index_name, (unique, members) in index_parts.items():
+        positions = [p for p, _, _ in members if p < 10_000]
+        if len(positions) != len(set(positions)):
+            raise SchemaError(
+                f"index {index_name!r} has two fields at the same position", label
+            )
+        names = tuple(name for _, _, name in sorted(members))
+        if len(names) != len(set(names)):
+            raise SchemaError(f"index {index_name!r} lists a field twice", label)
+        if unique and fake_delete and "fake_delete" not in names:
+            # A fake-deleted row holds its id in fake_delete, so it never blocks a
+            # live row with the same values.
+            names += ("fake_delete",)
+        indexes.append(Index(index_name, unique, names))
+    init_names = [info.name for info in infos if info.init]
+    return EntitySchema(cls, options, columns, indexes, dirty, ignored, init_names)

@@ -1,0 +1,111 @@
+"""Pure SQL rendering: identifier quoting, value literals and statement chunking.
+
+Called by ``fields.py`` (literals), ``schema.py`` (quoted names), ``ddl.py``,
+``query.py`` and ``flush.py``. Nothing here touches a connection. Literal escaping
+follows MySQL's string syntax with backslash escapes, which every fluxaorm
+connection guarantees by setting its own ``sql_mode`` (see ``db.py``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+
+from .errors import SchemaError
+
+__all__ = [
+    "ESCAPE_TABLE",
+    "bytes_literal",
+    "chunk_rows",
+    "quote",
+    "string_literal",
+    "where_to_format",
+]
+
+# The characters MySQL needs escaped inside a quoted string (same set as the C API's
+# mysql_real_escape_string).
+ESCAPE_TABLE: dict[int, str] = {
+    0: "\\0",
+    ord("\\"): "\\\\",
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    0x1A: "\\Z",
+    ord("'"): "\\'",
+    ord('"'): '\\"',
+}
+_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# Room kept in every statement for the protocol header and the statement's own text.
+_PACKET_MARGIN = 4096
+
+
+def quote(name: str, entity: str | None = None, what: str = "identifier") -> str:
+    """Return ``name`` quoted with backticks after checking it is a plain identifier.
+
+    Raises:
+        SchemaError: when ``name`` is not 1-64 characters of ``[A-Za-z0-9_]``
+            starting with a letter or ``_``.
+    """
+    if not _IDENTIFIER_RE.match(name):
+        raise SchemaError(
+            f"{what} {name!r} must be 1-64 characters of A-Z, a-z, 0-9 and _, "
+            "starting with a letter or _",
+            entity,
+        )
+    return f"`{name}`"
+
+
+def string_literal(value: str) -> str:
+    """Render a ``str`` as a quoted MySQL string literal."""
+    return "'" + value.translate(ESCAPE_TABLE) + "'"
+
+
+def bytes_literal(value: bytes) -> str:
+    """Render ``bytes`` as a hexadecimal ``_binary`` literal (safe in any encoding)."""
+    return "_binary X'" + value.hex() + "'"
+
+
+def chunk_rows(
+    rows: Sequence[str], max_packet: int, fixed: int
+) -> Iterator[Sequence[str]]:
+    """Split rendered rows into groups whose statement fits in ``max_packet`` bytes.
+
+    Sizes are counted in characters times four (the most UTF-8 bytes a character
+    takes), so a group always fits whatever the text holds; a group holds at least
+    one row.
+
+    Args:
+        rows: rendered row literals (``(...)``) or list items.
+        max_packet: the server's ``max_allowed_packet``.
+        fixed: length of the statement text around the rows.
+    """
+    budget = max(1, (max_packet - _PACKET_MARGIN - fixed * 4) // 4)
+    total = 0
+    for row in rows:
+        total += len(row) + 1
+    if total <= budget:
+        yield rows
+        return
+    start = 0
+    size = 0
+    for i, row in enumerate(rows):
+        grow = len(row) + 1
+        if size + grow > budget and i > start:
+            yield rows[start:i]
+            start = i
+            size = 0
+        size += grow
+    if start < len(rows):
+        yield rows[start:]
+
+
+_PLACEHOLDER_RE = re.compile(r"\?|%")
+
+
+def where_to_format(sql: str) -> str:
+    """Turn a ``Where`` clause with ``?`` placeholders into pymysql ``%s`` format."""
+    return _PLACEHOLDER_RE.sub(lambda m: "%s" if m.group() == "?" else "%%", sql)
+
+
+def join_literals(values: Iterable[str]) -> str:
+    """Join rendered literals with commas (used for ``IN (...)`` lists)."""
+    return ",".join(values)

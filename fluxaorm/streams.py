@@ -1,0 +1,215 @@
+"""The Redis driver boundary: pools, pipelined round trips and stream commands.
+
+This is the only module that imports redis. Every exchange with Redis goes through
+:meth:`RedisPool.round_trip`, which logs it at DEBUG on ``fluxaorm.redis``, tells
+the engine's round-trip listeners (``fluxaorm.testing.count_round_trips``) and
+turns redis-py exceptions into :class:`~fluxaorm.StreamError`. Replies come back
+raw (bytes, lists); the helpers below parse the stream commands' replies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import redis
+import redis.exceptions
+
+from .config import RedisConfig
+from .errors import ConfigurationError, StreamError
+
+__all__ = [
+    "RawEntry",
+    "RedisPool",
+    "RoundTripListener",
+    "pack_command",
+    "parse_entries",
+]
+
+_log = logging.getLogger("fluxaorm.redis")
+RoundTripListener = Callable[[str, str, int], None]
+RawEntry = tuple[str, dict[bytes, bytes] | None]
+_MULTI = b"*1\r\n$5\r\nMULTI\r\n"
+_EXEC = b"*1\r\n$4\r\nEXEC\r\n"
+
+
+class RedisPool:
+    """A thread-safe pool of connections to one Redis server (redis-py underneath).
+
+    Args:
+        config: the pool's URL and options.
+        listeners: called as ``listener(pool, what, commands)`` for each round trip.
+    """
+
+    def __init__(self, config: RedisConfig, listeners: list[RoundTripListener]):
+        self.config = config
+        self.name = config.pool
+        self._listeners = listeners
+        options = dict(config.options)
+        try:
+            self._pool = redis.ConnectionPool.from_url(config.secret_url, **options)
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(
+                f"Redis pool {self.name!r} ({config.url}): {exc}"
+            ) from None
+        timeout = self._pool.connection_kwargs.get("socket_timeout")
+        self.socket_timeout: float | None = float(timeout) if timeout else None
+
+    def __repr__(self) -> str:
+        return f"<RedisPool {self.name!r} {self.config.url}>"
+
+    def round_trip(
+        self, payload: bytes, replies: int, what: str, commands: int | None = None
+    ) -> list[Any]:
+        """Send pre-packed commands and read ``replies`` replies: one round trip.
+
+        Error replies are returned as :class:`redis.exceptions.ResponseError`
+        instances in the list, not raised, so every reply is always read.
+
+        Raises:
+            StreamError: the server cannot be reached or the connection dropped.
+        """
+        for listener in self._listeners:
+            listener(self.name, what, commands if commands is not None else replies)
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug(
+                "[%s] %s (%d replies, %d bytes)", self.name, what, replies, len(payload)
+            )
+        try:
+            conn: Any = self._pool.get_connection()
+        except redis.exceptions.RedisError as exc:
+            raise self._wrap(exc, what) from exc
+        try:
+            conn.send_packed_command([payload], check_health=False)
+            out: list[Any] = []
+            for _ in range(replies):
+                try:
+                    out.append(conn.read_response(disable_decoding=True))
+                except redis.exceptions.ResponseError as exc:
+                    out.append(exc)
+            return out
+        except redis.exceptions.RedisError as exc:
+            conn.disconnect()
+            raise self._wrap(exc, what) from exc
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            self._pool.release(conn)
+
+    def _wrap(self, exc: BaseException, what: str) -> StreamError:
+        return StreamError(
+            f"Redis pool {self.name!r} at {self.config.address}: {what} failed: {exc}",
+            pool=self.name,
+            orig=exc,
+        )
+
+    def execute(self, *args: Any) -> Any:
+        """Run one command and return its raw reply.
+
+        Raises:
+            StreamError: on a connection failure or an error reply.
+        """
+        reply = self.round_trip(_pack(args), 1, _name(args))[0]
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise self._wrap(reply, _name(args))
+        return reply
+
+    def pipeline(
+        self, commands: Sequence[Sequence[Any]], what: str | None = None
+    ) -> list[Any]:
+        """Run several commands in one round trip; error replies are returned, not raised."""
+        payload = b"".join(_pack(c) for c in commands)
+        label = what or ",".join(dict.fromkeys(_name(c) for c in commands))
+        return self.round_trip(payload, len(commands), label)
+
+    def transaction(self, payload: bytes, commands: int, what: str) -> list[Any]:
+        """Run pre-packed commands inside MULTI/EXEC in one round trip.
+
+        Returns:
+            The EXEC reply: one reply per command.
+
+        Raises:
+            StreamError: the transaction was refused (e.g. OOM, no connection);
+                then no command ran.
+        """
+        replies = self.round_trip(
+            _MULTI + payload + _EXEC, commands + 2, what, commands
+        )
+        result = replies[-1]
+        if isinstance(result, Exception) or result is None:
+            first = next((r for r in replies if isinstance(r, Exception)), result)
+            raise self._wrap(
+                first if first is not None else RuntimeError("EXEC aborted"), what
+            )
+        return list(result)
+
+    def blocking_timeout(self, seconds: float) -> float:
+        """Return the longest block (s) one read may use without tripping the socket timeout."""
+        if self.socket_timeout is None:
+            return seconds
+        margin = min(1.0, self.socket_timeout / 2)
+        return max(0.001, min(seconds, self.socket_timeout - margin))
+
+    def close(self) -> None:
+        """Close every connection of the pool."""
+        self._pool.disconnect()
+
+
+def _name(args: Sequence[Any]) -> str:
+    first = args[0] if args else b"?"
+    return first.decode() if isinstance(first, bytes) else str(first)
+
+
+def _encode(arg: Any) -> bytes:
+    if isinstance(arg, bytes):
+        return arg
+    if isinstance(arg, str):
+        return arg.encode()
+    if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+        return repr(arg).encode()
+    raise TypeError(f"cannot send {type(arg).__name__} to Redis")
+
+
+def pack_command(*args: Any) -> bytes:
+    """Pack one command as RESP bytes."""
+    return _pack(args)
+
+
+def _pack(args: Iterable[Any]) -> bytes:
+    parts = [_encode(a) for a in args]
+    out = [b"*%d\r\n" % len(parts)]
+    for p in parts:
+        out.append(b"$%d\r\n%b\r\n" % (len(p), p))
+    return b"".join(out)
+
+
+def parse_entries(raw: Any) -> list[RawEntry]:
+    """Parse a list of stream entries (``[[id, [f, v, ...]], ...]``).
+
+    An entry deleted while pending comes back with ``None`` fields.
+    """
+    out: list[RawEntry] = []
+    for item in raw or ():
+        ident = item[0].decode()
+        values = item[1]
+        if values is None:
+            out.append((ident, None))
+            continue
+        it = iter(values)
+        out.append((ident, dict(zip(it, it))))
+    return out
+
+
+def pairs(raw: Sequence[Any]) -> dict[str, Any]:
+    """Turn a flat ``[key, value, ...]`` reply into a dict with str keys."""
+    it = iter(raw)
+    return {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in zip(it, it)}
+
+
+def text(value: Any) -> str:
+    """Decode a bytes reply to str (``None`` stays ``""``)."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,129 @@
+"""Shared fixtures: real MariaDB and Redis chosen by URL, cleaned around each test.
+
+``FLUXAORM_TEST_MYSQL_URL`` (default ``mysql://root@127.0.0.1:3306/test``) and
+``FLUXAORM_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``) pick the
+servers; a server that does not answer stops the run with the URL it tried.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pymysql
+import pytest
+import redis
+from hypothesis import HealthCheck, settings
+
+import fluxaorm
+
+MYSQL_URL = os.environ.get(
+    "FLUXAORM_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"
+)
+REDIS_URL = os.environ.get("FLUXAORM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+settings.register_profile(
+    "default",
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile("default")
+
+
+def _mysql_parts() -> dict[str, Any]:
+    parts = urlsplit(MYSQL_URL)
+    return {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 3306,
+        "user": parts.username or "root",
+        "password": parts.password or "",
+    }
+
+
+def _database() -> str:
+    return urlsplit(MYSQL_URL).path.lstrip("/") or "test"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fail the whole run at once, naming the URL, when a server does not answer."""
+    try:
+        conn = pymysql.connect(**_mysql_parts(), autocommit=True, connect_timeout=5)
+        conn.cursor().execute(
+            f"CREATE DATABASE IF NOT EXISTS `{_database()}` CHARACTER SET utf8mb4"
+        )
+        conn.close()
+    except pymysql.err.Error as exc:
+        pytest.exit(f"MariaDB at {MYSQL_URL} does not answer: {exc}", returncode=3)
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=5).ping()
+    except redis.RedisError as exc:
+        pytest.exit(f"Redis at {REDIS_URL} does not answer: {exc}", returncode=3)
+
+
+@pytest.fixture
+def mysql_conn() -> Iterator[pymysql.connections.Connection[Any]]:
+    """A raw pymysql connection to the test database, for checking what was written."""
+    conn = pymysql.connect(**_mysql_parts(), database=_database(), autocommit=True)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    """A raw redis-py client on the test Redis DB, for checking what was published."""
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+def drop_all_tables(conn: pymysql.connections.Connection[Any]) -> None:
+    """Drop every table of the test database."""
+    cursor = conn.cursor()
+    cursor.execute("SHOW TABLES")
+    for (table,) in cursor.fetchall():
+        cursor.execute(f"DROP TABLE IF EXISTS `{table}`")
+
+
+@pytest.fixture
+def clean(mysql_conn: Any, redis_client: redis.Redis) -> None:
+    """Start from an empty test database and an empty Redis DB."""
+    drop_all_tables(mysql_conn)
+    redis_client.flushdb()
+
+
+EngineFactory = Callable[..., fluxaorm.Engine]
+
+
+@pytest.fixture
+def make_engine(clean: None) -> Iterator[EngineFactory]:
+    """Build an engine for some entities on the test servers and sync its schema.
+
+    Call it as ``make_engine(UserEntity, outbox=False, sync=True, **registry_options)``.
+    """
+    engines: list[fluxaorm.Engine] = []
+
+    def make(
+        *entities: type,
+        sync: bool = True,
+        mysql_url: str = MYSQL_URL,
+        redis_url: str = REDIS_URL,
+        mysql_options: dict[str, Any] | None = None,
+        redis_options: dict[str, Any] | None = None,
+        **registry_options: Any,
+    ) -> fluxaorm.Engine:
+        registry = fluxaorm.Registry(**registry_options)
+        registry.register_mysql(mysql_url, **(mysql_options or {}))
+        registry.register_redis(redis_url, **(redis_options or {}))
+        registry.register_entity(*entities)
+        engine = registry.validate()
+        engines.append(engine)
+        if sync:
+            engine.sync_schema()
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.close()
