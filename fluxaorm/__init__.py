@@ -13,6 +13,18 @@ Import everything from here::
 
 from __future__ import annotations
 
+from .broker import (
+    ConsumerStatistics,
+    EventBroker,
+    GroupStatistics,
+    OutboxStatistics,
+    StreamStatistics,
+)
+from .consumer import (
+    DirtyStreamConsumer,
+    new_dirty_stream_consumer_many,
+    new_dirty_stream_consumer_single,
+)
 from .ddl import Alter
 from .engine import Engine, StreamInfo
 from .errors import (
@@ -36,23 +48,31 @@ __all__ = [
     "ORM",
     "Alter",
     "ConfigurationError",
+    "ConsumerStatistics",
     "DatabaseError",
     "Delete",
+    "DirtyStreamConsumer",
     "DirtyStreamEvent",
     "DuplicateKeyError",
     "Engine",
+    "EventBroker",
     "FluxaORMError",
+    "GroupStatistics",
     "Insert",
     "Operation",
+    "OutboxStatistics",
     "Pager",
     "Registry",
     "SchemaError",
     "StreamError",
     "StreamInfo",
+    "StreamStatistics",
     "Update",
     "ValidationError",
     "Where",
     "__version__",
     "column",
     "entity",
+    "new_dirty_stream_consumer_many",
+    "new_dirty_stream_consumer_single",
 ]

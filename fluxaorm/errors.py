@@ -114,11 +114,18 @@ class StreamError(FluxaORMError):
     Attributes:
         pool: the Redis pool name.
         orig: the redis-py exception, when there is one.
+        connection_lost: True when the server could not be reached or the
+            connection dropped (worth retrying), False when Redis refused.
     """
 
     def __init__(
-        self, message: str, pool: str | None = None, orig: BaseException | None = None
+        self,
+        message: str,
+        pool: str | None = None,
+        orig: BaseException | None = None,
+        connection_lost: bool = False,
     ):
         self.pool = pool
         self.orig = orig
+        self.connection_lost = connection_lost
         super().__init__(message)

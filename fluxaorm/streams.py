@@ -47,14 +47,16 @@ class RedisPool:
         self.name = config.pool
         self._listeners = listeners
         options = dict(config.options)
+        # Replies are parsed here as RESP2 arrays, whatever the client's default.
+        options["protocol"] = 2
         try:
             self._pool = redis.ConnectionPool.from_url(config.secret_url, **options)
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(
                 f"Redis pool {self.name!r} ({config.url}): {exc}"
             ) from None
-        timeout = self._pool.connection_kwargs.get("socket_timeout")
-        self.socket_timeout: float | None = float(timeout) if timeout else None
+        self._socket_timeout: float | None = None
+        self._timeout_known = False
 
     def __repr__(self) -> str:
         return f"<RedisPool {self.name!r} {self.config.url}>"
@@ -99,10 +101,14 @@ class RedisPool:
             self._pool.release(conn)
 
     def _wrap(self, exc: BaseException, what: str) -> StreamError:
+        lost = isinstance(
+            exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        )
         return StreamError(
             f"Redis pool {self.name!r} at {self.config.address}: {what} failed: {exc}",
             pool=self.name,
             orig=exc,
+            connection_lost=lost,
         )
 
     def execute(self, *args: Any) -> Any:
@@ -145,12 +151,26 @@ class RedisPool:
             )
         return list(result)
 
+    @property
+    def socket_timeout(self) -> float | None:
+        """The read timeout of this pool's connections (``None``: none)."""
+        if not self._timeout_known:
+            conn: Any = self._pool.get_connection()
+            try:
+                timeout = getattr(conn, "socket_timeout", None)
+            finally:
+                self._pool.release(conn)
+            self._socket_timeout = float(timeout) if timeout else None
+            self._timeout_known = True
+        return self._socket_timeout
+
     def blocking_timeout(self, seconds: float) -> float:
         """Return the longest block (s) one read may use without tripping the socket timeout."""
-        if self.socket_timeout is None:
+        timeout = self.socket_timeout
+        if timeout is None:
             return seconds
-        margin = min(1.0, self.socket_timeout / 2)
-        return max(0.001, min(seconds, self.socket_timeout - margin))
+        margin = min(1.0, timeout / 2)
+        return max(0.001, min(seconds, timeout - margin))
 
     def close(self) -> None:
         """Close every connection of the pool."""

@@ -1,0 +1,663 @@
+"""Dirty-stream consumers (SPEC §5): read, hand to a handler, acknowledge, reclaim.
+
+Users create them with :func:`new_dirty_stream_consumer_single` and
+:func:`new_dirty_stream_consumer_many`. Raw Redis replies are parsed in
+``streams.py`` and decoded into :class:`~fluxaorm.DirtyStreamEvent` by
+``events.decode_entry``; only events ever reach a handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .errors import ConfigurationError, DatabaseError, StreamError
+from .events import DirtyStreamEvent, MalformedEntryError, decode_entry
+from .streams import RawEntry, parse_entries, text
+
+if TYPE_CHECKING:
+    from .orm import ORM
+
+__all__ = [
+    "DirtyStreamConsumer",
+    "Handler",
+    "new_dirty_stream_consumer_many",
+    "new_dirty_stream_consumer_single",
+]
+
+_log = logging.getLogger("fluxaorm.consumer")
+Handler = Callable[[list[DirtyStreamEvent]], None]
+DEFAULT_GROUP = "default"
+SINGLE_NAME = "single"
+PARKED_NAME = "parked"
+DEAD_SUFFIX = ":dead"
+_RETRY_WINDOW = 10.0  # seconds a lost connection is retried before StreamError
+_RUN_SLICE = 0.5  # the run loop checks its stop flag at least this often
+_MAX_BACKOFF = 5.0
+
+
+def _seconds(value: float | timedelta, what: str) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if seconds < 0:
+        raise ConfigurationError(f"{what} must be 0 or more seconds, not {value!r}")
+    return seconds
+
+
+class DirtyStreamConsumer:
+    """Reads one dirty stream for one consumer group and hands events to a handler.
+
+    Create it with :func:`new_dirty_stream_consumer_single` or
+    :func:`new_dirty_stream_consumer_many`. Not thread-safe: one consumer per
+    thread. Use it as a context manager to :meth:`cleanup` on exit.
+    """
+
+    def __init__(
+        self,
+        orm: ORM,
+        stream: str,
+        handler: Handler,
+        *,
+        single: bool,
+        group: str = DEFAULT_GROUP,
+        name: str | None = None,
+        max_deliveries: int | None = None,
+        delete_acknowledged: bool = True,
+    ):
+        if not callable(handler):
+            raise ConfigurationError(
+                "handler must be a callable taking a list of events"
+            )
+        if max_deliveries is not None and max_deliveries < 1:
+            raise ConfigurationError(
+                "max_deliveries must be 1 or more (or None for no limit)"
+            )
+        self._engine = orm.engine
+        self._info = self._engine.stream(stream)
+        self._pool = self._engine.redis_pool(self._info.redis_pool)
+        self._key = self._info.key
+        self._stream = self._info.name
+        self._handler = handler
+        self._single = single
+        self._group = group
+        if name is None:
+            name = (
+                SINGLE_NAME
+                if single
+                else f"many-{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+            )
+        self._name = name
+        self._max_deliveries = max_deliveries
+        self._delete = delete_acknowledged
+        self._group_ready = False
+        self._may_have_pending = single
+        self._acked: set[str] = set()
+        self._errors: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        kind = "single" if self._single else "many"
+        return f"<DirtyStreamConsumer {kind} {self._key} group={self._group!r} name={self._name!r}>"
+
+    def __enter__(self) -> DirtyStreamConsumer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+    @property
+    def name(self) -> str:
+        """This consumer's name in the group."""
+        return self._name
+
+    @property
+    def group(self) -> str:
+        """The consumer group."""
+        return self._group
+
+    @property
+    def stream(self) -> str:
+        """The Redis key of the stream (``dirty_<Name>``)."""
+        return self._key
+
+    # -- public API -------------------------------------------------------------------
+
+    def consume(self, count: int = 100, block: float | timedelta = 0.0) -> int:
+        """Poll once: hand over pending events, then wait for new ones.
+
+        A single consumer first hands over its own pending events (read before
+        and never acknowledged, e.g. before a crash); then any consumer waits up
+        to ``block`` seconds for new events and reads at most ``count``. The
+        handler gets at most ``count`` events per call. When it returns, the
+        batch's events it did not acknowledge are acknowledged and removed from
+        the stream in one round trip. When it raises, those events stay pending
+        (a single consumer gets them again on its next ``consume``; others are
+        reclaimed with :meth:`auto_claim`) and the exception reaches the caller.
+
+        Args:
+            count: the most events per handler call (and per read).
+            block: seconds (or a ``timedelta``) to wait for new events; 0 returns
+                at once. Long waits are split so the client's socket timeout never
+                trips.
+
+        Returns:
+            How many events were handed to the handler.
+
+        Raises:
+            StreamError: Redis stayed unreachable for the retry window.
+            Exception: whatever the handler raised.
+        """
+        count = self._count(count)
+        wait = _seconds(block, "block")
+        self._ensure_group()
+        handed = 0
+        if self._may_have_pending:
+            handed += self._drain_own_pending(count)
+            self._may_have_pending = False
+        entries = self._read_new(count, wait)
+        if entries:
+            handed += self._deliver(entries, redelivered=False)
+        return handed
+
+    def auto_claim(self, count: int = 100, min_idle: float | timedelta = 60.0) -> int:
+        """Take over pending events idle for ``min_idle`` or more and handle them.
+
+        Follows XAUTOCLAIM's cursor across the whole pending list, handing at most
+        ``count`` events per handler call. A batch whose handler raises stays
+        pending (claimable again after ``min_idle``) and never stops the walk;
+        the first such exception is raised once the walk is done. Entries deleted
+        from the stream meanwhile are skipped.
+
+        Returns:
+            How many events were handed to the handler.
+        """
+        count = self._count(count)
+        idle_ms = int(_seconds(min_idle, "min_idle") * 1000)
+        self._ensure_group()
+        handed = 0
+        first_error: BaseException | None = None
+        cursor = "0-0"
+        while True:
+            reply = self._call(
+                "XAUTOCLAIM",
+                self._key,
+                self._group,
+                self._name,
+                idle_ms,
+                cursor,
+                "COUNT",
+                count,
+            )
+            cursor = text(reply[0])
+            entries = parse_entries(reply[1])
+            if entries:
+                try:
+                    handed += self._deliver(entries, redelivered=True)
+                except Exception as exc:
+                    if first_error is None:
+                        first_error = exc
+            if cursor == "0-0":
+                break
+        if first_error is not None:
+            raise first_error
+        return handed
+
+    def cleanup(self) -> None:
+        """Leave the group without making pending events unreachable.
+
+        A consumer with no pending events is deleted from the group. A single
+        consumer with pending events is kept (a restarted process resumes them);
+        a many consumer hands its pending events to the group's parking consumer,
+        keeping their idle time, so :meth:`auto_claim` of any consumer takes them.
+        """
+        if not self._group_ready:
+            return
+        pending = self._own_pending(1000)
+        if pending and self._single:
+            return
+        while pending:
+            self._pool.pipeline(
+                [
+                    (
+                        "XCLAIM",
+                        self._key,
+                        self._group,
+                        PARKED_NAME,
+                        0,
+                        ident,
+                        "IDLE",
+                        idle,
+                        "JUSTID",
+                    )
+                    for ident, idle, _ in pending
+                ],
+                "XCLAIM",
+            )
+            pending = self._own_pending(1000)
+        dropped = self._call(
+            "XGROUP", "DELCONSUMER", self._key, self._group, self._name
+        )
+        if dropped:
+            _log.error(
+                "%r: %s pending entries were dropped by DELCONSUMER", self, dropped
+            )
+
+    def run(
+        self,
+        count: int = 100,
+        block: float | timedelta = 5.0,
+        stop: threading.Event | None = None,
+        *,
+        min_idle: float | timedelta = 60.0,
+        claim_every: float = 5.0,
+        relay_every: float = 1.0,
+    ) -> int:
+        """Consume until ``stop`` is set or the process gets SIGINT/SIGTERM.
+
+        Each turn consumes (waiting up to ``block`` seconds, in slices so a stop
+        is noticed quickly), every ``claim_every`` seconds claims events idle for
+        ``min_idle`` seconds, and every ``relay_every`` seconds relays the outbox
+        (``engine.relay_outbox()``). A handler error or a Redis/MySQL outage is
+        logged and retried with backoff; the batch in hand is always finished.
+        On the way out the consumer cleans up.
+
+        Returns:
+            How many events were handed to the handler.
+        """
+        stop = stop or threading.Event()
+        wait = _seconds(block, "block")
+        handed = 0
+        failures = 0
+        next_claim = 0.0
+        next_relay = 0.0
+        with _stop_on_signals(stop):
+            try:
+                while not stop.is_set():
+                    now = time.monotonic()
+                    try:
+                        if now >= next_relay:
+                            next_relay = now + relay_every
+                            self._engine.relay_outbox()
+                        if now >= next_claim:
+                            next_claim = now + claim_every
+                            handed += self.auto_claim(count, min_idle)
+                        handed += self._consume_until(count, wait, stop)
+                        failures = 0
+                    except (StreamError, DatabaseError) as exc:
+                        failures += 1
+                        _log.warning("%r: %s; retrying", self, exc)
+                        stop.wait(min(_MAX_BACKOFF, 0.1 * 2**failures))
+                    except Exception:
+                        failures += 1
+                        _log.exception(
+                            "%r: the handler failed; its events stay pending", self
+                        )
+                        stop.wait(min(_MAX_BACKOFF, 0.1 * 2**failures))
+            finally:
+                try:
+                    self.cleanup()
+                except StreamError as exc:
+                    _log.warning("%r: cleanup failed: %s", self, exc)
+        return handed
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _consume_until(self, count: int, wait: float, stop: threading.Event) -> int:
+        deadline = time.monotonic() + wait
+        while True:
+            left = deadline - time.monotonic()
+            handed = self.consume(count, max(0.0, min(left, _RUN_SLICE)))
+            if handed or left <= _RUN_SLICE or stop.is_set():
+                return handed
+
+    def _count(self, count: int) -> int:
+        if not isinstance(count, int) or count < 1:
+            raise ConfigurationError(f"count must be 1 or more, not {count!r}")
+        return count
+
+    def _call(self, *args: Any) -> Any:
+        """Run one command, retrying a lost connection with backoff for a while."""
+        deadline = time.monotonic() + _RETRY_WINDOW
+        delay = 0.05
+        while True:
+            try:
+                return self._pool.execute(*args)
+            except StreamError as exc:
+                if "NOGROUP" in str(exc) and args[0] != "XGROUP":
+                    self._group_ready = False
+                    self._ensure_group()
+                    continue
+                if not exc.connection_lost or time.monotonic() + delay > deadline:
+                    raise
+                _log.warning("%r: %s; retrying in %.2fs", self, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            self._pool.execute(
+                "XGROUP", "CREATE", self._key, self._group, "0", "MKSTREAM"
+            )
+        except StreamError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def _read_new(self, count: int, wait: float) -> list[RawEntry]:
+        if wait <= 0:
+            reply = self._call(
+                "XREADGROUP",
+                "GROUP",
+                self._group,
+                self._name,
+                "COUNT",
+                count,
+                "STREAMS",
+                self._key,
+                ">",
+            )
+            return parse_entries(reply[0][1]) if reply else []
+        deadline = time.monotonic() + wait
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            piece = self._pool.blocking_timeout(left)
+            reply = self._call(
+                "XREADGROUP",
+                "GROUP",
+                self._group,
+                self._name,
+                "COUNT",
+                count,
+                "BLOCK",
+                max(1, int(piece * 1000)),
+                "STREAMS",
+                self._key,
+                ">",
+            )
+            if reply:
+                return parse_entries(reply[0][1])
+
+    def _drain_own_pending(self, count: int) -> int:
+        handed = 0
+        start = "0"
+        while True:
+            reply = self._call(
+                "XREADGROUP",
+                "GROUP",
+                self._group,
+                self._name,
+                "COUNT",
+                count,
+                "STREAMS",
+                self._key,
+                start,
+            )
+            entries = parse_entries(reply[0][1]) if reply else []
+            if not entries:
+                return handed
+            start = entries[-1][0]
+            handed += self._deliver(entries, redelivered=True)
+
+    def _own_pending(self, count: int) -> list[tuple[str, int, int]]:
+        reply = self._call(
+            "XPENDING", self._key, self._group, "-", "+", count, self._name
+        )
+        return [(text(r[0]), int(r[2]), int(r[3])) for r in reply or ()]
+
+    # -- delivering -----------------------------------------------------------------------
+
+    def _deliver(self, entries: Sequence[RawEntry], redelivered: bool) -> int:
+        """Decode, dead-letter, hand to the handler and acknowledge one batch."""
+        events: list[DirtyStreamEvent] = []
+        drop: list[str] = []
+        deliveries = (
+            self._deliveries(entries) if redelivered and self._max_deliveries else {}
+        )
+        dead: list[tuple[str, dict[bytes, bytes], int]] = []
+        unwirer = self._engine.unwirer
+        for ident, fields in entries:
+            if fields is None:  # deleted from the stream while pending
+                drop.append(ident)
+                continue
+            if deliveries:
+                seen = deliveries.get(ident, 1) - 1
+                if self._max_deliveries is not None and seen >= self._max_deliveries:
+                    dead.append((ident, fields, seen))
+                    continue
+            try:
+                event = decode_entry(
+                    self._stream, ident, fields, unwirer, self._ack_one
+                )
+            except MalformedEntryError as exc:
+                _log.error(
+                    "%s: entry %s is not a valid event (%s); acknowledged and dropped",
+                    self._key,
+                    ident,
+                    exc,
+                )
+                drop.append(ident)
+                continue
+            if deliveries:
+                event = _with_deliveries(event, deliveries.get(ident, 1))
+            events.append(event)
+        if dead:
+            self._bury(dead)
+        if not events:
+            if drop:
+                self._ack(drop)
+            return 0
+        self._acked.clear()
+        try:
+            self._handler(events)
+        except BaseException as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            for event in events:
+                if event.message_id not in self._acked:
+                    self._remember_error(event.message_id, reason)
+            if self._single:
+                self._may_have_pending = True
+            if drop:
+                self._ack(drop)
+            raise
+        done = [e.message_id for e in events if e.message_id not in self._acked]
+        self._acked.clear()
+        self._ack(drop + done)
+        for ident in done:
+            self._errors.pop(ident, None)
+        return len(events)
+
+    def _ack(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        commands: list[tuple[Any, ...]] = [("XACK", self._key, self._group, *ids)]
+        if self._delete:
+            commands.append(("XDEL", self._key, *ids))
+        replies = self._pool.pipeline(commands, "XACK")
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise StreamError(
+                    f"{self._key}: acknowledging failed: {reply}",
+                    pool=self._pool.name,
+                    orig=reply,
+                )
+
+    def _ack_one(self, event: DirtyStreamEvent) -> None:
+        if event.message_id in self._acked:
+            return
+        self._ack([event.message_id])
+        self._acked.add(event.message_id)
+        self._errors.pop(event.message_id, None)
+
+    def _deliveries(self, entries: Sequence[RawEntry]) -> dict[str, int]:
+        first, last = entries[0][0], entries[-1][0]
+        reply = self._call(
+            "XPENDING", self._key, self._group, first, last, len(entries) + 16
+        )
+        return {text(r[0]): int(r[3]) for r in reply or ()}
+
+    def _remember_error(self, ident: str, reason: str) -> None:
+        if len(self._errors) > 10_000:
+            self._errors.clear()
+        self._errors[ident] = reason[:500]
+
+    def _bury(self, dead: list[tuple[str, dict[bytes, bytes], int]]) -> None:
+        """Move poison entries to ``dirty_<Name>:dead`` and drop them from the stream."""
+        dead_key = self._key + DEAD_SUFFIX
+        commands: list[tuple[Any, ...]] = []
+        for ident, fields, seen in dead:
+            reason = self._errors.pop(
+                ident, f"not acknowledged after {seen} deliveries"
+            )
+            flat: list[Any] = []
+            for k, v in fields.items():
+                if k not in (b"error", b"deliveries", b"original_id", b"group"):
+                    flat += [k, v]
+            flat += [
+                b"error",
+                reason,
+                b"deliveries",
+                seen,
+                b"original_id",
+                ident,
+                b"group",
+                self._group,
+            ]
+            commands.append(("XADD", dead_key, "*", *flat))
+            _log.error(
+                "%s: entry %s moved to %s after %d deliveries: %s",
+                self._key,
+                ident,
+                dead_key,
+                seen,
+                reason,
+            )
+        ids = [ident for ident, _, _ in dead]
+        commands.append(("XACK", self._key, self._group, *ids))
+        if self._delete:
+            commands.append(("XDEL", self._key, *ids))
+        for reply in self._pool.pipeline(commands, "XADD"):
+            if isinstance(reply, Exception):
+                raise StreamError(
+                    f"{self._key}: moving dead letters failed: {reply}",
+                    pool=self._pool.name,
+                    orig=reply,
+                )
+
+
+def _with_deliveries(event: DirtyStreamEvent, deliveries: int) -> DirtyStreamEvent:
+    return attrs.evolve(event, deliveries=deliveries)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into ``stop.set()`` while the block runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        _log.info(
+            "signal %d received: finishing the batch in hand, then stopping", signum
+        )
+        stop.set()
+
+    previous = {
+        sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def new_dirty_stream_consumer_single(
+    orm: ORM,
+    stream: str,
+    handler: Handler,
+    *,
+    group: str = DEFAULT_GROUP,
+    max_deliveries: int | None = None,
+    delete_acknowledged: bool = True,
+) -> DirtyStreamConsumer:
+    """Create the one consumer of ``stream``, with a fixed name in its group.
+
+    Because the name is fixed, a restarted process resumes the events the previous
+    one read and never acknowledged.
+
+    Args:
+        orm: any ORM of the engine.
+        stream: the stream name (``AllChanges`` or ``dirty_AllChanges``).
+        handler: called with a list of events.
+        group: the consumer group (all consumers share ``"default"``).
+        max_deliveries: move an event delivered this many times without an
+            acknowledgement to ``dirty_<Name>:dead`` (SPEC §7).
+        delete_acknowledged: remove acknowledged entries from the stream (so its
+            length is its backlog); turn off when several groups read one stream.
+
+    Raises:
+        ConfigurationError: no entity declares the stream.
+    """
+    return DirtyStreamConsumer(
+        orm,
+        stream,
+        handler,
+        single=True,
+        group=group,
+        max_deliveries=max_deliveries,
+        delete_acknowledged=delete_acknowledged,
+    )
+
+
+def new_dirty_stream_consumer_many(
+    orm: ORM,
+    stream: str,
+    handler: Handler,
+    *,
+    group: str = DEFAULT_GROUP,
+    name: str | None = None,
+    max_deliveries: int | None = None,
+    delete_acknowledged: bool = True,
+) -> DirtyStreamConsumer:
+    """Create one of several consumers sharing ``stream``'s work (unique name each).
+
+    Events a "many" consumer failed to handle are taken over by any consumer's
+    :meth:`~DirtyStreamConsumer.auto_claim` once idle long enough.
+
+    Args:
+        orm: any ORM of the engine.
+        stream: the stream name (``AllChanges`` or ``dirty_AllChanges``).
+        handler: called with a list of events.
+        group: the consumer group (all consumers share ``"default"``).
+        name: the consumer name (default: host, pid and a random suffix).
+        max_deliveries: see :func:`new_dirty_stream_consumer_single`.
+        delete_acknowledged: see :func:`new_dirty_stream_consumer_single`.
+    """
+    return DirtyStreamConsumer(
+        orm,
+        stream,
+        handler,
+        single=False,
+        group=group,
+        name=name,
+        max_deliveries=max_deliveries,
+        delete_acknowledged=delete_acknowledged,
+    )
