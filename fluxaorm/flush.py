@@ -9,7 +9,7 @@ publishes each Redis pool's entries in one MULTI/EXEC round trip.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .db import Connection, MySQLPool
@@ -320,7 +320,7 @@ class _Statements:
                 streams,
                 "delete",
                 ident,
-                pack_bind(_wire_all(schema, schema.get_values(entity))),
+                pack_bind(schema.wire_values(schema.get_values(entity))),
             )
 
     def updates(
@@ -335,24 +335,28 @@ class _Statements:
             )
             self.run(f"UPDATE {table} SET {sets} WHERE `id`={row.id}", schema)
         else:
-            sizes = [
-                str(sum(len(lit) + 16 for lit in r.literals) + 24 * len(columns))
-                for r in rows
-            ]
-            head_len = len(table) + 64 + sum(len(c.quoted) + 20 for c in columns)
+            # One multi-table UPDATE joined to a derived table of the new values:
+            # several times faster on the server than CASE id WHEN ... per column.
+            selects = [f"SELECT {r.id}," + ",".join(r.literals) for r in rows]
+            aliases = "".join(f" AS {c.quoted}" for c in columns)
+            sets = ",".join(f"t.{c.quoted}=v.{c.quoted}" for c in columns)
+            fixed = len(table) + len(sets) + len(aliases) + 64
             start = 0
-            for chunk in chunk_rows(sizes, self.max_packet, head_len):
+            for chunk in chunk_rows(selects, self.max_packet, fixed):
                 group = rows[start : start + len(chunk)]
                 start += len(chunk)
-                parts = []
-                for k, column in enumerate(columns):
-                    cases = "".join(
-                        [f" WHEN {r.id} THEN {r.literals[k]}" for r in group]
+                first = group[0]
+                values = [
+                    f"SELECT {first.id} AS `id`,"
+                    + ",".join(
+                        f"{lit} AS {c.quoted}"
+                        for lit, c in zip(first.literals, columns)
                     )
-                    parts.append(f"{column.quoted}=CASE `id`{cases} END")
-                ids = ",".join([str(r.id) for r in group])
+                ]
+                values.extend(chunk[1:])
                 self.run(
-                    f"UPDATE {table} SET {','.join(parts)} WHERE `id` IN ({ids})",
+                    f"UPDATE {table} t JOIN ({' UNION ALL '.join(values)}) v "
+                    f"ON t.`id`=v.`id` SET {sets}",
                     schema,
                 )
         streams = schema.update_streams(tuple(c.name for c in columns))
@@ -387,7 +391,7 @@ class _Statements:
         for (_, entity, values, _), ident in zip(rows, ids):
             result.new_ids.append((schema, entity, ident))
             if streams:
-                bind = _wire_all(schema, values)
+                bind = schema.wire_values(values)
                 bind["id"] = ident
                 self.event(schema, streams, "add", ident, pack_bind(bind))
 
@@ -416,10 +420,6 @@ class _Statements:
             f"SELECT `id` FROM {table} WHERE `id` >= {first} ORDER BY `id` LIMIT {count}"
         )
         return [int(r[0]) for r in rows]
-
-
-def _wire_all(schema: EntitySchema, values: Sequence[Any]) -> dict[str, Any]:
-    return {c.name: c.wire(v) for c, v in zip(schema.columns, values)}
 
 
 def _wire_or_raw(column: Any, value: Any) -> Any:

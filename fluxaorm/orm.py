@@ -193,7 +193,7 @@ class ORM:
             values = schema.get_values(entity)
             for column, value in zip(schema.columns, values):
                 column.literal(value)
-            bind = {c.name: c.wire(v) for c, v in zip(schema.columns, values)}
+            bind = schema.wire_values(values)
             record = EventRecord(
                 schema.push_streams, "edit", schema.name, ident, pack_bind(bind), None
             )

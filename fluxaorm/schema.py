@@ -99,6 +99,9 @@ class EntitySchema:
         self._ignored = tuple(ignored)
         self.init_names: tuple[str, ...] = tuple(init_names)
         self._slots = any("__slots__" in k.__dict__ for k in cls.__mro__[:-1])
+        self._wire_conversions = tuple(
+            (c.name, c.to_wire) for c in self.columns if c.to_wire is not None
+        )
         self._conversions = tuple(
             (i, c.from_db) for i, c in enumerate(self.columns) if c.from_db is not None
         )
@@ -170,6 +173,15 @@ class EntitySchema:
             value = info.default_factory() if info.default_factory else info.default
             object.__setattr__(obj, info.name, value)
         return obj
+
+    def wire_values(self, values: Sequence[Any]) -> dict[str, Any]:
+        """Return the bind (msgpack-ready values) of a full ``columns``-ordered row."""
+        bind = dict(zip(self.names, values))
+        for name, convert in self._wire_conversions:
+            value = bind[name]
+            if value is not None:
+                bind[name] = convert(value)
+        return bind
 
     def set_id(self, obj: Any, value: int) -> None:
         """Set the ``id`` of an entity, bypassing ``__setattr__`` hooks."""
