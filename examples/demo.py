@@ -1,15 +1,18 @@
-"""The fluxaorm demo: sync a schema, insert, edit and delete, and show what happened.
+"""The fluxaorm demo: sync a schema, write changes, and watch a consumer receive them.
 
 Runs against the local MariaDB and Redis (override with FLUXAORM_DEMO_MYSQL_URL and
-FLUXAORM_DEMO_REDIS_URL). It uses its own database, ``fluxaorm_demo``.
+FLUXAORM_DEMO_REDIS_URL). It owns the database ``fluxaorm_demo`` and Redis DB 14
+and starts each run from nothing.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import pymysql
+import redis
 
 import fluxaorm
 from fluxaorm.testing import count_queries
@@ -42,13 +45,33 @@ class CategoryEntity:
     code: str = ""
 
 
-def main() -> None:
-    conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
-    conn.cursor().execute(
-        "CREATE DATABASE IF NOT EXISTS fluxaorm_demo CHARACTER SET utf8mb4"
+def reset() -> None:
+    """Drop the demo's database and Redis DB so every run starts the same."""
+    url = urlsplit(MYSQL_URL)
+    database = url.path.lstrip("/")
+    conn = pymysql.connect(
+        host=url.hostname or "127.0.0.1",
+        port=url.port or 3306,
+        user=url.username or "root",
+        password=url.password or "",
+        autocommit=True,
     )
+    conn.cursor().execute(f"DROP DATABASE IF EXISTS `{database}`")
+    conn.cursor().execute(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4")
     conn.close()
+    redis.Redis.from_url(REDIS_URL).flushdb()
 
+
+def show(events: list[fluxaorm.DirtyStreamEvent]) -> None:
+    """The consumer's handler: print each event."""
+    for event in events:
+        entity = event.entity_name.rsplit(".", 1)[-1]
+        old = f" (was {event.old})" if event.old else ""
+        print(f"  {event.operation.name} {entity} #{event.id}: {event.bind}{old}")
+
+
+def main() -> None:
+    reset()
     registry = fluxaorm.Registry()
     registry.register_mysql(MYSQL_URL)
     registry.register_redis(REDIS_URL)
@@ -61,33 +84,37 @@ def main() -> None:
         with count_queries(engine) as log:
             users = [
                 orm.new_entity(
-                    UserEntity,
-                    name=f"user {i}",
-                    email=f"user{os.getpid()}-{i}@example.com",
+                    UserEntity, name=f"user {i}", email=f"user{i}@example.com"
                 )
                 for i in range(3)
             ]
             orm.new_entity(CategoryEntity, code="books")
             orm.flush()
-        print(
-            f"inserted users {[u.id for u in users]} with {log.count} statements: {log.kinds()}"
-        )
+        print(f"inserted users {[u.id for u in users]}: {' '.join(log.kinds())}")
 
         edited = orm.edit_entity(orm.get_by_id(UserEntity, users[0].id))
-        edited.email = f"renamed-{os.getpid()}@example.com"
+        edited.email = "renamed@example.com"
+        edited.name = edited.name  # unchanged: neither written nor streamed
         with count_queries(engine) as log:
             orm.flush()
         print(f"edited user {edited.id}: {log.statements[1]}")
 
         orm.delete_entity(users[1])
         orm.flush()
-        print(
-            f"deleted user {users[1].id}; still there: {orm.get_by_id(UserEntity, users[1].id)}"
-        )
-        found = orm.search(
-            UserEntity, fluxaorm.Where("`id` IN ?", [u.id for u in users])
-        )
-        print(f"users left: {[(u.id, u.email) for u in found]}")
+        print(f"deleted user {users[1].id}: {orm.get_by_id(UserEntity, users[1].id)}")
+
+        broker = orm.get_event_broker()
+        for stats in broker.get_streams_statistics():
+            print(f"stream {stats.stream}: {stats.len} entries waiting")
+
+        print("a consumer of dirty_AllChanges prints what it receives:")
+        with fluxaorm.new_dirty_stream_consumer_single(
+            orm, "AllChanges", show
+        ) as consumer:
+            while consumer.consume(100, 0.2):
+                pass
+        left = broker.get_stream_statistics("AllChanges").len
+        print(f"dirty_AllChanges now holds {left} entries")
 
 
 if __name__ == "__main__":
