@@ -1,8 +1,8 @@
 """The fluxaorm demo: sync a schema, write changes, and watch a consumer receive them.
 
 Runs against the local MariaDB and Redis (override with FLUXAORM_DEMO_MYSQL_URL and
-FLUXAORM_DEMO_REDIS_URL). It owns the database ``fluxaorm_demo`` and Redis DB 14
-and starts each run from nothing.
+FLUXAORM_DEMO_REDIS_URL; by default the database ``fluxaorm_demo`` and Redis DB 14).
+Each run first drops the demo's own tables and streams, and nothing else.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class CategoryEntity:
 
 
 def reset() -> None:
-    """Drop the demo's database and Redis DB so every run starts the same."""
+    """Remove what an earlier run left: the demo's tables and streams, nothing else."""
     url = urlsplit(MYSQL_URL)
     database = url.path.lstrip("/")
     conn = pymysql.connect(
@@ -56,10 +56,14 @@ def reset() -> None:
         password=url.password or "",
         autocommit=True,
     )
-    conn.cursor().execute(f"DROP DATABASE IF EXISTS `{database}`")
-    conn.cursor().execute(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4")
+    cursor = conn.cursor()
+    cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4")
+    for table in ("UserEntity", "CategoryEntity", "_fluxaorm_outbox"):
+        cursor.execute(f"DROP TABLE IF EXISTS `{database}`.`{table}`")
     conn.close()
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    streams = ["AllChanges", "NewUsers", "DeletedUsers", "EmailAddedOrChanged"]
+    streams.append("CategoryAddedDeleted")
+    redis.Redis.from_url(REDIS_URL).delete(*(f"dirty_{name}" for name in streams))
 
 
 def show(events: list[fluxaorm.DirtyStreamEvent]) -> None:
