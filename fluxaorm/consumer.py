@@ -100,7 +100,10 @@ class DirtyStreamConsumer:
         self._max_deliveries = max_deliveries
         self._delete = delete_acknowledged
         self._group_ready = False
-        self._may_have_pending = single
+        # A new consumer object may be a restarted process: drain its own pending
+        # entries once. Afterwards only a single consumer re-drains after a failure;
+        # a many consumer's failures go back through auto_claim (SPEC §5).
+        self._may_have_pending = True
         self._acked: set[str] = set()
         self._errors: dict[str, str] = {}
 
@@ -265,13 +268,15 @@ class DirtyStreamConsumer:
         min_idle: float | timedelta = 60.0,
         claim_every: float = 5.0,
         relay_every: float = 1.0,
+        trim_every: float = 10.0,
     ) -> int:
         """Consume until ``stop`` is set or the process gets SIGINT/SIGTERM.
 
         Each turn consumes (waiting up to ``block`` seconds, in slices so a stop
         is noticed quickly), every ``claim_every`` seconds claims events idle for
         ``min_idle`` seconds, and every ``relay_every`` seconds relays the outbox
-        (``engine.relay_outbox()``). A handler error or a Redis/MySQL outage is
+        (``engine.relay_outbox()``); every ``trim_every`` seconds it applies the
+        stream's retention, if it has one. A handler error or a Redis/MySQL outage is
         logged and retried with backoff; the batch in hand is always finished.
         On the way out the consumer cleans up.
 
@@ -284,6 +289,8 @@ class DirtyStreamConsumer:
         failures = 0
         next_claim = 0.0
         next_relay = 0.0
+        next_trim = 0.0
+        retention = self._info.max_len is not None or self._info.max_age is not None
         with _stop_on_signals(stop):
             try:
                 while not stop.is_set():
@@ -292,6 +299,9 @@ class DirtyStreamConsumer:
                         if now >= next_relay:
                             next_relay = now + relay_every
                             self._engine.relay_outbox()
+                        if retention and now >= next_trim:
+                            next_trim = now + trim_every
+                            self._engine.get_event_broker().trim_streams(self._stream)
                         if now >= next_claim:
                             next_claim = now + claim_every
                             handed += self.auto_claim(count, min_idle)
@@ -351,9 +361,7 @@ class DirtyStreamConsumer:
         if self._group_ready:
             return
         try:
-            self._pool.execute(
-                "XGROUP", "CREATE", self._key, self._group, "0", "MKSTREAM"
-            )
+            self._call("XGROUP", "CREATE", self._key, self._group, "0", "MKSTREAM")
         except StreamError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -507,11 +515,19 @@ class DirtyStreamConsumer:
         self._errors.pop(event.message_id, None)
 
     def _deliveries(self, entries: Sequence[RawEntry]) -> dict[str, int]:
-        first, last = entries[0][0], entries[-1][0]
-        reply = self._call(
-            "XPENDING", self._key, self._group, first, last, len(entries) + 16
+        """Redis's delivery counter of each entry, in one pipelined round trip."""
+        replies = self._pool.pipeline(
+            [
+                ("XPENDING", self._key, self._group, ident, ident, 1)
+                for ident, _ in entries
+            ],
+            "XPENDING",
         )
-        return {text(r[0]): int(r[3]) for r in reply or ()}
+        counts: dict[str, int] = {}
+        for reply in replies:
+            if not isinstance(reply, Exception) and reply:
+                counts[text(reply[0][0])] = int(reply[0][3])
+        return counts
 
     def _remember_error(self, ident: str, reason: str) -> None:
         if len(self._errors) > 10_000:

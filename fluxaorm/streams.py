@@ -49,14 +49,16 @@ class RedisPool:
         options = dict(config.options)
         # Replies are parsed here as RESP2 arrays, whatever the client's default.
         options["protocol"] = 2
+        # Known without I/O, so blocking reads can stay under it (redis-py 8's default).
+        options.setdefault("socket_timeout", 5.0)
         try:
             self._pool = redis.ConnectionPool.from_url(config.secret_url, **options)
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(
                 f"Redis pool {self.name!r} ({config.url}): {exc}"
             ) from None
-        self._socket_timeout: float | None = None
-        self._timeout_known = False
+        timeout = self._pool.connection_kwargs.get("socket_timeout")
+        self.socket_timeout: float | None = float(timeout) if timeout else None
 
     def __repr__(self) -> str:
         return f"<RedisPool {self.name!r} {self.config.url}>"
@@ -150,19 +152,6 @@ class RedisPool:
                 first if first is not None else RuntimeError("EXEC aborted"), what
             )
         return list(result)
-
-    @property
-    def socket_timeout(self) -> float | None:
-        """The read timeout of this pool's connections (``None``: none)."""
-        if not self._timeout_known:
-            conn: Any = self._pool.get_connection()
-            try:
-                timeout = getattr(conn, "socket_timeout", None)
-            finally:
-                self._pool.release(conn)
-            self._socket_timeout = float(timeout) if timeout else None
-            self._timeout_known = True
-        return self._socket_timeout
 
     def blocking_timeout(self, seconds: float) -> float:
         """Return the longest block (s) one read may use without tripping the socket timeout."""
