@@ -1,7 +1,8 @@
-"""Stream statistics (SPEC §6): backlog, lag, pending and consumer idle times.
+"""The event broker: stream statistics (SPEC §6), dead letters and retention.
 
-Users reach it through ``orm.get_event_broker()``. It reads XINFO and XPENDING in
-two pipelined round trips per stream (plus one XRANGE when Redis cannot report a
+Users reach it through ``orm.get_event_broker()``; consumers' run loops call its
+:meth:`EventBroker.trim_streams`. Statistics read XINFO and XPENDING in two
+pipelined round trips per stream (plus one XRANGE when Redis cannot report a
 group's lag) and the outbox backlog with one query per MySQL pool.
 """
 
@@ -11,14 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .events import DirtyStreamEvent, MalformedEntryError, decode_entry
 from .outbox import backlog
-from .streams import pairs, text
+from .streams import pairs, parse_entries, text
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from .engine import Engine, StreamInfo
 
 __all__ = [
     "ConsumerStatistics",
+    "DeadLetter",
     "EventBroker",
     "GroupStatistics",
     "OutboxStatistics",
@@ -76,6 +81,11 @@ class StreamStatistics:
         len: entries in the stream (the unacknowledged backlog).
         oldest_event_seconds: age of the oldest entry, 0 when empty.
         groups: its consumer groups.
+        dead_letters: entries in ``dirty_<Name>:dead``.
+        max_len / max_age_seconds: the stream's retention (``None``: no limit).
+        retention_fill: how full the stream is against its retention (1.0 =
+            at the limit; the larger of len/max_len and age/max_age), ``None``
+            without retention.
     """
 
     stream: str
@@ -83,6 +93,33 @@ class StreamStatistics:
     len: int
     oldest_event_seconds: float
     groups: list[GroupStatistics]
+    dead_letters: int = 0
+    max_len: int | None = None
+    max_age_seconds: float | None = None
+    retention_fill: float | None = None
+
+
+@attrs.frozen
+class DeadLetter:
+    """An event moved to ``dirty_<Name>:dead`` after too many deliveries.
+
+    Attributes:
+        message_id: its id in the dead-letter stream.
+        original_id: its id in the original stream.
+        group: the consumer group that gave up on it.
+        error: why (the handler's last exception, when known).
+        deliveries: how many times it was handed to a handler.
+        event: the event, or ``None`` when the entry never was a valid event.
+        fields: the original entry's raw fields.
+    """
+
+    message_id: str
+    original_id: str
+    group: str
+    error: str
+    deliveries: int
+    event: DirtyStreamEvent | None
+    fields: dict[bytes, bytes]
 
 
 @attrs.frozen
@@ -100,6 +137,32 @@ class OutboxStatistics:
     rows: int
     entries: int
     oldest_seconds: float
+
+
+def _parse_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _next_id(entry_id: str) -> tuple[int, int]:
+    ms, seq = _parse_id(entry_id)
+    return ms, seq + 1
+
+
+def _fill(info: StreamInfo, length: int, oldest: float) -> float | None:
+    parts = []
+    if info.max_len:
+        parts.append(length / info.max_len)
+    if info.max_age:
+        parts.append(oldest / info.max_age)
+    return max(parts) if parts else None
+
+
+_DEAD_FIELDS = (b"error", b"deliveries", b"original_id", b"group")
+
+
+def _original_fields(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    return {k: v for k, v in fields.items() if k not in _DEAD_FIELDS}
 
 
 def _age(entry_id: str, now_ms: float) -> float:
@@ -149,12 +212,29 @@ class EventBroker:
     def _statistics(self, info: StreamInfo) -> StreamStatistics:
         pool = self._engine.redis_pool(info.redis_pool)
         key = info.key
-        now_reply, stream_reply, groups_reply = pool.pipeline(
-            [("TIME",), ("XINFO", "STREAM", key), ("XINFO", "GROUPS", key)], "XINFO"
+        now_reply, stream_reply, groups_reply, dead_reply = pool.pipeline(
+            [
+                ("TIME",),
+                ("XINFO", "STREAM", key),
+                ("XINFO", "GROUPS", key),
+                ("XLEN", info.dead_key),
+            ],
+            "XINFO",
         )
         now_ms = int(now_reply[0]) * 1000 + int(now_reply[1]) / 1000
+        dead = 0 if isinstance(dead_reply, Exception) else int(dead_reply)
         if isinstance(stream_reply, Exception):
-            return StreamStatistics(key, info.redis_pool, 0, 0.0, [])
+            return StreamStatistics(
+                key,
+                info.redis_pool,
+                0,
+                0.0,
+                [],
+                dead,
+                info.max_len,
+                info.max_age,
+                _fill(info, 0, 0.0),
+            )
         stream = pairs(stream_reply)
         length = int(stream.get("length", 0))
         first = stream.get("first-entry")
@@ -211,7 +291,175 @@ class EventBroker:
                     consumers=consumers,
                 )
             )
-        return StreamStatistics(key, info.redis_pool, length, oldest, groups)
+        return StreamStatistics(
+            key,
+            info.redis_pool,
+            length,
+            oldest,
+            groups,
+            dead,
+            info.max_len,
+            info.max_age,
+            _fill(info, length, oldest),
+        )
+
+    # -- dead letters ------------------------------------------------------------------
+
+    def get_dead_letters(
+        self, stream: str, count: int = 100, start: str = "-"
+    ) -> list[DeadLetter]:
+        """Return up to ``count`` dead letters of ``stream``, oldest first.
+
+        Args:
+            stream: the stream name (``AllChanges`` or ``dirty_AllChanges``).
+            count: the most letters to return.
+            start: return letters from this dead-letter id on.
+        """
+        info = self._engine.stream(stream)
+        raw = self._engine.redis_pool(info.redis_pool).execute(
+            "XRANGE", info.dead_key, start, "+", "COUNT", count
+        )
+        letters = []
+        for ident, fields in parse_entries(raw):
+            assert fields is not None
+            original = text(fields.get(b"original_id"))
+            try:
+                event: DirtyStreamEvent | None = decode_entry(
+                    info.name, original, fields, self._engine.unwirer
+                )
+            except MalformedEntryError:
+                event = None
+            letters.append(
+                DeadLetter(
+                    message_id=ident,
+                    original_id=original,
+                    group=text(fields.get(b"group")),
+                    error=fields.get(b"error", b"").decode("utf-8", "replace"),
+                    deliveries=int(fields.get(b"deliveries", b"0") or 0),
+                    event=event,
+                    fields=_original_fields(fields),
+                )
+            )
+        return letters
+
+    def requeue_dead_letters(
+        self, stream: str, ids: Iterable[str] | None = None
+    ) -> int:
+        """Put dead letters back on their stream as new entries; return how many.
+
+        Args:
+            stream: the stream name.
+            ids: dead-letter ids to requeue; ``None`` requeues all of them.
+        """
+        info = self._engine.stream(stream)
+        pool = self._engine.redis_pool(info.redis_pool)
+        wanted = set(ids) if ids is not None else None
+        moved = 0
+        start = "-"
+        while True:
+            raw = pool.execute("XRANGE", info.dead_key, start, "+", "COUNT", 500)
+            entries = parse_entries(raw)
+            if not entries:
+                return moved
+            start = "(" + entries[-1][0]
+            chosen = [
+                (i, f)
+                for i, f in entries
+                if f is not None and (wanted is None or i in wanted)
+            ]
+            if chosen:
+                commands: list[tuple[Any, ...]] = []
+                for _, fields in chosen:
+                    flat: list[Any] = []
+                    for k, v in _original_fields(fields).items():
+                        flat += [k, v]
+                    commands.append(("XADD", info.key, "*", *flat))
+                commands.append(("XDEL", info.dead_key, *[i for i, _ in chosen]))
+                pool.pipeline(commands, "XADD")
+                moved += len(chosen)
+
+    def purge_dead_letters(self, stream: str, ids: Iterable[str] | None = None) -> int:
+        """Delete dead letters for good; return how many were deleted.
+
+        Args:
+            stream: the stream name.
+            ids: dead-letter ids to delete; ``None`` deletes all of them.
+        """
+        info = self._engine.stream(stream)
+        pool = self._engine.redis_pool(info.redis_pool)
+        if ids is None:
+            length = int(pool.execute("XLEN", info.dead_key))
+            pool.execute("DEL", info.dead_key)
+            return length
+        listed = list(ids)
+        return int(pool.execute("XDEL", info.dead_key, *listed)) if listed else 0
+
+    # -- retention -----------------------------------------------------------------------
+
+    def trim_streams(self, *names: str) -> dict[str, int]:
+        """Apply each stream's retention; return entries removed per stream key.
+
+        Only entries every consumer group has handled (not pending and not after
+        its last delivered id) are removed, unless the stream was registered with
+        ``drop_unhandled=True``. A stream no group reads yet is never trimmed
+        unless ``drop_unhandled`` is set, so its first consumer still gets
+        everything.
+        """
+        infos = (
+            [self._engine.stream(n) for n in names]
+            if names
+            else [self._engine.stream(n) for n in self._engine.streams]
+        )
+        removed: dict[str, int] = {}
+        for info in infos:
+            if info.max_len is None and info.max_age is None:
+                continue
+            removed[info.key] = self._trim(info)
+        return removed
+
+    def _trim(self, info: StreamInfo) -> int:
+        pool = self._engine.redis_pool(info.redis_pool)
+        key = info.key
+        now_reply, length_reply, groups_reply = pool.pipeline(
+            [("TIME",), ("XLEN", key), ("XINFO", "GROUPS", key)], "XTRIM"
+        )
+        length = int(length_reply) if not isinstance(length_reply, Exception) else 0
+        if length == 0:
+            return 0
+        now_ms = int(now_reply[0]) * 1000 + int(now_reply[1]) // 1000
+        # The retention threshold: entries with a smaller id are past the limits.
+        threshold = (0, 0)
+        if info.max_age is not None:
+            threshold = max(threshold, (now_ms - int(info.max_age * 1000), 0))
+        if info.max_len is not None and length > info.max_len:
+            excess = pool.execute(
+                "XRANGE", key, "-", "+", "COUNT", length - info.max_len
+            )
+            if excess:
+                threshold = max(threshold, _next_id(text(excess[-1][0])))
+        if threshold == (0, 0):
+            return 0
+        if not info.drop_unhandled:
+            groups = (
+                []
+                if isinstance(groups_reply, Exception)
+                else [pairs(g) for g in groups_reply]
+            )
+            if not groups:
+                return 0
+            pending_replies = pool.pipeline(
+                [("XPENDING", key, text(g.get("name"))) for g in groups], "XPENDING"
+            )
+            for group, pending in zip(groups, pending_replies):
+                floor = _next_id(text(group.get("last-delivered-id")) or "0-0")
+                if not isinstance(pending, Exception) and pending and pending[1]:
+                    floor = min(floor, _parse_id(text(pending[1])))
+                threshold = min(threshold, floor)
+        if threshold <= (0, 0):
+            return 0
+        return int(
+            pool.execute("XTRIM", key, "MINID", f"{threshold[0]}-{threshold[1]}")
+        )
 
     @staticmethod
     def _lag(pool: Any, key: str, last: str, length: int, pending: int) -> int:

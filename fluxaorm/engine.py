@@ -43,12 +43,24 @@ class StreamInfo:
         redis_pool: the Redis pool holding it.
         sources: ``(entity name, operations)`` pairs; operations are ``add``,
             ``edit``, ``delete`` or ``field:<name>`` (an update changing that field).
+        max_len: keep at most this many entries (``None``: no limit).
+        max_age: keep entries at most this many seconds (``None``: no limit).
+        drop_unhandled: let retention drop entries a consumer group has not
+            handled yet (off: only handled entries are ever trimmed).
     """
 
     name: str
     key: str
     redis_pool: str
     sources: tuple[tuple[str, tuple[str, ...]], ...]
+    max_len: int | None = None
+    max_age: float | None = None
+    drop_unhandled: bool = False
+
+    @property
+    def dead_key(self) -> str:
+        """The Redis key of the stream's dead letters (``dirty_<Name>:dead``)."""
+        return self.key + ":dead"
 
 
 class Engine:
@@ -80,7 +92,7 @@ class Engine:
         self._streams = dict(streams)
         self.outbox = outbox
         self.relay_delay = relay_delay
-        self.encoder = StreamEncoder()
+        self.encoder = StreamEncoder(trim=self._xadd_trim)
         # Tests force the id-assignment strategy of the flush; None picks per server.
         self.id_strategy: str | None = None
         self._unpublished: dict[str, set[int]] = {}
@@ -279,6 +291,13 @@ class Engine:
         """Note an outbox row this process failed to publish (the relay takes it at once)."""
         with self._lock:
             self._unpublished.setdefault(pool, set()).add(outbox_id)
+
+    def _xadd_trim(self, name: str) -> tuple[bytes, ...]:
+        """XADD options of a stream: MAXLEN ~ N only when it may drop unhandled entries."""
+        info = self._streams.get(name)
+        if info is None or not info.drop_unhandled or info.max_len is None:
+            return ()
+        return (b"MAXLEN", b"~", str(info.max_len).encode())
 
     # -- listeners -----------------------------------------------------------------------
 
