@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from .errors import ConfigurationError
 
@@ -40,29 +41,55 @@ _MYSQL_STR = {
 _MYSQL_KEYS = _MYSQL_INT | _MYSQL_FLOAT | _MYSQL_BOOL | _MYSQL_STR
 
 
+_SECRET_QUERY_RE = re.compile(
+    r"([?&][^=&#]*(?:password|passwd|pwd|secret|token)[^=&#]*=)[^&#]*", re.IGNORECASE
+)
+_SECRET_OPTION_RE = re.compile(r"password|passwd|secret|token", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """Return ``url`` with its password replaced by ``***``."""
+    """Return ``url`` with its password (in the userinfo or the query) replaced by ``***``.
+
+    Works on the raw text rather than on a parsed URL, so a password holding an
+    unencoded ``#``, ``/`` or ``@`` (which breaks URL parsing) is hidden too:
+    everything between ``://`` and the last ``@`` is treated as userinfo.
+    """
+    if not isinstance(url, str):
+        return "<not a URL>"
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, after = rest.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        if "/" in user or "?" in user:
+            # An "@" after the path starts can't end a well-formed userinfo;
+            # hide it all rather than guess.
+            user = "***"
+        rest = f"{user}{colon and ':***'}@{after}"
+    url = f"{scheme}{sep}{rest}"
+    return _SECRET_QUERY_RE.sub(r"\1***", url)
+
+
+def _split(url: object, kind: str, pool: str) -> SplitResult:
+    if not isinstance(url, str):
+        raise ConfigurationError(
+            f"{kind} pool {pool!r}: the URL must be a str, not {type(url).__name__}"
+        )
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port raises ValueError when it is bad
     except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is not None:
-        netloc += f":{port}"
-    return parts._replace(netloc=netloc).geturl()
+        # The parser's own message can quote part of the password: never show it.
+        raise ConfigurationError(
+            f"{kind} pool {pool!r}: cannot parse URL {redact_url(url)!r}; check the "
+            "host and port, and percent-encode special characters of the user and "
+            "password (e.g. '#' as %23, '/' as %2F, '@' as %40)"
+        ) from None
+    return parts
 
 
-def _parse_bool(key: str, value: Any) -> bool:
+def _parse_bool(pool: str, key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).lower()
@@ -70,7 +97,38 @@ def _parse_bool(key: str, value: Any) -> bool:
         return True
     if text in {"0", "false", "no", "off"}:
         return False
-    raise ConfigurationError(f"MySQL option {key}={value!r} must be true or false")
+    raise ConfigurationError(
+        f"MySQL pool {pool!r}: option {key}={value!r} must be true or false"
+    )
+
+
+def _pymysql_ssl(values: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Build pymysql's ``ssl=`` dict from the ``ssl*`` options, or ``None``.
+
+    The keys are the ones pymysql reads: ``ca``, ``cert``, ``key``,
+    ``verify_mode`` and ``check_hostname``.
+    A CA file turns certificate verification on unless ``ssl_verify_cert=false``;
+    ``ssl_verify_identity=true`` also checks the host name. ``ssl=true`` alone
+    encrypts without verifying (the server's certificate is often self-signed).
+    """
+    given = [k for k in ("ssl_ca", "ssl_cert", "ssl_key") if values[k]]
+    verify_cert = values["ssl_verify_cert"]
+    verify_identity = bool(values["ssl_verify_identity"])
+    if not (
+        given
+        or values["ssl"]
+        or verify_cert is not None
+        or values["ssl_verify_identity"]
+    ):
+        return None
+    if verify_identity:
+        verify_cert = True
+    elif verify_cert is None:
+        verify_cert = bool(values["ssl_ca"])
+    ssl: dict[str, Any] = {key[4:]: values[key] for key in given}
+    ssl["verify_mode"] = bool(verify_cert)
+    ssl["check_hostname"] = verify_identity
+    return ssl
 
 
 class MySQLConfig:
@@ -82,7 +140,9 @@ class MySQLConfig:
         unix_socket: a socket path used instead of host and port.
         connect_timeout, read_timeout, write_timeout: seconds (read/write ``None``
             means no limit).
-        ssl: a dict for pymysql's ``ssl=`` argument, or ``None``.
+        ssl: a dict for pymysql's ``ssl=`` argument, or ``None`` (see
+            ``ssl``, ``ssl_ca``, ``ssl_cert``, ``ssl_key``, ``ssl_verify_cert``
+            and ``ssl_verify_identity``).
         pool_size: the most connections the pool keeps open at once.
         pool_recycle: seconds after which an idle connection is pinged before use.
         pool_timeout: seconds to wait for a free connection when all are in use.
@@ -90,20 +150,15 @@ class MySQLConfig:
 
     def __init__(self, url: str, pool: str = "default", **options: Any):
         self.pool = pool
-        try:
-            parts = urlsplit(url)
-            port_in_url = parts.port
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"MySQL pool {pool!r}: cannot parse URL {redact_url(url)!r}: {exc}"
-            ) from None
+        parts = _split(url, "MySQL", pool)
+        port_in_url = parts.port
         if parts.scheme not in _MYSQL_SCHEMES:
             raise ConfigurationError(
                 f"MySQL pool {pool!r}: URL must start with mysql:// (got {redact_url(url)!r})"
             )
         values: dict[str, Any] = {
             "host": parts.hostname or "127.0.0.1",
-            "port": port_in_url or 3306,
+            "port": port_in_url if port_in_url is not None else 3306,
             "user": unquote(parts.username) if parts.username else "root",
             "password": unquote(parts.password) if parts.password is not None else "",
             "database": unquote(parts.path.lstrip("/")) or None,
@@ -146,7 +201,7 @@ class MySQLConfig:
                         f"MySQL pool {pool!r}: option {key}={value!r} must be a number"
                     ) from None
             elif key in _MYSQL_BOOL:
-                value = _parse_bool(key, value)
+                value = _parse_bool(pool, key, value)
             values[key] = value
         if not values["database"]:
             raise ConfigurationError(
@@ -155,6 +210,21 @@ class MySQLConfig:
         if values["pool_size"] < 1:
             raise ConfigurationError(
                 f"MySQL pool {pool!r}: pool_size must be at least 1"
+            )
+        for key in ("connect_timeout", "read_timeout", "write_timeout"):
+            if values[key] is not None and values[key] <= 0:
+                raise ConfigurationError(
+                    f"MySQL pool {pool!r}: {key} must be 1 second or more "
+                    "(leave read/write timeouts out for no limit)"
+                )
+        for key in ("pool_recycle", "pool_timeout"):
+            if values[key] < 0:
+                raise ConfigurationError(
+                    f"MySQL pool {pool!r}: {key} must be 0 seconds or more"
+                )
+        if not 0 < values["port"] < 65536:
+            raise ConfigurationError(
+                f"MySQL pool {pool!r}: port must be from 1 to 65535, not {values['port']}"
             )
         self.host: str = values["host"]
         self.port: int = values["port"]
@@ -170,16 +240,7 @@ class MySQLConfig:
         self.pool_recycle: float = values["pool_recycle"]
         self.pool_timeout: float = values["pool_timeout"]
         self.max_allowed_packet: int | None = values["max_allowed_packet"]
-        ssl: dict[str, Any] = {}
-        for key in ("ssl_ca", "ssl_cert", "ssl_key"):
-            if values[key]:
-                ssl[key[4:]] = values[key]
-        for key in ("ssl_verify_cert", "ssl_verify_identity"):
-            if values[key] is not None:
-                ssl[key[4:]] = values[key]
-        if values["ssl"] and not ssl:
-            ssl = {"verify_cert": False}
-        self.ssl: dict[str, Any] | None = ssl or None
+        self.ssl: dict[str, Any] | None = _pymysql_ssl(values)
 
     @property
     def password(self) -> str:
@@ -225,18 +286,18 @@ class RedisConfig:
     Attributes:
         pool: the pool name.
         url: the URL with its password replaced by ``***``.
+        host, port: where to connect (``host`` is empty for ``unix://``).
+        tls: whether the URL is ``rediss://``.
+        username: the ACL user of the URL, or ``None``.
+        db: the database number (``?db=``, else the URL path, else the ``db``
+            option, as redis-py reads it).
         options: keyword options for ``redis.ConnectionPool.from_url``.
     """
 
     def __init__(self, url: str, pool: str = "default", **options: Any):
         self.pool = pool
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"Redis pool {pool!r}: cannot parse URL {redact_url(url)!r}: {exc}"
-            ) from None
+        parts = _split(url, "Redis", pool)
+        port = parts.port
         if parts.scheme not in _REDIS_SCHEMES:
             raise ConfigurationError(
                 f"Redis pool {pool!r}: URL must start with redis://, rediss:// or unix:// "
@@ -247,14 +308,30 @@ class RedisConfig:
         self.host = parts.hostname or ("127.0.0.1" if parts.scheme != "unix" else "")
         self.port = port or 6379
         self.tls = parts.scheme == "rediss"
+        self.username: str | None = unquote(parts.username) if parts.username else None
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        db_text = query.get("db")
+        if db_text is None and parts.scheme != "unix":
+            db_text = parts.path.lstrip("/") or None
+        if db_text is None and "db" in options:
+            # redis-py lets the URL's db win over the db= option.
+            db_text = str(options["db"])
+        try:
+            self.db: int = int(db_text) if db_text is not None else 0
+        except ValueError:
+            raise ConfigurationError(
+                f"Redis pool {pool!r}: the database in {self.url!r} must be a number "
+                f"(redis://host:6379/0), not {db_text!r}"
+            ) from None
+        if self.db < 0:
+            raise ConfigurationError(
+                f"Redis pool {pool!r}: the database number must be 0 or more"
+            )
         self.options: Mapping[str, Any] = dict(options)
-        if "password" in self.options or "username" in self.options:
-            shown = {
-                k: ("***" if k == "password" else v) for k, v in self.options.items()
-            }
-            self._shown_options = shown
-        else:
-            self._shown_options = dict(self.options)
+        self._shown_options = {
+            k: ("***" if _SECRET_OPTION_RE.search(k) else v)
+            for k, v in self.options.items()
+        }
 
     @property
     def secret_url(self) -> str:

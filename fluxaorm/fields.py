@@ -2,7 +2,7 @@
 
 ``schema.py`` builds one :class:`Column` per field at ``Registry.validate()``; the
 flush, the loaders and the event codec then only call the converters stored here:
-``literal`` (validate a value and render it as SQL), ``to_wire``/``from_wire`` (the
+``literal`` (validate a value and render it as SQL), ``wire``/``unwire`` (the
 msgpack bind encoding of SPEC §4) and ``from_db`` (pymysql value -> field value).
 """
 
@@ -109,13 +109,21 @@ class Column:
         return self.to_wire(value)
 
     def unwire(self, value: Any) -> Any:
-        """Return the field value of a msgpack value; foreign values stay as they are."""
+        """Return the field value of a msgpack value.
+
+        Raises:
+            ValueError: the value is no wire form of this column (say a Decimal
+                that is not a number, or an enum value that is no member), so the
+                entry holding it is not a valid event.
+        """
         if value is None or self.from_wire is None:
             return value
         try:
             return self.from_wire(value)
-        except (ValueError, TypeError, ArithmeticError):
-            return value
+        except (ValueError, TypeError, ArithmeticError, LookupError):
+            raise ValueError(
+                f"{self.name}: {_short(value)} is not a valid {self.kind} value"
+            ) from None
 
 
 def unwrap_optional(annotation: Any) -> tuple[Any, bool]:
@@ -224,6 +232,10 @@ def build_column(
         return _date_column(b)
     if isinstance(inner, type) and issubclass(inner, enum.Enum):
         return _enum_column(b, inner)
+    if annotation is None:
+        raise b.schema_error(
+            "has no type annotation; declare its type (e.g. `name: str = ''`)"
+        )
     shown = getattr(inner, "__name__", None) or repr(inner)
     raise b.schema_error(
         f"type {shown} is not supported; use int, bool, float, str, bytes, Decimal, "
@@ -301,7 +313,12 @@ def _float_column(b: _Builder) -> Column:
 
     def slow(value: Any) -> str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                raise b.bad(
+                    f"{_short(value)} is too large for a float column (double)"
+                ) from None
             if math.isfinite(number):
                 return repr(number)
             raise b.bad(f"{value!r} cannot be stored: MySQL has no NaN or infinity")
@@ -355,7 +372,8 @@ def _str_column(b: _Builder) -> Column:
                 raise b.bad(
                     f"{_short(value)} contains a lone surrogate, which MySQL cannot store"
                 ) from None
-        return string_literal(str(value))
+        # str.__str__: a str subclass (a str-valued Enum member) stores its value.
+        return string_literal(str.__str__(value))
 
     if text:
 
@@ -379,7 +397,7 @@ def _bytes_column(b: _Builder) -> Column:
     sql_type = "mediumblob" if blob else f"varbinary({length})"
 
     def literal(value: Any) -> str:
-        if type(value) is bytes or isinstance(value, (bytearray, memoryview)):
+        if isinstance(value, (bytes, bytearray, memoryview)):
             data = bytes(value)
             if len(data) > length:
                 raise b.bad(f"{len(data)} bytes, the column allows {length}")
@@ -450,8 +468,19 @@ def _decimal_column(b: _Builder) -> Column:
         sql_type,
         literal,
         to_wire=to_wire,
-        from_wire=Decimal,
+        from_wire=_decimal_from_wire,
     )
+
+
+def _decimal_from_wire(value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError("a Decimal travels as a str")
+    # A float comes from producers that keep decimals as floats (Go's float64):
+    # its shortest repr is the number they meant.
+    number = Decimal(repr(value) if isinstance(value, float) else value)
+    if not number.is_finite():
+        raise ValueError("MySQL decimals are finite")
+    return number
 
 
 def _datetime_column(b: _Builder) -> Column:
@@ -529,14 +558,29 @@ def _enum_column(b: _Builder, enum_type: type[enum.Enum]) -> Column:
                     f"enum {enum_type.__name__} value {v!r} must be 1-255 characters long"
                 )
         b.reject_options("size", "unsigned")
+        # Escaped the way information_schema shows COLUMN_TYPE (and the DDL reads
+        # it back): a backslash doubled, a quote doubled.
         sql_type = (
-            "enum(" + ",".join("'" + v.replace("'", "''") + "'" for v in values) + ")"
+            "enum("
+            + ",".join(
+                "'" + v.replace("\\", "\\\\").replace("'", "''") + "'" for v in values
+            )
+            + ")"
         )
         render: Callable[[Any], str] = string_literal
     elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         size = b.options.size or 32
         unsigned = bool(b.options.unsigned)
         sql_type = _INT_TYPES[size] + (" unsigned" if unsigned else "")
+        low, high = (
+            (0, 2**size - 1) if unsigned else (-(2 ** (size - 1)), 2 ** (size - 1) - 1)
+        )
+        for v in values:
+            if not low <= v <= high:
+                raise b.schema_error(
+                    f"enum {enum_type.__name__} value {v} does not fit the column "
+                    f"({sql_type} holds {low} to {high}); set a larger size= or unsigned="
+                )
         render = str
     else:
         raise b.schema_error(
@@ -551,7 +595,14 @@ def _enum_column(b: _Builder, enum_type: type[enum.Enum]) -> Column:
             return found
         if value is None:
             return b.none_or(value, f"a {enum_type.__name__} member")
-        member = by_value.get(value) if not isinstance(value, enum.Enum) else None
+        member = None
+        # bool is an int (True == 1) but never a member value; unhashable values
+        # are no member value either.
+        if not isinstance(value, (enum.Enum, bool)):
+            try:
+                member = by_value.get(value)
+            except TypeError:
+                member = None
         if member is None:
             raise b.bad(
                 f"{_short(value)} is not a {enum_type.__name__} member or value ({allowed})"
@@ -564,6 +615,15 @@ def _enum_column(b: _Builder, enum_type: type[enum.Enum]) -> Column:
     def from_value(value: Any) -> Any:
         return by_value.get(value, value)
 
+    value_type = str if isinstance(values[0], str) else int
+
+    def from_wire(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, value_type):
+            raise TypeError(f"an {enum_type.__name__} value is a {value_type.__name__}")
+        # A value this process does not know yet (a newer producer) stays a plain
+        # value: SPEC §4 allows "the enum member or its value".
+        return by_value.get(value, value)
+
     return Column(
         b.name,
         "enum",
@@ -572,6 +632,6 @@ def _enum_column(b: _Builder, enum_type: type[enum.Enum]) -> Column:
         sql_type,
         literal,
         to_wire=to_wire,
-        from_wire=from_value,
+        from_wire=from_wire,
         from_db=from_value,
     )

@@ -13,21 +13,43 @@ from typing import Any
 import attrs
 
 from .errors import ConfigurationError
-from .sql import where_to_format
+from .sql import QUOTED_RE, where_to_format
 
 __all__ = ["Pager", "Where", "render_search"]
 
-_ORDER_RE = re.compile(r"\b(ORDER\s+BY|GROUP\s+BY|LIMIT)\b", re.IGNORECASE)
-_QUOTED_RE = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`[^`]*`", re.S)
+_LIMIT_RE = re.compile(r"\bLIMIT\b", re.IGNORECASE)
+_TAIL_RE = re.compile(r"\b(ORDER\s+BY|GROUP\s+BY|LIMIT)\b|[()]", re.IGNORECASE)
 
 
-def _param(value: Any) -> Any:
+def _masked(sql: str) -> str:
+    """Return ``sql`` with quoted strings and names blanked out, same length."""
+    return QUOTED_RE.sub(lambda m: " " * len(m.group()), sql)
+
+
+def _tail_start(sql: str) -> int:
+    """Return where ORDER BY/GROUP BY/LIMIT starts outside parentheses, or -1."""
+    depth = 0
+    for match in _TAIL_RE.finditer(_masked(sql)):
+        text = match.group()
+        if text == "(":
+            depth += 1
+        elif text == ")":
+            depth -= 1
+        elif depth <= 0:
+            return match.start()
+    return -1
+
+
+def _param(value: Any, position: int, sql: str) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
-    if isinstance(value, (list, set, frozenset, range)):
-        return tuple(_param(v) for v in value)
-    if isinstance(value, tuple):
-        return tuple(_param(v) for v in value)
+    if isinstance(value, (list, tuple, set, frozenset, range)):
+        if not value:
+            raise ConfigurationError(
+                f"Where({sql!r}): parameter {position} is an empty list, and "
+                "`IN ()` is not valid SQL; skip the query when there is nothing to match"
+            )
+        return tuple(_param(v, position, sql) for v in value)
     return value
 
 
@@ -48,27 +70,53 @@ class Where:
             raise ConfigurationError(
                 "Where needs an SQL condition such as Where('`id` > ?', 0)"
             )
-        placeholders = _QUOTED_RE.sub("", sql).count("?")
+        placeholders = _masked(sql).count("?")
         if placeholders != len(params):
             raise ConfigurationError(
                 f"Where({sql!r}) has {placeholders} ? placeholders but {len(params)} parameters"
             )
         object.__setattr__(self, "sql", sql)
-        object.__setattr__(self, "params", tuple(_param(p) for p in params))
+        object.__setattr__(
+            self, "params", tuple(_param(p, i, sql) for i, p in enumerate(params, 1))
+        )
 
     def and_(self, sql: str, *params: Any) -> Where:
-        """Return a new condition: this one AND ``sql``."""
+        """Return a new condition: this one AND ``sql`` (this one's ORDER BY stays last).
+
+        Raises:
+            ConfigurationError: ``sql`` does not have one ``?`` per parameter.
+        """
+        added = Where(sql, *params)
         cond, tail = self.split()
-        return Where(f"({cond}) AND ({sql}){tail}", *self.params, *params)
+        in_tail = _masked(tail).count("?")
+        head_params = self.params[: len(self.params) - in_tail]
+        tail_params = self.params[len(self.params) - in_tail :]
+        return Where(
+            f"({cond}) AND ({added.sql}){tail}",
+            *head_params,
+            *added.params,
+            *tail_params,
+        )
+
+    def condition(self) -> Where:
+        """Return this condition without its ORDER BY/GROUP BY/LIMIT tail (for COUNT)."""
+        cond, tail = self.split()
+        if not tail:
+            return self
+        in_tail = _masked(tail).count("?")
+        return Where(cond, *self.params[: len(self.params) - in_tail])
 
     def split(self) -> tuple[str, str]:
-        """Return ``(condition, tail)`` where ``tail`` starts at ORDER BY/GROUP BY/LIMIT."""
-        masked = _QUOTED_RE.sub(lambda m: " " * len(m.group()), self.sql)
-        match = _ORDER_RE.search(masked)
-        if match is None:
+        """Return ``(condition, tail)`` where ``tail`` starts at ORDER BY/GROUP BY/LIMIT.
+
+        Only a clause outside parentheses and quotes starts the tail, so a
+        subquery's own ``ORDER BY ... LIMIT`` stays in the condition.
+        """
+        start = _tail_start(self.sql)
+        if start < 0:
             return self.sql, ""
-        cond = self.sql[: match.start()].strip() or "1"
-        return cond, " " + self.sql[match.start() :].strip()
+        cond = self.sql[:start].strip() or "1"
+        return cond, " " + self.sql[start:].strip()
 
 
 @attrs.frozen
@@ -79,9 +127,9 @@ class Pager:
     page_size: int = 100
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.page, int) or self.page < 1:
+        if not _whole(self.page) or self.page < 1:
             raise ConfigurationError(f"Pager page must be 1 or more, not {self.page!r}")
-        if not isinstance(self.page_size, int) or self.page_size < 1:
+        if not _whole(self.page_size) or self.page_size < 1:
             raise ConfigurationError(
                 f"Pager page_size must be 1 or more, not {self.page_size!r}"
             )
@@ -92,6 +140,10 @@ class Pager:
         return (self.page - 1) * self.page_size
 
 
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def render_search(
     head: str, alive: str, where: Where | None, pager: Pager | None
 ) -> tuple[str, tuple[Any, ...]]:
@@ -99,12 +151,20 @@ def render_search(
 
     Returns:
         The statement in pymysql format (``%s`` placeholders) and its parameters.
+
+    Raises:
+        ConfigurationError: ``where`` ends in its own LIMIT and ``pager`` is given.
     """
     conditions = [alive] if alive else []
     tail = ""
     params: tuple[Any, ...] = ()
     if where is not None:
         cond, tail = where.split()
+        if pager is not None and _LIMIT_RE.search(_masked(tail)):
+            raise ConfigurationError(
+                f"Where({where.sql!r}) has its own LIMIT and a Pager was given too; "
+                "use one of them"
+            )
         conditions.append(f"({where_to_format(cond)})")
         tail = where_to_format(tail)
         params = where.params

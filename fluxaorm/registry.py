@@ -42,7 +42,7 @@ class Registry:
     def __repr__(self) -> str:
         return (
             f"<Registry mysql={list(self._mysql.values())!r} redis={list(self._redis.values())!r} "
-            f"entities={[e.__qualname__ for e in self._entities]}>"
+            f"entities={[getattr(e, '__qualname__', repr(e)) for e in self._entities]}>"
         )
 
     def register_mysql(self, url: str, pool: str = "default", **options: Any) -> None:

@@ -80,7 +80,7 @@ class EntitySchema:
         self.cls = cls
         self.name = entity_name(cls)
         self.label = cls.__qualname__
-        self.table = options.table or cls.__name__
+        self.table = options.table if options.table is not None else cls.__name__
         self.quoted_table = quote(self.table, self.label, "table name")
         self.mysql_pool = options.mysql_pool
         self.redis_pool = options.redis_pool
@@ -189,6 +189,9 @@ class EntitySchema:
 
 
 def _tuple_getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    if not names:
+        # An entity holding only its id has no data columns.
+        return lambda obj: ()
     getter = operator.attrgetter(*names)
     if len(names) == 1:
         return lambda obj: (getter(obj),)
@@ -260,6 +263,7 @@ def build_schema(cls: type) -> EntitySchema:
     ignored: list[_FieldInfo] = []
     dirty: dict[str, tuple[tuple[str, frozenset[str]], ...]] = {}
     index_parts: dict[str, tuple[bool, list[tuple[int, int, str]]]] = {}
+    index_spelling: dict[str, str] = {}
     for order, info in enumerate(infos):
         field_options = parse_field_options(info.metadata, label, info.name)
         if field_options.ignore:
@@ -290,6 +294,14 @@ def build_schema(cls: type) -> EntitySchema:
                 if index_name.upper() == "PRIMARY":
                     raise SchemaError(
                         "PRIMARY is reserved for the primary key; pick another index name",
+                        label,
+                        info.name,
+                    )
+                spelled = index_spelling.setdefault(index_name.lower(), index_name)
+                if spelled != index_name:
+                    raise SchemaError(
+                        f"index {index_name!r} clashes with index {spelled!r}: MySQL "
+                        "index names ignore case; spell the name the same way everywhere",
                         label,
                         info.name,
                     )

@@ -15,6 +15,7 @@ from .errors import SchemaError
 
 __all__ = [
     "ESCAPE_TABLE",
+    "QUOTED_RE",
     "bytes_literal",
     "chunk_rows",
     "quote",
@@ -33,7 +34,10 @@ ESCAPE_TABLE: dict[int, str] = {
     ord("'"): "\\'",
     ord('"'): '\\"',
 }
-_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# A quoted string ('...' or "...", with backslash or doubled-quote escapes) or a
+# backtick-quoted identifier: text in which ``?`` is not a placeholder.
+QUOTED_RE = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`[^`]*`", re.S)
 # Room kept in every statement for the protocol header and the statement's own text.
 _PACKET_MARGIN = 4096
 
@@ -45,7 +49,8 @@ def quote(name: str, entity: str | None = None, what: str = "identifier") -> str
         SchemaError: when ``name`` is not 1-64 characters of ``[A-Za-z0-9_]``
             starting with a letter or ``_``.
     """
-    if not _IDENTIFIER_RE.match(name):
+    # fullmatch: "$" would also accept a trailing newline.
+    if not isinstance(name, str) or not _IDENTIFIER_RE.fullmatch(name):
         raise SchemaError(
             f"{what} {name!r} must be 1-64 characters of A-Z, a-z, 0-9 and _, "
             "starting with a letter or _",
@@ -98,12 +103,24 @@ def chunk_rows(
         yield rows[start:]
 
 
-_PLACEHOLDER_RE = re.compile(r"\?|%")
+_PLACEHOLDER_RE = re.compile(QUOTED_RE.pattern + r"|\?|%", re.S)
+
+
+def _to_format(match: re.Match[str]) -> str:
+    text = match.group()
+    if text == "?":
+        return "%s"
+    # pymysql applies ``%`` formatting to the whole statement, quotes included.
+    return text.replace("%", "%%")
 
 
 def where_to_format(sql: str) -> str:
-    """Turn a ``Where`` clause with ``?`` placeholders into pymysql ``%s`` format."""
-    return _PLACEHOLDER_RE.sub(lambda m: "%s" if m.group() == "?" else "%%", sql)
+    """Turn a ``Where`` clause with ``?`` placeholders into pymysql ``%s`` format.
+
+    A ``?`` inside a quoted string or a backtick-quoted name is kept as is, the
+    same rule ``Where`` uses to count placeholders; every ``%`` is doubled.
+    """
+    return _PLACEHOLDER_RE.sub(_to_format, sql)
 
 
 def join_literals(values: Iterable[str]) -> str:

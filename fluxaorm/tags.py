@@ -193,6 +193,16 @@ def parse_field_options(raw: object, entity_name: str, field_name: str) -> Field
         if not isinstance(key, str) or key not in _KEYS:
             raise parser.error(f"unknown option {key!r}{_suggest(str(key), _KEYS)}")
         values[key] = getattr(parser, f"_{key}")(value)
+    if values.get("ignore"):
+        others = sorted(
+            k for k, v in values.items() if k != "ignore" and v not in (None, ())
+        )
+        if others:
+            raise parser.error(
+                f"ignore=true keeps the field out of the table and the streams, so "
+                f"{', '.join(others)} would do nothing; remove "
+                f"{'them' if len(others) > 1 else 'it'} or the ignore option"
+            )
     return FieldOptions(**values)
 
 
@@ -237,7 +247,12 @@ class _OptionParser:
     def _int(self, key: str, value: object, low: int, high: int) -> int:
         if isinstance(value, bool):
             raise self.error(f"{key} must be a number, not {value!r}")
-        if isinstance(value, str) and value.strip().isdigit():
+        # isdecimal() alone accepts non-ASCII digits, some of which int() refuses.
+        if (
+            isinstance(value, str)
+            and value.strip().isascii()
+            and value.strip().isdecimal()
+        ):
             value = int(value)
         if not isinstance(value, int) or not low <= value <= high:
             raise self.error(
