@@ -431,7 +431,7 @@ def _wire_or_raw(column: Any, value: Any) -> Any:
 
 def _run_pool(engine: Engine, work: _PoolPlan) -> FlushResult:
     pool = engine.mysql_pool(work.name)
-    strategy = _assign_strategy(pool) if work.inserts else _CONSECUTIVE
+    strategy = _assign_strategy(pool)
     if engine.id_strategy is not None:
         strategy = engine.id_strategy
     result = FlushResult(work.name)

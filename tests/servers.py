@@ -7,6 +7,8 @@ when the test ends.
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -14,7 +16,9 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import pymysql
 import redis
 
 
@@ -25,14 +29,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait(check: object, what: str, timeout: float = 30.0) -> None:
+def _wait(
+    check: object,
+    what: str,
+    timeout: float = 30.0,
+    stop_on: type[BaseException] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
             if check():  # type: ignore[operator]
                 return
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+        except Exception as exc:  # retried until the deadline
+            if stop_on is not None and isinstance(exc, stop_on):
+                raise
             last = exc
         time.sleep(0.05)
     raise RuntimeError(f"{what} did not come up in {timeout}s: {last}")
@@ -61,11 +72,16 @@ class ThrowawayRedis:
         self.process = subprocess.Popen(
             [
                 "redis-server",
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.dir),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
                 *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
@@ -95,3 +111,144 @@ class ThrowawayRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ThrowawayMariaDB:
+    """A mariadbd of our own, for server settings the shared one must keep.
+
+    ``start()`` runs ``mariadb-install-db`` into a temporary folder, starts
+    ``mariadbd`` on a free loopback port with ``--innodb-autoinc-lock-mode`` and
+    any ``extra_args`` (``--auto-increment-increment=2``...), waits until it
+    answers and creates the database ``test``. ``close()`` stops it and removes
+    the folder; ``start()`` does the same before raising when the server does not
+    come up. Use it as a context manager.
+    """
+
+    binary = "/usr/sbin/mariadbd"
+    installer = "mariadb-install-db"
+
+    def __init__(self, autoinc_lock_mode: int = 1, extra_args: Sequence[str] = ()):
+        self.autoinc_lock_mode = autoinc_lock_mode
+        self.extra_args = list(extra_args)
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="fluxaorm-mariadb-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mysql://root@127.0.0.1:{self.port}/test"
+
+    def connect(
+        self, database: str | None = "test"
+    ) -> pymysql.connections.Connection[Any]:
+        """Return an autocommit pymysql connection as root."""
+        return pymysql.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="root",
+            database=database,
+            autocommit=True,
+            connect_timeout=2,
+        )
+
+    def _as_user(self) -> list[str]:
+        # mariadbd refuses to run as root unless told to.
+        return (
+            [f"--user={pwd.getpwuid(os.geteuid()).pw_name}"]
+            if os.geteuid() == 0
+            else []
+        )
+
+    def _log_tail(self) -> str:
+        try:
+            lines = (self.dir / "error.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no error log)"
+        return "\n".join(lines[-15:])
+
+    def start(self) -> ThrowawayMariaDB:
+        data = self.dir / "data"
+        try:
+            subprocess.run(
+                [
+                    self.installer,
+                    "--no-defaults",
+                    "--auth-root-authentication-method=normal",
+                    f"--datadir={data}",
+                    "--skip-test-db",
+                    *self._as_user(),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=120,
+            )
+            self.process = subprocess.Popen(
+                [
+                    self.binary,
+                    "--no-defaults",
+                    f"--datadir={data}",
+                    f"--port={self.port}",
+                    "--bind-address=127.0.0.1",
+                    f"--socket={self.dir / 'sock'}",
+                    f"--pid-file={self.dir / 'mariadbd.pid'}",
+                    f"--log-error={self.dir / 'error.log'}",
+                    f"--innodb-autoinc-lock-mode={self.autoinc_lock_mode}",
+                    "--skip-log-bin",
+                    "--innodb-buffer-pool-size=32M",
+                    "--innodb-log-file-size=8M",
+                    "--skip-name-resolve",
+                    *self._as_user(),
+                    *self.extra_args,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+
+            def answers() -> bool:
+                if self.process is not None and self.process.poll() is not None:
+                    raise _ServerExitedError(f"mariadbd exited:\n{self._log_tail()}")
+                self.connect(None).close()
+                return True
+
+            _wait(answers, f"mariadbd on port {self.port}", stop_on=_ServerExitedError)
+            conn = self.connect(None)
+            try:
+                conn.cursor().execute("CREATE DATABASE `test` CHARACTER SET utf8mb4")
+            finally:
+                conn.close()
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, subprocess.CalledProcessError):
+                detail = (exc.stderr or b"").decode(errors="replace")[-2000:]
+                raise RuntimeError(f"mariadb-install-db failed: {detail}") from exc
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 30 s)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+    def close(self) -> None:
+        """Stop the server and remove its folder."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> ThrowawayMariaDB:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _ServerExitedError(RuntimeError):
+    """The server process ended while we waited for it."""
