@@ -9,7 +9,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+from urllib.parse import (
+    SplitResult,
+    parse_qsl,
+    unquote,
+    urlencode,
+    urlsplit,
+    urlunsplit,
+)
 
 from .errors import ConfigurationError
 
@@ -89,7 +96,7 @@ def _split(url: object, kind: str, pool: str) -> SplitResult:
     return parts
 
 
-def _parse_bool(pool: str, key: str, value: Any) -> bool:
+def _parse_bool(pool: str, key: str, value: Any, server: str = "MySQL") -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).lower()
@@ -98,7 +105,7 @@ def _parse_bool(pool: str, key: str, value: Any) -> bool:
     if text in {"0", "false", "no", "off"}:
         return False
     raise ConfigurationError(
-        f"MySQL pool {pool!r}: option {key}={value!r} must be true or false"
+        f"{server} pool {pool!r}: option {key}={value!r} must be true or false"
     )
 
 
@@ -303,6 +310,15 @@ class RedisConfig:
                 f"Redis pool {pool!r}: URL must start with redis://, rediss:// or unix:// "
                 f"(got {redact_url(url)!r})"
             )
+        query_pairs = parse_qsl(parts.query, keep_blank_values=True)
+        ssl_flag = [v for k, v in query_pairs if k == "ssl"]
+        if ssl_flag and parts.scheme != "unix":
+            # redis-py has no ?ssl= option: the scheme says TLS or not (SPEC §2).
+            if _parse_bool(pool, "ssl", ssl_flag[-1], "Redis"):
+                parts = parts._replace(scheme="rediss")
+            rest = [(k, v) for k, v in query_pairs if k != "ssl"]
+            parts = parts._replace(query=urlencode(rest))
+            url = urlunsplit(parts)
         self._url = url
         self.url = redact_url(url)
         self.host = parts.hostname or ("127.0.0.1" if parts.scheme != "unix" else "")

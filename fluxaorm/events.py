@@ -291,10 +291,9 @@ def decode_entry(
     operation = _BY_ACTION.get(action)
     if operation is None:
         raise MalformedEntryError(f"unknown action {action!r}")
-    try:
-        ident = int(raw_id)
-    except ValueError:
-        raise MalformedEntryError(f"id {raw_id!r} is not a number") from None
+    if not raw_id.isdigit() or raw_id[:1] == b"0":
+        raise MalformedEntryError(f"id {raw_id!r} is not a positive decimal number")
+    ident = int(raw_id)
     converter = unwire(entity)
     if converter is None:
         raise MalformedEntryError(f"unknown entity {entity!r}")

@@ -10,6 +10,7 @@ import redis
 
 import fluxaorm
 from fluxaorm.config import MySQLConfig, RedisConfig, redact_url
+from fluxaorm.errors import ConfigurationError
 from tests.models import UserEntity
 
 PASSWORD = "s3cr3t-P@ss"
@@ -398,3 +399,15 @@ def test_validate_errors_never_show_the_password() -> None:
     message = config_error(reg.validate)
     assert "socket_timeout" in message
     assert "s3cr3t" not in message
+
+
+def test_redis_ssl_query_flag_means_tls() -> None:
+    """redis://...?ssl=true is TLS (rediss://); ?ssl=false is plain; the flag is not passed on."""
+    on = RedisConfig("redis://u:s3cr3t-P@ss@127.0.0.1:6379/2?ssl=true&ssl_cert_reqs=none")
+    assert on.tls and on.secret_url.startswith("rediss://")
+    assert "ssl=" not in on.secret_url and "ssl_cert_reqs=none" in on.secret_url
+    assert "s3cr3t" not in repr(on)
+    off = RedisConfig("redis://127.0.0.1:6379/2?ssl=false")
+    assert not off.tls and off.secret_url == "redis://127.0.0.1:6379/2"
+    with pytest.raises(ConfigurationError, match="ssl"):
+        RedisConfig("redis://127.0.0.1:6379/2?ssl=maybe")
