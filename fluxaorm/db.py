@@ -33,10 +33,17 @@ _SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENG
 _DUPLICATE_RE = re.compile(
     r"Duplicate entry '(?P<value>.*)' for key '(?P<key>[^']*)'", re.S
 )
-_CONNECTION_ERRORS = {2003, 2005, 2006, 2013, 2055}
+# Client "server gone"/"lost connection" codes, plus the server's own goodbyes:
+# 1053 shutdown in progress, 1927 (MariaDB) connection killed, 4031 (MySQL 8)
+# disconnected for inactivity.
+_CONNECTION_ERRORS = {1053, 1927, 2003, 2005, 2006, 2013, 2055, 4031}
+# Statements that change nothing, so they can be sent again on a new connection
+# when the pooled one turns out to be dead before they ran.
+_REPLAYABLE = ("SELECT", "SHOW", "BEGIN", "START TRANSACTION")
 _LOG_LIMIT = 2000
 
 StatementListener = Callable[[str, str], None]
+Reconnect = Callable[[], "pymysql.connections.Connection[Any]"]
 
 
 @attrs.frozen
@@ -60,21 +67,40 @@ class ServerInfo:
 
 
 class Connection:
-    """One pooled pymysql connection; every statement goes through :meth:`execute`."""
+    """One pooled pymysql connection; every statement goes through :meth:`execute`.
 
-    __slots__ = ("_cursor", "_listeners", "broken", "last_used", "pool", "raw")
+    Attributes:
+        reused: set by the pool when it lends an idle connection; until its first
+            statement, a connection the server has dropped meanwhile (killed,
+            timed out, restarted) is replaced and a replayable statement (a read,
+            BEGIN) is sent again, so the caller never sees the stale socket.
+    """
+
+    __slots__ = (
+        "_cursor",
+        "_listeners",
+        "_reconnect",
+        "broken",
+        "last_used",
+        "pool",
+        "raw",
+        "reused",
+    )
 
     def __init__(
         self,
         raw: pymysql.connections.Connection[Any],
         pool: str,
         listeners: list[StatementListener],
+        reconnect: Reconnect | None = None,
     ):
         self.raw = raw
         self.pool = pool
         self._cursor: pymysql.cursors.Cursor = raw.cursor()
         self._listeners = listeners
+        self._reconnect = reconnect
         self.broken = False
+        self.reused = False
         self.last_used = time.monotonic()
 
     def execute(
@@ -82,11 +108,33 @@ class Connection:
     ) -> pymysql.cursors.Cursor:
         """Send one statement (one round trip) and return the cursor holding its result.
 
+        The one exception to "one round trip": the first statement on a reused
+        connection that the server has dropped meanwhile is logged and sent again on
+        a new connection when it is a read or BEGIN (see :attr:`reused`).
+
         Raises:
             DuplicateKeyError: a unique index refused a row.
             DatabaseError: any other failure; the connection is dropped when it is
                 no longer usable.
         """
+        reused, self.reused = self.reused, False
+        self._announce(sql)
+        try:
+            self._cursor.execute(sql, args)
+        except pymysql.err.Error as exc:
+            error = self._wrap(exc)
+            if not (reused and self.broken and _replayable(sql)):
+                raise error from exc
+            _log.info("[%s] %s; reconnecting", self.pool, error)
+            self._replace()
+            self._announce(sql)
+            try:
+                self._cursor.execute(sql, args)
+            except pymysql.err.Error as again:
+                raise self._wrap(again) from again
+        return self._cursor
+
+    def _announce(self, sql: str) -> None:
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug(
                 "[%s] %s",
@@ -95,12 +143,15 @@ class Connection:
             )
         for listener in self._listeners:
             listener(self.pool, sql)
-        cursor = self._cursor
-        try:
-            cursor.execute(sql, args)
-        except pymysql.err.Error as exc:
-            raise self._wrap(exc) from exc
-        return cursor
+
+    def _replace(self) -> None:
+        """Swap the dead socket for a new connection (raises if none can be made)."""
+        if self._reconnect is None:
+            return
+        self.close()
+        self.raw = self._reconnect()
+        self._cursor = self.raw.cursor()
+        self.broken = False
 
     def query(
         self, sql: str, args: Sequence[Any] | None = None
@@ -189,9 +240,9 @@ class MySQLPool:
         assert self._info is not None
         return self._info
 
-    def _connect(self) -> Connection:
+    def _open_raw(self) -> pymysql.connections.Connection[Any]:
         try:
-            raw = pymysql.connect(
+            return pymysql.connect(
                 init_command=f"SET SESSION sql_mode='{_SQL_MODE}'",
                 **self.config.connect_kwargs(),
             )
@@ -203,7 +254,9 @@ class MySQLPool:
                 pool=self.name,
                 orig=exc,
             ) from None
-        conn = Connection(raw, self.name, self._listeners)
+
+    def _connect(self) -> Connection:
+        conn = Connection(self._open_raw(), self.name, self._listeners, self._open_raw)
         if self._info is None:
             try:
                 row = conn.query(
@@ -214,12 +267,17 @@ class MySQLPool:
                 conn.close()
                 raise
             version = str(row[0])
+            packet = int(row[3])
+            if self.config.max_allowed_packet:
+                # A smaller setting splits statements sooner; a larger one cannot
+                # raise what the server accepts.
+                packet = min(packet, self.config.max_allowed_packet)
             self._info = ServerInfo(
                 version=version,
                 mariadb="mariadb" in version.lower(),
                 autoinc_lock_mode=int(row[1]),
                 autoinc_increment=int(row[2]),
-                max_allowed_packet=self.config.max_allowed_packet or int(row[3]),
+                max_allowed_packet=packet,
             )
         return conn
 
@@ -241,14 +299,15 @@ class MySQLPool:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise DatabaseError(
-                        f"MySQL pool {self.name!r}: all {self.config.pool_size} connections "
-                        f"are in use after {self.config.pool_timeout}s; raise pool_size or "
-                        "release connections sooner",
+                        f"MySQL pool {self.name!r} is exhausted: all {self.config.pool_size} "
+                        f"connections are still in use after {self.config.pool_timeout}s; "
+                        "raise pool_size or release connections sooner",
                         pool=self.name,
                     )
                 self._cond.wait(left)
             if self._idle:
                 conn = self._idle.pop()
+                conn.reused = True
             else:
                 self._open += 1
                 conn = None
@@ -295,9 +354,16 @@ class MySQLPool:
             self.release(conn)
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """Run the block in one transaction: COMMIT on success, ROLLBACK on error."""
+    def transaction(self, isolation: str | None = None) -> Iterator[Connection]:
+        """Run the block in one transaction: COMMIT on success, ROLLBACK on error.
+
+        Args:
+            isolation: an isolation level for this transaction only, such as
+                ``"READ COMMITTED"`` (default: the session's, REPEATABLE READ).
+        """
         with self.connection() as conn:
+            if isolation is not None:
+                conn.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
             conn.begin()
             try:
                 yield conn
@@ -313,3 +379,7 @@ class MySQLPool:
             self._open -= len(idle)
         for conn in idle:
             conn.close()
+
+
+def _replayable(sql: str) -> bool:
+    return sql.lstrip()[:17].upper().startswith(_REPLAYABLE)

@@ -111,6 +111,35 @@ class EventBatch:
         """How many stream entries the batch makes (one per event and stream)."""
         return sum(len(r.streams) for r in self.records)
 
+    def split(self, limit: int) -> list[EventBatch]:
+        """Split into batches whose outbox payload stays under about ``limit`` bytes.
+
+        Each part keeps the Redis pool and timestamp and gets its own event id.
+        """
+        parts: list[EventBatch] = []
+        current: list[EventRecord] = []
+        size = 0
+        for r in self.records:
+            grow = (
+                len(r.bind)
+                + len(r.old or b"")
+                + 24
+                + sum(len(s) + 2 for s in r.streams)
+            )
+            if current and size + grow > limit:
+                parts.append(
+                    EventBatch(self.redis_pool, current, timestamp_ms=self.timestamp_ms)
+                )
+                current, size = [], 0
+            current.append(r)
+            size += grow
+        if not parts:
+            return [self]
+        parts.append(
+            EventBatch(self.redis_pool, current, timestamp_ms=self.timestamp_ms)
+        )
+        return parts
+
     def dumps(self) -> bytes:
         """Serialise the batch for the outbox (msgpack; names stored once)."""
         routes: dict[tuple[str, ...], int] = {}

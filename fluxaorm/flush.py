@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .db import Connection, MySQLPool
 from .errors import DatabaseError, DuplicateKeyError, StreamError, ValidationError
 from .events import EventBatch, EventRecord, pack_bind
-from .outbox import delete_rows, insert_sql, publish
+from .outbox import delete_rows, insert_statements, payload_limit, publish
 from .schema import EntitySchema
 from .sql import chunk_rows
 
@@ -454,15 +454,17 @@ def _run_pool(engine: Engine, work: _PoolPlan) -> FlushResult:
                     steps.inserts(schema, auto_rows, False, result)
                 if explicit_rows:
                     steps.inserts(schema, explicit_rows, True, result)
+            limit = payload_limit(steps.max_packet)
             result.batches = [
-                EventBatch(name, records) for name, records in steps.records.items()
+                part
+                for name, records in steps.records.items()
+                for part in EventBatch(name, records).split(limit)
             ]
             if result.batches and engine.outbox:
-                result.outbox_ids = steps.insert_ids(
-                    insert_sql(result.batches),
-                    "`_fluxaorm_outbox`",
-                    len(result.batches),
-                )
+                for sql, count in insert_statements(result.batches, steps.max_packet):
+                    result.outbox_ids += steps.insert_ids(
+                        sql, "`_fluxaorm_outbox`", count
+                    )
             conn.commit()
         except BaseException:
             conn.rollback()

@@ -37,6 +37,10 @@ class ORM:
     def __init__(self, engine: Engine):
         self._engine = engine
         self._pending = _flush.Pending()
+        # id(loaded entity) -> (that entity, its tracked copy), while the copy is
+        # pending: editing the same object twice yields one copy, so one row never
+        # gets two competing updates in a flush.
+        self._copies: dict[int, tuple[Any, Any]] = {}
 
     def __repr__(self) -> str:
         p = self._pending
@@ -103,7 +107,8 @@ class ORM:
 
         The copy remembers the values the entity has now; ``flush()`` writes and
         streams only the fields that differ (``Decimal('1.0')`` and
-        ``Decimal('1.00')`` are the same value). Call it on an entity as loaded.
+        ``Decimal('1.00')`` are the same value). Call it on an entity as loaded;
+        calling it again on the same object before the flush returns the same copy.
 
         Raises:
             ConfigurationError: the class is not registered.
@@ -113,6 +118,10 @@ class ORM:
         key = id(entity)
         if key in self._pending.inserts or key in self._pending.updates:
             return entity
+        known = self._copies.get(key)
+        if known is not None and id(known[1]) in self._pending.updates:
+            tracked_before: E = known[1]
+            return tracked_before
         _flush._saved_id(schema, entity, "edit")
         tracked = copy.copy(entity)
         self._pending.updates[id(tracked)] = (
@@ -120,6 +129,7 @@ class ORM:
             tracked,
             schema.get_values(entity),
         )
+        self._copies[key] = (entity, tracked)
         return tracked
 
     def delete_entity(self, entity: Any, *, force: bool = False) -> None:
@@ -163,12 +173,21 @@ class ORM:
         On any error, the changes that were not committed stay pending: fix them
         and flush again, or call :meth:`clear_flush`.
         """
-        if self._pending:
+        if not self._pending:
+            return
+        try:
             _flush.execute(self._engine, self._pending)
+        finally:
+            if self._copies:
+                updates = self._pending.updates
+                self._copies = {
+                    k: v for k, v in self._copies.items() if id(v[1]) in updates
+                }
 
     def clear_flush(self) -> None:
         """Forget every pending change."""
         self._pending.clear()
+        self._copies.clear()
 
     def push_dirty(self, *entities: Any) -> int:
         """Publish an Update event with every field of each entity, now (no SQL).
@@ -299,12 +318,22 @@ class ORM:
         *,
         include_deleted: bool = False,
     ) -> int:
-        """Count the entities matching ``where``."""
+        """Count the entities matching ``where``: as many as ``search`` would return.
+
+        A ``where`` ending in ORDER BY, GROUP BY or LIMIT (whose parameters may sit
+        in that tail) is counted as a derived table, so the count always matches
+        the rows ``search`` loads without a pager.
+        """
         schema = self._engine.schema(entity)
+        if where is not None and where.split()[1]:
+            alive = "" if include_deleted else schema.alive_sql
+            inner, params = render_search(
+                f"SELECT 1 FROM {schema.quoted_table}", alive, where, None
+            )
+            sql = f"SELECT COUNT(*) FROM ({inner}) AS `_fluxaorm_count`"
+            with self._engine.mysql_pool(schema.mysql_pool).connection() as conn:
+                return int(conn.query(sql, params)[0][0])
         head = f"SELECT COUNT(*) FROM {schema.quoted_table}"
-        if where is not None:
-            cond, _tail = where.split()
-            where = Where(cond, *where.params)
         rows = self._select(schema, head, where, None, include_deleted)
         return int(rows[0][0])
 

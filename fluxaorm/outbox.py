@@ -21,7 +21,7 @@ from .streams import RedisPool
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["OUTBOX_TABLE", "delete_rows", "insert_sql", "relay"]
+__all__ = ["OUTBOX_TABLE", "delete_rows", "insert_statements", "payload_limit", "relay"]
 
 OUTBOX_TABLE = "_fluxaorm_outbox"
 _Q = f"`{OUTBOX_TABLE}`"
@@ -40,13 +40,34 @@ _RELAY_BATCH = 100
 _log = logging.getLogger("fluxaorm.outbox")
 
 
-def insert_sql(batches: Sequence[EventBatch]) -> str:
-    """Render the INSERT of one outbox row per batch."""
-    rows = ",".join(
-        f"(NOW(6),'{b.redis_pool}',{b.entries},{bytes_literal(b.dumps())})"
-        for b in batches
-    )
-    return f"INSERT INTO {_Q} (`created_at`,`redis_pool`,`entries`,`payload`) VALUES {rows}"
+def insert_statements(
+    batches: Sequence[EventBatch], max_packet: int
+) -> list[tuple[str, int]]:
+    """Render the INSERTs of one outbox row per batch, as few as ``max_packet`` allows.
+
+    Returns:
+        ``(statement, rows)`` pairs, in the order of ``batches``.
+    """
+    head = f"INSERT INTO {_Q} (`created_at`,`redis_pool`,`entries`,`payload`) VALUES "
+    budget = max_packet - 8192 - len(head)
+    statements: list[tuple[str, int]] = []
+    rows: list[str] = []
+    size = 0
+    for b in batches:
+        row = f"(NOW(6),'{b.redis_pool}',{b.entries},{bytes_literal(b.dumps())})"
+        if rows and size + len(row) + 1 > budget:
+            statements.append((head + ",".join(rows), len(rows)))
+            rows, size = [], 0
+        rows.append(row)
+        size += len(row) + 1
+    if rows:
+        statements.append((head + ",".join(rows), len(rows)))
+    return statements
+
+
+def payload_limit(max_packet: int) -> int:
+    """The largest batch payload one outbox row can carry (hex doubles it)."""
+    return max(4096, (max_packet - 16384) // 2)
 
 
 def delete_rows(conn: Connection, ids: Iterable[int]) -> None:
@@ -123,7 +144,9 @@ def relay(
         mine_sql = (
             f" OR `id` IN ({','.join(str(i) for i in sorted(mine))})" if mine else ""
         )
-        with pool.transaction() as conn:
+        # READ COMMITTED: row locks only, no gap locks, so concurrent relays (and
+        # flushes inserting new outbox rows) never deadlock on the scanned range.
+        with pool.transaction("READ COMMITTED") as conn:
             rows = conn.query(
                 f"SELECT `id`,`redis_pool`,`payload` FROM {_Q} "
                 f"WHERE `created_at` <= NOW(6) - INTERVAL {float(delay):f} SECOND{mine_sql} "

@@ -7,7 +7,10 @@ wrong before a connection is opened.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
+
+import attrs
 
 from .config import MySQLConfig, RedisConfig
 from .engine import Engine, StreamInfo
@@ -38,6 +41,7 @@ class Registry:
         self._mysql: dict[str, MySQLConfig] = {}
         self._redis: dict[str, RedisConfig] = {}
         self._entities: list[type] = []
+        self._retention: dict[str, tuple[int | None, float | None, bool]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -87,6 +91,49 @@ class Registry:
             if entity not in self._entities:
                 self._entities.append(entity)
 
+    def set_stream_retention(
+        self,
+        stream: str,
+        *,
+        max_len: int | None = None,
+        max_age: float | timedelta | None = None,
+        drop_unhandled: bool = False,
+    ) -> None:
+        """Bound a dirty stream's length and/or age.
+
+        Retention is applied by ``orm.get_event_broker().trim_streams()`` (the
+        consumers' ``run()`` loop calls it). It removes only entries that every
+        consumer group has handled, so nothing is lost, unless ``drop_unhandled``
+        is set: then the oldest entries go even if no consumer saw them, and every
+        XADD also trims to about ``max_len``.
+
+        Args:
+            stream: the declared stream name (``AllChanges``).
+            max_len: keep at most this many entries.
+            max_age: keep entries at most this many seconds (or a ``timedelta``).
+            drop_unhandled: allow dropping entries no consumer has handled yet.
+
+        Raises:
+            ConfigurationError: no limit given or a limit is not positive. An
+                undeclared stream name is reported by :meth:`validate`.
+        """
+        if max_len is None and max_age is None:
+            raise ConfigurationError(f"stream {stream!r}: give max_len and/or max_age")
+        if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
+            raise ConfigurationError(
+                f"stream {stream!r}: max_len must be 1 or more, not {max_len!r}"
+            )
+        age = max_age.total_seconds() if isinstance(max_age, timedelta) else max_age
+        if age is not None and age <= 0:
+            raise ConfigurationError(
+                f"stream {stream!r}: max_age must be more than 0 seconds"
+            )
+        self._retention[stream] = (
+            max_len,
+            None if age is None else float(age),
+            drop_unhandled,
+        )
+
     def validate(self) -> Engine:
         """Check everything and build the engine (no connection is opened).
 
@@ -124,6 +171,15 @@ class Registry:
                 )
             tables[(schema.mysql_pool, schema.table.lower())] = schema
         streams = _routes(schemas)
+        for name, (max_len, max_age, drop) in self._retention.items():
+            if name not in streams:
+                raise ConfigurationError(
+                    f"set_stream_retention({name!r}): no entity declares that stream "
+                    f"(declared: {', '.join(sorted(streams)) or 'none'})"
+                )
+            streams[name] = attrs.evolve(
+                streams[name], max_len=max_len, max_age=max_age, drop_unhandled=drop
+            )
         return Engine(
             schemas,
             self._mysql,

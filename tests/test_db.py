@@ -1,0 +1,328 @@
+"""The MySQL pool and statement log (fluxaorm/db.py) against the real MariaDB: sharing
+across threads, exhaustion, unreachable servers, dead connections, logging and
+secrets."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from typing import Any
+
+import pytest
+
+import fluxaorm
+from fluxaorm.testing import count_queries
+from tests.conftest import MYSQL_URL
+from tests.models import UserEntity
+
+PASSWORD = "s3cr3t-P@ss"
+
+
+def _connection_id(engine: fluxaorm.Engine) -> int:
+    """The server id of the connection the pool lends next (LIFO: the last released)."""
+    with engine.mysql_pool("default").connection() as conn:
+        return int(conn.query("SELECT CONNECTION_ID()")[0][0])
+
+
+def _kill(mysql_conn: Any, connection_id: int) -> None:
+    mysql_conn.cursor().execute(f"KILL {connection_id}")
+
+
+def _database_url(password: str, host: str = "127.0.0.1", port: int = 3306) -> str:
+    database = MYSQL_URL.rsplit("/", 1)[-1]
+    return f"mysql://root:{password}@{host}:{port}/{database}"
+
+
+def _every_text(error: BaseException) -> str:
+    """The error's message, repr, traceback and the wrapped driver error, joined."""
+    orig = getattr(error, "orig", None)
+    return "\n".join(
+        [
+            str(error),
+            repr(error),
+            repr(orig),
+            "".join(traceback.format_exception(error)),
+        ]
+    )
+
+
+def test_threads_sharing_one_engine_get_correct_results(make_engine, mysql_conn):
+    """Many threads with their own ORM on one engine insert, read and edit correctly,
+    never opening more connections than pool_size."""
+    engine = make_engine(UserEntity, mysql_options={"pool_size": 4})
+    threads_count, rounds = 12, 15
+    barrier = threading.Barrier(threads_count)
+    errors: list[BaseException] = []
+    made: dict[int, list[int]] = {}
+
+    def work(n: int) -> None:
+        try:
+            orm = engine.new_orm()
+            barrier.wait()
+            ids = []
+            for r in range(rounds):
+                user = orm.new_entity(UserEntity, name=f"t{n}-r{r}", email=f"{n}")
+                orm.flush()
+                loaded = orm.get_by_id(UserEntity, user.id)
+                assert loaded == user
+                edited = orm.edit_entity(loaded)
+                edited.email = f"{n}-{r}"
+                orm.flush()
+                ids.append(user.id)
+            found = orm.get_by_ids(UserEntity, ids)
+            assert [u.name for u in found if u] == [f"t{n}-r{r}" for r in range(rounds)]
+            made[n] = ids
+        except BaseException as exc:  # collected for the main thread to raise
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads_count)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert not errors, errors[0]
+    all_ids = [i for ids in made.values() for i in ids]
+    assert len(set(all_ids)) == threads_count * rounds
+    cursor = mysql_conn.cursor()
+    cursor.execute("SELECT `id`,`name`,`email` FROM `UserEntity`")
+    rows = {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+    for n, ids in made.items():
+        for r, ident in enumerate(ids):
+            assert rows[ident] == (f"t{n}-r{r}", f"{n}-{r}")
+    database = MYSQL_URL.rsplit("/", 1)[-1]
+    cursor.execute(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> "
+        "CONNECTION_ID()",
+        (database,),
+    )
+    assert cursor.fetchone()[0] <= 4
+
+
+def test_exhausted_pool_raises_database_error(make_engine):
+    """With pool_size=2 and both connections held, a read waits pool_timeout and then
+    raises DatabaseError saying the pool is exhausted."""
+    engine = make_engine(
+        UserEntity, mysql_options={"pool_size": 2, "pool_timeout": 0.2}
+    )
+    pool = engine.mysql_pool("default")
+    held = [pool.acquire(), pool.acquire()]
+    orm = engine.new_orm()
+    with pytest.raises(fluxaorm.DatabaseError, match="exhausted") as caught:
+        orm.get_by_id(UserEntity, 1)
+    assert "pool_size" in str(caught.value)
+    assert caught.value.pool == "default"
+    pool.release(held.pop())
+    assert orm.get_by_id(UserEntity, 1) is None
+    pool.release(held.pop())
+
+
+def test_waiting_caller_gets_a_released_connection(make_engine):
+    """A caller waiting on a full pool gets the connection as soon as it is released."""
+    engine = make_engine(UserEntity, mysql_options={"pool_size": 1, "pool_timeout": 10})
+    pool = engine.mysql_pool("default")
+    held = pool.acquire()
+    timer = threading.Timer(0.2, pool.release, args=(held,))
+    timer.start()
+    try:
+        assert engine.new_orm().get_by_id(UserEntity, 1) is None
+    finally:
+        timer.join()
+
+
+def test_failed_connect_frees_its_pool_slot(make_engine):
+    """A connect that fails does not use up a pool slot: later calls fail the same way
+    instead of reporting an exhausted pool."""
+    engine = make_engine(
+        UserEntity,
+        sync=False,
+        mysql_url=_database_url(PASSWORD, port=1),
+        mysql_options={"pool_size": 1, "pool_timeout": 0.1},
+    )
+    orm = engine.new_orm()
+    for _ in range(3):
+        with pytest.raises(fluxaorm.DatabaseError, match="cannot connect"):
+            orm.get_by_id(UserEntity, 1)
+
+
+def test_unreachable_server_error_names_address_not_password(make_engine, caplog):
+    """A server nobody listens on gives DatabaseError naming 127.0.0.1:1; the password
+    appears nowhere (message, repr, traceback, log, engine repr)."""
+    caplog.set_level(logging.DEBUG)
+    engine = make_engine(
+        UserEntity, sync=False, mysql_url=f"mysql://root:{PASSWORD}@127.0.0.1:1/test"
+    )
+    with pytest.raises(fluxaorm.DatabaseError) as caught:
+        engine.new_orm().get_by_id(UserEntity, 1)
+    error = caught.value
+    assert "127.0.0.1:1" in str(error)
+    assert error.orig is not None
+    assert PASSWORD not in _every_text(error)
+    assert PASSWORD not in caplog.text
+    assert PASSWORD not in repr(engine)
+    assert PASSWORD not in repr(engine.mysql_pool("default"))
+    assert PASSWORD not in repr(engine.mysql_pool("default").config)
+
+
+def test_wrong_password_error_never_shows_the_password(make_engine, caplog):
+    """A wrong password against the real server gives DatabaseError (access denied)
+    without the password in any text or log."""
+    caplog.set_level(logging.DEBUG)
+    wrong = "wr0ng-Pa55word"
+    engine = make_engine(UserEntity, sync=False, mysql_url=_database_url(wrong))
+    with pytest.raises(fluxaorm.DatabaseError) as caught:
+        engine.new_orm().get_by_id(UserEntity, 1)
+    assert "Access denied" in str(caught.value)
+    assert "127.0.0.1:3306" in str(caught.value)
+    assert wrong not in _every_text(caught.value)
+    assert wrong not in caplog.text
+
+
+def test_killed_idle_connection_is_replaced_for_reads(make_engine, mysql_conn):
+    """A pooled connection killed from another session is detected and replaced: the
+    next read succeeds."""
+    engine = make_engine(UserEntity, mysql_options={"pool_size": 1})
+    orm = engine.new_orm()
+    user = orm.new_entity(UserEntity, name="Tom")
+    orm.flush()
+    before = _connection_id(engine)
+    _kill(mysql_conn, before)
+    assert orm.get_by_id(UserEntity, user.id) == user
+    assert _connection_id(engine) != before
+
+
+def test_killed_idle_connection_is_replaced_for_flush(make_engine, mysql_conn):
+    """A flush that starts on a connection killed while idle reconnects and commits."""
+    engine = make_engine(UserEntity, mysql_options={"pool_size": 1})
+    orm = engine.new_orm()
+    _kill(mysql_conn, _connection_id(engine))
+    user = orm.new_entity(UserEntity, name="Tom")
+    orm.flush()
+    assert orm.get_by_id(UserEntity, user.id) == user
+
+
+def test_connection_lost_inside_a_flush_rolls_back_and_recovers(
+    make_engine, mysql_conn, redis_client
+):
+    """A connection killed in the middle of a flush raises DatabaseError, writes and
+    publishes nothing, keeps the changes pending and is replaced for the next flush."""
+    engine = make_engine(UserEntity, mysql_options={"pool_size": 1})
+    orm = engine.new_orm()
+    victim = _connection_id(engine)
+
+    def kill_before_insert(pool: str, sql: str) -> None:
+        if sql.startswith("INSERT INTO `UserEntity`"):
+            engine.remove_statement_listener(kill_before_insert)
+            _kill(mysql_conn, victim)
+
+    user = orm.new_entity(UserEntity, name="Tom")
+    engine.add_statement_listener(kill_before_insert)
+    with pytest.raises(fluxaorm.DatabaseError, match="connection lost") as caught:
+        orm.flush()
+    assert not isinstance(caught.value, fluxaorm.DuplicateKeyError)
+    assert user.id == 0
+    assert orm.has_changes
+    assert redis_client.keys("dirty_*") == []
+    cursor = mysql_conn.cursor()
+    cursor.execute("SELECT COUNT(*) FROM `UserEntity`")
+    assert cursor.fetchone()[0] == 0
+    orm.flush()
+    assert user.id > 0
+    assert orm.get_by_id(UserEntity, user.id) == user
+    assert redis_client.xlen("dirty_NewUsers") == 1
+
+
+def test_statements_are_logged_at_debug_on_fluxaorm_sql(make_engine, caplog):
+    """Every statement is logged at DEBUG on logger fluxaorm.sql with its pool name."""
+    engine = make_engine(UserEntity)
+    orm = engine.new_orm()
+    caplog.set_level(logging.DEBUG, logger="fluxaorm.sql")
+    with count_queries(engine) as log:
+        orm.new_entity(UserEntity, name="Logged")
+        orm.flush()
+        orm.get_by_id(UserEntity, 1)
+    records = [r for r in caplog.records if r.name == "fluxaorm.sql"]
+    assert all(r.levelno == logging.DEBUG for r in records)
+    messages = [r.getMessage() for r in records]
+    assert messages == [f"[default] {sql}" for sql in log.statements]
+    assert any("'Logged'" in m for m in messages)
+
+
+def test_long_statements_are_cut_in_the_log(make_engine, caplog):
+    """A statement longer than 2,000 characters is logged cut short, ending in '...'."""
+    engine = make_engine(UserEntity)
+    orm = engine.new_orm()
+    for i in range(200):
+        orm.new_entity(UserEntity, name=f"user number {i}")
+    caplog.set_level(logging.DEBUG, logger="fluxaorm.sql")
+    orm.flush()
+    (insert,) = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith("[default] INSERT INTO `UserEntity`")
+    ]
+    assert insert.endswith("...")
+    assert len(insert) <= len("[default] ") + 2000 + 3
+
+
+def test_statement_log_is_silent_above_debug(make_engine, caplog):
+    """At INFO, fluxaorm.sql logs nothing for ordinary statements."""
+    engine = make_engine(UserEntity)
+    caplog.set_level(logging.INFO, logger="fluxaorm.sql")
+    orm = engine.new_orm()
+    orm.new_entity(UserEntity, name="quiet")
+    orm.flush()
+    assert [r for r in caplog.records if r.name == "fluxaorm.sql"] == []
+
+
+def test_sql_errors_are_wrapped_with_the_driver_error(make_engine):
+    """A statement MySQL refuses raises DatabaseError with the pymysql error as .orig
+    and the pool name, and leaves the connection usable."""
+    engine = make_engine(UserEntity, mysql_options={"pool_size": 1})
+    orm = engine.new_orm()
+    where = fluxaorm.Where("`no_such_column` = ?", 1)
+    with pytest.raises(fluxaorm.DatabaseError, match="no_such_column") as caught:
+        orm.search(UserEntity, where)
+    assert caught.value.pool == "default"
+    assert type(caught.value.orig).__module__.startswith("pymysql")
+    assert orm.search(UserEntity) == []
+
+
+def test_engine_close_closes_idle_connections_and_reconnects(make_engine, mysql_conn):
+    """Engine.close() closes pooled connections; the engine reconnects when used again."""
+    engine = make_engine(UserEntity)
+    first = _connection_id(engine)
+    engine.close()
+    cursor = mysql_conn.cursor()
+    cursor.execute(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s", (first,)
+    )
+    for _ in range(50):
+        if cursor.fetchone()[0] == 0:
+            break
+        threading.Event().wait(0.02)
+        cursor.execute(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s",
+            (first,),
+        )
+    else:
+        pytest.fail(f"connection {first} is still open after engine.close()")
+    assert engine.new_orm().get_by_id(UserEntity, 1) is None
+
+
+def test_max_allowed_packet_option_never_exceeds_the_server(make_engine):
+    """The max_allowed_packet option can lower the statement size used for chunking
+    but never raise it above the server's own limit."""
+    small = make_engine(UserEntity, mysql_options={"max_allowed_packet": 20000})
+    assert small.mysql_pool("default").info.max_allowed_packet == 20000
+    big = make_engine(UserEntity, mysql_options={"max_allowed_packet": 2**40})
+    with big.mysql_pool("default").connection() as conn:
+        server = int(conn.query("SELECT @@max_allowed_packet")[0][0])
+    assert big.mysql_pool("default").info.max_allowed_packet == server
+
+
+def test_register_mysql_rejects_unknown_options():
+    """An unknown pool option is a ConfigurationError listing the known ones."""
+    registry = fluxaorm.Registry()
+    with pytest.raises(fluxaorm.ConfigurationError, match="pool_size"):
+        registry.register_mysql(MYSQL_URL, pool_sise=2)

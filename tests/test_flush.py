@@ -1,0 +1,629 @@
+"""The flush (SPEC §3): the statements it sends, their count, chunking, atomicity,
+validation before SQL and what a failed flush leaves behind, on the real MariaDB."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+import fluxaorm
+from fluxaorm.events import decode_entry
+from fluxaorm.testing import QueryLog, count_queries, count_round_trips
+from tests.models import AllTypes, Color, ProductEntity, UserEntity
+
+OUTBOX = "`_fluxaorm_outbox`"
+
+
+@fluxaorm.entity(table="accounts")
+@dataclass
+class Account:
+    """An entity with a unique index, for duplicate-key failures."""
+
+    id: int = field(default=0, metadata={"orm": "dirty=Accounts"})
+    email: str = fluxaorm.column(default="", length=100, unique="email_idx")
+    name: str = fluxaorm.column(default="", length=100)
+    score: int = 0
+
+
+def _table_rows(mysql_conn: Any, sql: str) -> list[tuple[Any, ...]]:
+    cursor = mysql_conn.cursor()
+    cursor.execute(sql)
+    return list(cursor.fetchall())
+
+
+def _outbox_rows(mysql_conn: Any) -> int:
+    return int(_table_rows(mysql_conn, f"SELECT COUNT(*) FROM {OUTBOX}")[0][0])
+
+
+def _stream_lengths(redis_client: Any) -> dict[str, int]:
+    return {
+        key.decode(): redis_client.xlen(key) for key in redis_client.keys("dirty_*")
+    }
+
+
+def _events(engine: fluxaorm.Engine, redis_client: Any, stream: str) -> list[Any]:
+    return [
+        decode_entry(stream, mid.decode(), fields, engine.unwirer)
+        for mid, fields in redis_client.xrange(f"dirty_{stream}")
+    ]
+
+
+def _data(log: QueryLog) -> list[str]:
+    """The statements that touch entity tables (not the outbox, not BEGIN/COMMIT)."""
+    return [
+        s
+        for s in log.statements
+        if OUTBOX not in s and s not in ("BEGIN", "COMMIT", "ROLLBACK")
+    ]
+
+
+def _accounts(orm: fluxaorm.ORM, n: int, prefix: str = "a") -> list[Account]:
+    accounts = [
+        orm.new_entity(Account, email=f"{prefix}{i}@example.com", name=f"N{i}")
+        for i in range(n)
+    ]
+    orm.flush()
+    return accounts
+
+
+# -- statement shapes ----------------------------------------------------------------
+
+
+def test_thousand_inserts_are_one_insert_plus_outbox_in_one_transaction(
+    make_engine, mysql_conn, redis_client
+):
+    """1,000 inserts: BEGIN, one data INSERT, one outbox INSERT, COMMIT, then the
+    outbox row is deleted once Redis has the entries (one round trip)."""
+    engine = make_engine(UserEntity)
+    orm = engine.new_orm()
+    users = [
+        orm.new_entity(UserEntity, name=f"U{i}", email=f"u{i}@example.com")
+        for i in range(1000)
+    ]
+    with count_queries(engine) as log, count_round_trips(engine) as trips:
+        orm.flush()
+    assert log.kinds() == ["BEGIN", "INSERT", "INSERT", "COMMIT", "DELETE"]
+    assert log.statements[1].startswith(
+        "INSERT INTO `UserEntity` (`name`,`email`) VALUES "
+    )
+    assert log.statements[1].count("),(") == 999
+    assert log.statements[2].startswith(f"INSERT INTO {OUTBOX}")
+    assert log.statements[4].startswith(f"DELETE FROM {OUTBOX}")
+    assert trips.count == 1
+    assert trips.commands == 3000  # AllChanges, NewUsers, EmailAddedOrChanged
+    assert _stream_lengths(redis_client) == {
+        "dirty_AllChanges": 1000,
+        "dirty_NewUsers": 1000,
+        "dirty_EmailAddedOrChanged": 1000,
+    }
+    assert _outbox_rows(mysql_conn) == 0
+    assert len({u.id for u in users}) == 1000
+    assert _table_rows(mysql_conn, "SELECT COUNT(*) FROM `UserEntity`") == [(1000,)]
+
+
+def test_thousand_inserts_without_outbox_are_begin_insert_commit(
+    make_engine, redis_client
+):
+    """With Registry(outbox=False) 1,000 inserts are BEGIN, INSERT, COMMIT and one
+    Redis round trip."""
+    engine = make_engine(UserEntity, outbox=False)
+    orm = engine.new_orm()
+    for i in range(1000):
+        orm.new_entity(UserEntity, name=f"U{i}")
+    with count_queries(engine) as log, count_round_trips(engine) as trips:
+        orm.flush()
+    assert log.kinds() == ["BEGIN", "INSERT", "COMMIT"]
+    assert trips.count == 1
+    assert redis_client.xlen("dirty_NewUsers") == 1000
+
+
+def test_insert_events_carry_every_field_and_the_new_id(make_engine, redis_client):
+    """Each insert publishes an Insert event whose bind is every field with the id."""
+    engine = make_engine(UserEntity)
+    orm = engine.new_orm()
+    a = orm.new_entity(UserEntity, name="A", email="a@example.com")
+    b = orm.new_entity(UserEntity, name="B", email="b@example.com")
+    orm.flush()
+    events = _events(engine, redis_client, "NewUsers")
+    assert [(e.operation, e.id) for e in events] == [
+        (fluxaorm.Insert, a.id),
+        (fluxaorm.Insert, b.id),
+    ]
+    assert events[0].bind == {"id": a.id, "name": "A", "email": "a@example.com"}
+    assert events[0].entity_name == "tests.models.UserEntity"
+
+
+def test_update_writes_only_the_changed_columns(make_engine, redis_client):
+    """An update sends only the changed column and streams only that field."""
+    engine = make_engine(UserEntity)
+    orm = engine.new_orm()
+    user = orm.new_entity(UserEntity, name="Tom", email="tom@example.com")
+    orm.flush()
+    redis_client.delete("dirty_AllChanges", "dirty_EmailAddedOrChanged")
+    edited = orm.edit_entity(orm.get_by_id(UserEntity, user.id))
+    edited.name = "Tim"
+    with count_queries(engine) as log, count_round_trips(engine) as trips:
+        orm.flush()
+    assert _data(log) == [f"UPDATE `UserEntity` SET `name`='Tim' WHERE `id`={user.id}"]
+    assert log.kinds() == ["BEGIN", "UPDATE", "INSERT", "COMMIT", "DELETE"]
+    assert trips.count == 1
+    (event,) = _events(engine, redis_client, "AllChanges")
+    assert event.operation is fluxaorm.Update
+    assert event.bind == {"name": "Tim"}
+    assert event.old == {"name": "Tom"}
+    # an update that leaves email alone does not feed the email column stream
+    assert redis_client.xlen("dirty_EmailAddedOrChanged") == 0
+
+
+def test_same_changed_columns_make_one_update_statement(make_engine, mysql_conn):
+    """N entities edited on the same columns are written by one multi-row UPDATE that
+    sets only those columns."""
+    engine = make_engine(Account)
+    orm = engine.new_orm()
+    accounts = _accounts(orm, 20)
+    for i, account in enumerate(accounts):
+        edited = orm.edit_entity(account)
+        edited.name = f"M{i}"
+        edited.score = (i + 1) * 10
+    with count_queries(engine) as log:
+        orm.flush()
+    (update,) = _data(log)
+    assert update.startswith("UPDATE `accounts` ")
+    assert update.endswith("SET t.`name`=v.`name`,t.`score`=v.`score`")
+    assert "`email`" not in update
+    assert log.kinds() == ["BEGIN", "UPDATE", "INSERT", "COMMIT", "DELETE"]
+    stored = _table_rows(mysql_conn, "SELECT `id`,`name`,`score` FROM `accounts`")
+    assert sorted(stored) == [
+        (a.id, f"M{i}", (i + 1) * 10) for i, a in enumerate(accounts)
+    ]
+
+
+def test_different_changed_columns_make_one_update_each(make_engine, mysql_conn):
+    """Edits touching different column sets are grouped by set, one UPDATE per set."""
+    engine = make_engine(Account)
+    orm = engine.new_orm()
+    a, b, c = _accounts(orm, 3)
+    for entity, name in ((a, "x"), (b, "y")):
+        orm.edit_entity(entity).name = name
+    orm.edit_entity(c).score = 7
+    with count_queries(engine) as log:
+        orm.flush()
+    assert log.kinds() == ["BEGIN", "UPDATE", "UPDATE", "INSERT", "COMMIT", "DELETE"]
+    assert sorted(
+        _table_rows(mysql_conn, "SELECT `id`,`name`,`score` FROM `accounts`")
+    ) == [(a.id, "x", 0), (b.id, "y", 0), (c.id, "N2", 7)]
+
+
+def test_setting_fields_to_their_current_values_costs_nothing(
+    make_engine, redis_client
+):
+    """A field set to an equal value (Decimal 1.0 vs 1.00, equal datetime, same bytes,
+    same enum, int for an equal float) sends no SQL and no stream entry."""
+    engine = make_engine(AllTypes, ProductEntity)
+    orm = engine.new_orm()
+    row = orm.new_entity(
+        AllTypes,
+        ratio=1.0,
+        blob=b"\x00\xff",
+        amount=Decimal("1.5"),
+        at=datetime.datetime(2020, 5, 6, 7, 8, 9, 123456),
+        color=Color.GREEN,
+        opt_amount=Decimal("2"),
+    )
+    product = orm.new_entity(ProductEntity, sku="S", price=Decimal("1.00"))
+    orm.flush()
+    before = _stream_lengths(redis_client)
+    edited = orm.edit_entity(orm.get_by_id(AllTypes, row.id))
+    edited.ratio = 1  # type: ignore[assignment]
+    edited.blob = bytes(bytearray(b"\x00\xff"))
+    edited.amount = Decimal("1.50000")
+    edited.at = datetime.datetime(2020, 5, 6, 7, 8, 9, 123456)
+    edited.color = Color("green")
+    edited.opt_amount = Decimal("2.0")
+    priced = orm.edit_entity(orm.get_by_id(ProductEntity, product.id))
+    priced.price = Decimal("1.0")
+    with count_queries(engine) as log, count_round_trips(engine) as trips:
+        orm.flush()
+    assert log.count == 0
+    assert trips.count == 0
+    assert _stream_lengths(redis_client) == before
+    assert not orm.has_changes
+
+
+def test_deletes_are_one_delete_in_statement(make_engine, mysql_conn, redis_client):
+    """Deleting N entities sends one DELETE ... WHERE id IN (...); each event holds
+    every field of the deleted entity."""
+    engine = make_engine(UserEntity)
+    orm = engine.new_orm()
+    users = [orm.new_entity(UserEntity, name=f"U{i}") for i in range(5)]
+    orm.flush()
+    for user in users[:4]:
+        orm.delete_entity(user)
+    with count_queries(engine) as log:
+        orm.flush()
+    ids = ",".join(str(u.id) for u in users[:4])
+    assert _data(log) == [f"DELETE FROM `UserEntity` WHERE `id` IN ({ids})"]
+    assert _table_rows(mysql_conn, "SELECT `id` FROM `UserEntity`") == [(users[4].id,)]
+    events = _events(engine, redis_client, "DeletedUsers")
+    assert [e.operation for e in events] == [fluxaorm.Delete] * 4
+    assert events[0].bind == {"id": users[0].id, "name": "U0", "email": ""}
+
+
+def test_fake_delete_streams_the_id_in_fake_delete(make_engine, redis_client):
+    """A fake delete is one UPDATE ... IN and a Delete event with bind {fake_delete: id}."""
+    engine = make_engine(ProductEntity)
+    orm = engine.new_orm()
+    products = [orm.new_entity(ProductEntity, sku=f"S{i}") for i in range(3)]
+    orm.flush()
+    redis_client.delete("dirty_Products")
+    for product in products:
+        orm.delete_entity(product)
+    with count_queries(engine) as log:
+        orm.flush()
+    ids = ",".join(str(p.id) for p in products)
+    assert _data(log) == [
+        f"UPDATE `products` SET `fake_delete` = `id` WHERE `id` IN ({ids})"
+    ]
+    events = _events(engine, redis_client, "Products")
+    assert [(e.operation, e.bind) for e in events] == [
+        (fluxaorm.Delete, {"fake_delete": p.id}) for p in products
+    ]
+
+
+@dataclass
+class Silent:
+    """An entity that feeds no dirty stream."""
+
+    id: int = 0
+    value: int = 0
+
+
+def test_entity_without_streams_writes_no_outbox_and_no_redis(make_engine, mysql_conn):
+    """Changes of an entity with no dirty stream are BEGIN, INSERT, COMMIT: no outbox
+    row and no Redis round trip."""
+    engine = make_engine(Silent)
+    orm = engine.new_orm()
+    for i in range(3):
+        orm.new_entity(Silent, value=i)
+    with count_queries(engine) as log, count_round_trips(engine) as trips:
+        orm.flush()
+    assert log.kinds() == ["BEGIN", "INSERT", "COMMIT"]
+    assert trips.count == 0
+    assert _outbox_rows(mysql_conn) == 0
+
+
+def test_mixed_flush_is_one_transaction_and_one_round_trip(make_engine, redis_client):
+    """Inserts, updates and deletes of several entities share one transaction and
+    one Redis round trip."""
+    engine = make_engine(UserEntity, Account)
+    orm = engine.new_orm()
+    a, b = _accounts(orm, 2)
+    user = orm.new_entity(UserEntity, name="U")
+    orm.flush()
+    orm.new_entity(Account, email="new@example.com")
+    orm.new_entity(UserEntity, name="V")
+    orm.edit_entity(a).score = 5
+    orm.edit_entity(user).name = "W"
+    orm.delete_entity(b)
+    with count_queries(engine) as log, count_round_trips(engine) as trips:
+        orm.flush()
+    kinds = log.kinds()
+    assert kinds.count("BEGIN") == 1
+    assert kinds.count("COMMIT") == 1
+    assert kinds[-2:] == ["COMMIT", "DELETE"]
+    assert trips.count == 1
+
+
+# -- chunking ------------------------------------------------------------------------
+
+
+def _chunked_engine(make_engine: Any, *entities: type) -> fluxaorm.Engine:
+    return make_engine(*entities, mysql_options={"max_allowed_packet": 20000})
+
+
+def _one_transaction(log: QueryLog, kind: str) -> list[str]:
+    """Check the log is one transaction; return the statements of ``kind`` in it."""
+    kinds = log.kinds()
+    assert kinds.count("BEGIN") == 1
+    assert kinds.count("COMMIT") == 1
+    inside = log.statements[kinds.index("BEGIN") + 1 : kinds.index("COMMIT")]
+    return [s for s in inside if s.startswith(kind) and OUTBOX not in s]
+
+
+def test_large_insert_is_chunked_within_one_transaction(make_engine, mysql_conn):
+    """With max_allowed_packet=20000 a big insert splits into several INSERTs that
+    all fit the packet, in one transaction, every row written with the right id."""
+    engine = _chunked_engine(make_engine, Account)
+    orm = engine.new_orm()
+    accounts = [
+        orm.new_entity(Account, email=f"user{i}@example.com", name=f"Name {i}")
+        for i in range(1000)
+    ]
+    with count_queries(engine) as log:
+        orm.flush()
+    inserts = _one_transaction(log, "INSERT")
+    assert len(inserts) > 2
+    assert all(len(s.encode()) < 20000 for s in inserts)
+    stored = dict(_table_rows(mysql_conn, "SELECT `id`,`email` FROM `accounts`"))
+    assert stored == {a.id: a.email for a in accounts}
+
+
+def test_large_update_is_chunked_within_one_transaction(make_engine, mysql_conn):
+    """A big multi-row UPDATE splits into several CASE statements in one transaction."""
+    engine = _chunked_engine(make_engine, Account)
+    orm = engine.new_orm()
+    accounts = _accounts(orm, 1000)
+    for account in accounts:
+        edited = orm.edit_entity(account)
+        edited.name = f"renamed {account.id}"
+        edited.score = account.id * 3
+    with count_queries(engine) as log:
+        orm.flush()
+    updates = _one_transaction(log, "UPDATE")
+    assert len(updates) > 2
+    assert all(len(s.encode()) < 20000 for s in updates)
+    stored = _table_rows(mysql_conn, "SELECT `id`,`name`,`score` FROM `accounts`")
+    assert sorted(stored) == [(a.id, f"renamed {a.id}", a.id * 3) for a in accounts]
+
+
+def test_large_delete_is_chunked_within_one_transaction(make_engine, mysql_conn):
+    """A big DELETE ... IN splits into several statements in one transaction."""
+    engine = _chunked_engine(make_engine, Account)
+    orm = engine.new_orm()
+    accounts = _accounts(orm, 5000)
+    for account in accounts[:4999]:
+        orm.delete_entity(account)
+    with count_queries(engine) as log:
+        orm.flush()
+    deletes = _one_transaction(log, "DELETE")
+    assert len(deletes) > 1
+    assert all(len(s.encode()) < 20000 for s in deletes)
+    assert _table_rows(mysql_conn, "SELECT `id` FROM `accounts`") == [
+        (accounts[-1].id,)
+    ]
+
+
+def test_failure_in_a_late_chunk_rolls_back_the_early_chunks(
+    make_engine, mysql_conn, redis_client
+):
+    """When the last chunk of a chunked insert fails, the earlier chunks roll back."""
+    engine = _chunked_engine(make_engine, Account)
+    orm = engine.new_orm()
+    (taken,) = _accounts(orm, 1, prefix="taken")
+    before = _stream_lengths(redis_client)
+    for i in range(999):
+        orm.new_entity(Account, email=f"user{i}@example.com")
+    orm.new_entity(Account, email=taken.email)
+    with count_queries(engine) as log, pytest.raises(fluxaorm.DuplicateKeyError):
+        orm.flush()
+    assert len([k for k in log.kinds() if k == "INSERT"]) > 2
+    assert log.kinds()[-1] == "ROLLBACK"
+    assert _table_rows(mysql_conn, "SELECT `id` FROM `accounts`") == [(taken.id,)]
+    assert _stream_lengths(redis_client) == before
+
+
+def test_flush_whose_events_exceed_max_allowed_packet_commits(
+    make_engine, mysql_conn, redis_client
+):
+    """A flush whose stream entries outgrow the server's max_allowed_packet (16 MB
+    here) still commits: the outbox is written in statements that fit, like the
+    data rows."""
+    engine = make_engine(AllTypes)
+    with engine.mysql_pool("default").connection() as conn:
+        server_packet = int(conn.query("SELECT @@max_allowed_packet")[0][0])
+    size = 1_000_000
+    count = server_packet // size + 2  # the events alone are bigger than a packet
+    orm = engine.new_orm()
+    for i in range(count):
+        orm.new_entity(AllTypes, text=str(i % 10) * size)
+    with count_queries(engine) as log:
+        orm.flush()
+    assert all(len(sql) <= server_packet for sql in log.statements)
+    stored = _table_rows(mysql_conn, "SELECT LENGTH(`text`) FROM `all_types`")
+    assert stored == [(size,)] * count
+    assert redis_client.xlen("dirty_AllTypesStream") == count
+    assert _outbox_rows(mysql_conn) == 0
+
+
+# -- ids -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", [None, "consecutive", "returning", "snapshot"])
+def test_multi_row_insert_ids_map_to_their_rows(make_engine, mysql_conn, strategy):
+    """Every id-assignment strategy gives each entity of a multi-row insert the id of
+    the row holding its values, also across chunks and after deleted rows."""
+    engine = _chunked_engine(make_engine, Account)
+    engine.id_strategy = strategy
+    orm = engine.new_orm()
+    for account in _accounts(orm, 30, prefix="old"):
+        orm.delete_entity(account)
+    orm.flush()
+    accounts = [
+        orm.new_entity(Account, email=f"e{i}@example.com", name=f"Name {i}")
+        for i in range(700)
+    ]
+    orm.flush()
+    stored = dict(_table_rows(mysql_conn, "SELECT `id`,`email` FROM `accounts`"))
+    assert stored == {a.id: a.email for a in accounts}
+    assert [orm.get_by_id(Account, a.id) for a in accounts[::97]] == accounts[::97]
+
+
+# -- validation ----------------------------------------------------------------------
+
+
+def test_a_bad_value_in_entity_500_of_1000_sends_nothing(
+    make_engine, mysql_conn, redis_client
+):
+    """Validation runs before any SQL: one bad value among 1,000 inserts means zero
+    statements, an empty table and no stream entry."""
+    engine = make_engine(UserEntity)
+    orm = engine.new_orm()
+    users = [orm.new_entity(UserEntity, name=f"U{i}") for i in range(1000)]
+    users[499].name = "x" * 101
+    with (
+        count_queries(engine) as log,
+        count_round_trips(engine) as trips,
+        pytest.raises(fluxaorm.ValidationError) as caught,
+    ):
+        orm.flush()
+    assert str(caught.value) == "UserEntity.name: 101 characters, the column allows 100"
+    assert log.count == 0
+    assert trips.count == 0
+    assert _table_rows(mysql_conn, "SELECT COUNT(*) FROM `UserEntity`") == [(0,)]
+    assert _stream_lengths(redis_client) == {}
+    users[499].name = "fixed"
+    orm.flush()
+    assert _table_rows(mysql_conn, "SELECT COUNT(*) FROM `UserEntity`") == [(1000,)]
+
+
+def test_a_bad_value_in_an_update_blocks_the_whole_flush(make_engine, mysql_conn):
+    """A bad value in one edited entity stops inserts, updates and deletes alike."""
+    engine = make_engine(Account)
+    orm = engine.new_orm()
+    a, b, c = _accounts(orm, 3)
+    orm.new_entity(Account, email="new@example.com")
+    orm.delete_entity(c)
+    orm.edit_entity(a).name = "ok"
+    orm.edit_entity(b).score = "high"  # type: ignore[assignment]
+    with (
+        count_queries(engine) as log,
+        pytest.raises(fluxaorm.ValidationError, match=r"Account\.score"),
+    ):
+        orm.flush()
+    assert log.count == 0
+    assert len(_table_rows(mysql_conn, "SELECT * FROM `accounts`")) == 3
+
+
+# -- failures ------------------------------------------------------------------------
+
+
+def test_duplicate_key_names_the_index_and_rolls_back(
+    make_engine, mysql_conn, redis_client
+):
+    """A duplicate unique value raises DuplicateKeyError(.index='email_idx'); the
+    flush's other changes roll back; no stream entry and no outbox row remain."""
+    engine = make_engine(Account)
+    orm = engine.new_orm()
+    a, b = _accounts(orm, 2)
+    before = _stream_lengths(redis_client)
+    orm.edit_entity(a).name = "edited"
+    orm.delete_entity(b)
+    orm.new_entity(Account, email="fresh@example.com")
+    clash = orm.new_entity(Account, email=a.email)
+    with (
+        count_round_trips(engine) as trips,
+        pytest.raises(fluxaorm.DuplicateKeyError) as caught,
+    ):
+        orm.flush()
+    error = caught.value
+    assert error.index == "email_idx"
+    assert error.table == "accounts"
+    assert isinstance(error, fluxaorm.DatabaseError)
+    assert "email_idx" in str(error)
+    assert error.orig is not None
+    assert trips.count == 0
+    assert _stream_lengths(redis_client) == before
+    assert _outbox_rows(mysql_conn) == 0
+    assert sorted(_table_rows(mysql_conn, "SELECT `id`,`name` FROM `accounts`")) == [
+        (a.id, "N0"),
+        (b.id, "N1"),
+    ]
+    assert clash.id == 0
+    assert orm.has_changes
+
+
+def test_pending_changes_survive_a_failed_flush_and_can_be_fixed(
+    make_engine, mysql_conn, redis_client
+):
+    """After DuplicateKeyError the changes stay pending: fix the value, flush again."""
+    engine = make_engine(Account)
+    orm = engine.new_orm()
+    a, b = _accounts(orm, 2)
+    orm.edit_entity(a).name = "edited"
+    orm.delete_entity(b)
+    clash = orm.new_entity(Account, email=a.email)
+    with pytest.raises(fluxaorm.DuplicateKeyError):
+        orm.flush()
+    clash.email = "unique@example.com"
+    with count_queries(engine) as log:
+        orm.flush()
+    assert log.kinds().count("BEGIN") == 1
+    assert clash.id > 0
+    assert sorted(_table_rows(mysql_conn, "SELECT `id`,`name` FROM `accounts`")) == [
+        (a.id, "edited"),
+        (clash.id, ""),
+    ]
+    assert not orm.has_changes
+    assert _outbox_rows(mysql_conn) == 0
+    actions = [fields[b"action"] for _, fields in redis_client.xrange("dirty_Accounts")]
+    assert sorted(actions[2:]) == [b"add", b"delete", b"edit"]
+
+
+def test_clear_flush_discards_a_failed_flush(make_engine, mysql_conn):
+    """clear_flush after a failed flush drops its changes; the next flush is empty."""
+    engine = make_engine(Account)
+    orm = engine.new_orm()
+    (a,) = _accounts(orm, 1)
+    orm.new_entity(Account, email=a.email)
+    with pytest.raises(fluxaorm.DuplicateKeyError):
+        orm.flush()
+    orm.clear_flush()
+    with count_queries(engine) as log:
+        orm.flush()
+    assert log.count == 0
+    assert _table_rows(mysql_conn, "SELECT COUNT(*) FROM `accounts`") == [(1,)]
+
+
+def test_duplicate_key_on_update_rolls_back(make_engine, mysql_conn, redis_client):
+    """An update that clashes with a unique index raises DuplicateKeyError and rolls
+    back every change of the flush."""
+    engine = make_engine(Account)
+    orm = engine.new_orm()
+    a, b = _accounts(orm, 2)
+    before = _stream_lengths(redis_client)
+    orm.new_entity(Account, email="other@example.com")
+    orm.edit_entity(b).email = a.email
+    with pytest.raises(fluxaorm.DuplicateKeyError) as caught:
+        orm.flush()
+    assert caught.value.index == "email_idx"
+    assert _table_rows(mysql_conn, "SELECT COUNT(*) FROM `accounts`") == [(2,)]
+    assert _stream_lengths(redis_client) == before
+    assert _outbox_rows(mysql_conn) == 0
+
+
+def test_duplicate_primary_key_names_primary(make_engine, mysql_conn):
+    """Inserting an id that exists raises DuplicateKeyError with index 'PRIMARY'."""
+    engine = make_engine(UserEntity)
+    orm = engine.new_orm()
+    orm.new_entity(UserEntity, id=7, name="first")
+    orm.flush()
+    orm.new_entity(UserEntity, id=7, name="second")
+    with pytest.raises(fluxaorm.DuplicateKeyError) as caught:
+        orm.flush()
+    assert caught.value.index == "PRIMARY"
+    assert _table_rows(mysql_conn, "SELECT `name` FROM `UserEntity`") == [("first",)]
+
+
+def test_failed_flush_without_outbox_publishes_nothing(
+    make_engine, mysql_conn, redis_client
+):
+    """With the outbox off a failed flush also publishes no stream entry."""
+    engine = make_engine(Account, outbox=False)
+    orm = engine.new_orm()
+    (a,) = _accounts(orm, 1)
+    before = _stream_lengths(redis_client)
+    orm.new_entity(Account, email="x@example.com")
+    orm.new_entity(Account, email=a.email)
+    with (
+        count_queries(engine) as log,
+        count_round_trips(engine) as trips,
+        pytest.raises(fluxaorm.DuplicateKeyError),
+    ):
+        orm.flush()
+    assert log.kinds() == ["BEGIN", "INSERT", "ROLLBACK"]
+    assert trips.count == 0
+    assert _stream_lengths(redis_client) == before

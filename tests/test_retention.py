@@ -1,0 +1,191 @@
+"""Bounded streams and dead letters: retention never drops unhandled entries unless asked."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+
+import fluxaorm
+from tests.conftest import MYSQL_URL, REDIS_URL
+
+
+@dataclass
+class RetainedEntity:
+    id: int = field(default=0, metadata={"orm": "dirty=Retained"})
+    name: str = ""
+
+
+def engine_with(
+    make_engine: Callable[..., fluxaorm.Engine], **retention: Any
+) -> fluxaorm.Engine:
+    registry = fluxaorm.Registry()
+    registry.register_mysql(MYSQL_URL)
+    registry.register_redis(REDIS_URL)
+    registry.register_entity(RetainedEntity)
+    registry.set_stream_retention("Retained", **retention)
+    engine = registry.validate()
+    engine.sync_schema()
+    return engine
+
+
+def insert(engine: fluxaorm.Engine, n: int) -> None:
+    orm = engine.new_orm()
+    for i in range(n):
+        orm.new_entity(RetainedEntity, name=f"n{i}")
+    orm.flush()
+
+
+def test_retention_keeps_entries_no_group_has_read(make_engine: Any) -> None:
+    """Without consumer groups, max_len trims nothing: the first consumer gets it all."""
+    engine = engine_with(make_engine, max_len=10)
+    insert(engine, 30)
+    broker = engine.get_event_broker()
+    assert broker.trim_streams() == {"dirty_Retained": 0}
+    stats = broker.get_stream_statistics("Retained")
+    assert stats.len == 30 and stats.max_len == 10
+    assert stats.retention_fill == pytest.approx(3.0)
+    engine.close()
+
+
+def test_retention_trims_only_handled_entries(
+    make_engine: Any, redis_client: redis.Redis
+) -> None:
+    """With a group, max_len removes handled entries and keeps pending and unread ones."""
+    engine = engine_with(make_engine, max_len=5)
+    insert(engine, 30)
+    orm = engine.new_orm()
+    seen: list[int] = []
+
+    def fail_on_third(events: list[fluxaorm.DirtyStreamEvent]) -> None:
+        seen.extend(e.id for e in events)
+        raise RuntimeError("keep these pending")
+
+    consumer = fluxaorm.new_dirty_stream_consumer_many(
+        orm, "Retained", fail_on_third, delete_acknowledged=False
+    )
+    with pytest.raises(RuntimeError):
+        consumer.consume(10, 0)
+    # Entries 1-10 are pending, 11-30 unread: none of them has been handled.
+    broker = engine.get_event_broker()
+    assert broker.trim_streams("Retained") == {"dirty_Retained": 0}
+    assert redis_client.xlen("dirty_Retained") == 30
+
+    handled = fluxaorm.new_dirty_stream_consumer_many(
+        orm, "Retained", lambda events: None, delete_acknowledged=False
+    )
+    assert handled.auto_claim(100, 0) == 10
+    assert handled.consume(15, 0) == 15
+    # 25 entries handled (acked, kept in the stream); 5 unread remain.
+    removed = broker.trim_streams("Retained")["dirty_Retained"]
+    assert removed == 25
+    left = [int(f[b"id"]) for _, f in redis_client.xrange("dirty_Retained")]
+    assert left == list(range(26, 31))
+    engine.close()
+
+
+def test_retention_by_age_waits_for_consumers(
+    make_engine: Any, redis_client: redis.Redis
+) -> None:
+    """max_age removes old handled entries; old unhandled ones stay."""
+    engine = engine_with(make_engine, max_age=timedelta(milliseconds=200))
+    insert(engine, 6)
+    orm = engine.new_orm()
+    consumer = fluxaorm.new_dirty_stream_consumer_single(
+        orm, "Retained", lambda events: None, delete_acknowledged=False
+    )
+    assert consumer.consume(3, 0) == 3
+    time.sleep(0.3)
+    broker = engine.get_event_broker()
+    assert broker.trim_streams("Retained") == {"dirty_Retained": 3}
+    assert redis_client.xlen("dirty_Retained") == 3
+    stats = broker.get_stream_statistics("Retained")
+    assert stats.max_age_seconds == pytest.approx(0.2)
+    assert stats.retention_fill is not None and stats.retention_fill > 1
+    engine.close()
+
+
+def test_drop_unhandled_trims_on_every_xadd(
+    make_engine: Any, redis_client: redis.Redis
+) -> None:
+    """drop_unhandled=True caps the stream near max_len even with no consumer at all."""
+    engine = engine_with(make_engine, max_len=100, drop_unhandled=True)
+    for _ in range(10):
+        insert(engine, 100)
+    # XADD MAXLEN ~ trims whole macro nodes: near the cap, never the full 1,000.
+    assert 100 <= redis_client.xlen("dirty_Retained") < 300
+    engine.get_event_broker().trim_streams("Retained")
+    assert redis_client.xlen("dirty_Retained") == 100
+    engine.close()
+
+
+def test_retention_of_an_undeclared_stream_is_refused(make_engine: Any) -> None:
+    """set_stream_retention on a stream no entity declares fails at validate()."""
+    registry = fluxaorm.Registry()
+    registry.register_mysql(MYSQL_URL)
+    registry.register_redis(REDIS_URL)
+    registry.register_entity(RetainedEntity)
+    registry.set_stream_retention("Nope", max_len=5)
+    with pytest.raises(fluxaorm.ConfigurationError, match=r"Nope.*declared: Retained"):
+        registry.validate()
+    with pytest.raises(fluxaorm.ConfigurationError, match="max_len"):
+        registry.set_stream_retention("Retained", max_len=0)
+    with pytest.raises(fluxaorm.ConfigurationError, match="give max_len"):
+        registry.set_stream_retention("Retained")
+
+
+def test_dead_letters_can_be_listed_requeued_and_purged(
+    make_engine: Any, redis_client: redis.Redis
+) -> None:
+    """Poison events land in dirty_<Name>:dead; the broker lists, requeues and purges them."""
+    engine = make_engine(RetainedEntity)
+    insert(engine, 3)
+    orm = engine.new_orm()
+
+    def poison(events: list[fluxaorm.DirtyStreamEvent]) -> None:
+        failed = None
+        for event in events:
+            if event.id == 2:
+                failed = ValueError("cannot handle #2")
+                continue
+            event.ack()
+        if failed is not None:
+            raise failed
+
+    consumer = fluxaorm.new_dirty_stream_consumer_single(
+        orm, "Retained", poison, max_deliveries=2
+    )
+    for _ in range(3):
+        with contextlib.suppress(ValueError):
+            consumer.consume(10, 0)
+    broker = engine.get_event_broker()
+    letters = broker.get_dead_letters("Retained")
+    assert len(letters) == 1
+    letter = letters[0]
+    assert letter.event is not None and letter.event.id == 2
+    assert letter.error == "ValueError: cannot handle #2"
+    assert letter.deliveries == 2 and letter.group == "default"
+    assert broker.get_stream_statistics("Retained").dead_letters == 1
+    assert redis_client.xlen("dirty_Retained") == 0
+
+    assert broker.requeue_dead_letters("Retained") == 1
+    assert redis_client.xlen("dirty_Retained:dead") == 0
+    got: list[int] = []
+    fixed = fluxaorm.new_dirty_stream_consumer_single(
+        orm, "Retained", lambda events: got.extend(e.id for e in events)
+    )
+    assert fixed.consume(10, 0) == 1 and got == [2]
+
+    redis_client.xadd("dirty_Retained:dead", {"action": "add", "error": "x"})
+    redis_client.xadd("dirty_Retained:dead", {"action": "add", "error": "y"})
+    first = broker.get_dead_letters("Retained")[0]
+    assert first.event is None  # not a valid event: listed anyway
+    assert broker.purge_dead_letters("Retained", [first.message_id]) == 1
+    assert broker.purge_dead_letters("Retained") == 1
+    assert redis_client.exists("dirty_Retained:dead") == 0
