@@ -463,11 +463,18 @@ class EventBroker:
 
     @staticmethod
     def _lag(pool: Any, key: str, last: str, length: int, pending: int) -> int:
-        """Count entries after ``last`` when Redis reports the lag as unknown."""
+        """Count entries after ``last`` when Redis reports the lag as unknown.
+
+        Pages through XRANGE; entries up to ``last`` may still be in the stream
+        (pending, or handled and kept), so ``length - pending`` is no answer.
+        """
         if length == 0:
             return 0
-        limit = min(length, _LAG_SCAN_LIMIT)
-        found = pool.execute("XRANGE", key, f"({last}", "+", "COUNT", limit)
-        if len(found) < limit:
-            return len(found)
-        return max(len(found), length - pending)
+        lag = 0
+        start = f"({last}"
+        while True:
+            found = pool.execute("XRANGE", key, start, "+", "COUNT", _LAG_SCAN_LIMIT)
+            lag += len(found)
+            if len(found) < _LAG_SCAN_LIMIT:
+                return lag
+            start = "(" + text(found[-1][0])

@@ -104,9 +104,12 @@ class Connection:
         self.last_used = time.monotonic()
 
     def execute(
-        self, sql: str, args: Sequence[Any] | None = None
+        self, sql: str | bytes, args: Sequence[Any] | None = None
     ) -> pymysql.cursors.Cursor:
         """Send one statement (one round trip) and return the cursor holding its result.
+
+        ``sql`` may be ``bytes`` (a statement carrying raw binary literals, without
+        ``args``); logs and listeners then get its first characters as text.
 
         The one exception to "one round trip": the first statement on a reused
         connection that the server has dropped meanwhile is logged and sent again on
@@ -120,7 +123,7 @@ class Connection:
         reused, self.reused = self.reused, False
         self._announce(sql)
         try:
-            self._cursor.execute(sql, args)
+            self._send(sql, args)
         except pymysql.err.Error as exc:
             error = self._wrap(exc)
             if not (reused and self.broken and _replayable(sql)):
@@ -129,12 +132,24 @@ class Connection:
             self._replace()
             self._announce(sql)
             try:
-                self._cursor.execute(sql, args)
+                self._send(sql, args)
             except pymysql.err.Error as again:
                 raise self._wrap(again) from again
         return self._cursor
 
-    def _announce(self, sql: str) -> None:
+    def _send(self, sql: str | bytes, args: Sequence[Any] | None) -> None:
+        # pymysql sends a bytes statement as is (its stubs say str only).
+        cursor: Any = self._cursor
+        cursor.execute(sql, args)
+
+    def _announce(self, statement: str | bytes) -> None:
+        if not self._listeners and not _log.isEnabledFor(logging.DEBUG):
+            return
+        if isinstance(statement, bytes):
+            head = statement[:_LOG_LIMIT].decode("utf-8", "replace")
+            sql = head + "..." if len(statement) > _LOG_LIMIT else head
+        else:
+            sql = statement
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug(
                 "[%s] %s",
@@ -381,5 +396,6 @@ class MySQLPool:
             conn.close()
 
 
-def _replayable(sql: str) -> bool:
-    return sql.lstrip()[:17].upper().startswith(_REPLAYABLE)
+def _replayable(sql: str | bytes) -> bool:
+    head = sql[:32].decode("ascii", "replace") if isinstance(sql, bytes) else sql
+    return head.lstrip()[:17].upper().startswith(_REPLAYABLE)

@@ -280,7 +280,7 @@ class _Statements:
                 EventRecord(streams, action, schema.name, ident, bind, old)
             )
 
-    def run(self, sql: str, schema: EntitySchema | None) -> Any:
+    def run(self, sql: str | bytes, schema: EntitySchema | None) -> Any:
         try:
             return self.conn.execute(sql)
         except DuplicateKeyError as exc:
@@ -396,7 +396,11 @@ class _Statements:
                 self.event(schema, streams, "add", ident, pack_bind(bind))
 
     def insert_ids(
-        self, sql: str, table: str, count: int, schema: EntitySchema | None = None
+        self,
+        sql: str | bytes,
+        table: str,
+        count: int,
+        schema: EntitySchema | None = None,
     ) -> list[int]:
         """Run a multi-row INSERT of ``count`` auto-id rows and return their ids in order.
 
@@ -406,7 +410,10 @@ class _Statements:
         and MySQL reads them back inside a snapshot older than the INSERT.
         """
         if self.strategy == _RETURNING:
-            sql += " RETURNING `id`"
+            if isinstance(sql, bytes):
+                sql += b" RETURNING `id`"
+            else:
+                sql += " RETURNING `id`"
         cursor = self.run(sql, schema)
         if self.strategy == _RETURNING:
             return [int(r[0]) for r in cursor.fetchall()]

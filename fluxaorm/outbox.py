@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .db import Connection, MySQLPool
 from .errors import DatabaseError, StreamError
 from .events import EventBatch, StreamEncoder
-from .sql import bytes_literal
+from .sql import binary_literal
 from .streams import RedisPool
 
 if TYPE_CHECKING:
@@ -42,39 +42,50 @@ _log = logging.getLogger("fluxaorm.outbox")
 
 def insert_statements(
     batches: Sequence[EventBatch], max_packet: int
-) -> list[tuple[str, int]]:
+) -> list[tuple[bytes, int]]:
     """Render the INSERTs of one outbox row per batch, as few as ``max_packet`` allows.
+
+    The statements are ``bytes``: payloads travel as raw escaped binary literals,
+    about their own size on the wire (hexadecimal would double it).
 
     Returns:
         ``(statement, rows)`` pairs, in the order of ``batches``.
     """
-    head = f"INSERT INTO {_Q} (`created_at`,`redis_pool`,`entries`,`payload`) VALUES "
+    head = f"INSERT INTO {_Q} (`created_at`,`redis_pool`,`entries`,`payload`) VALUES ".encode()
     budget = max_packet - 8192 - len(head)
-    statements: list[tuple[str, int]] = []
-    rows: list[str] = []
+    statements: list[tuple[bytes, int]] = []
+    rows: list[bytes] = []
     size = 0
     for b in batches:
-        row = f"(NOW(6),'{b.redis_pool}',{b.entries},{bytes_literal(b.dumps())})"
+        row = b"(NOW(6),'%s',%d,%s)" % (
+            b.redis_pool.encode(),
+            b.entries,
+            binary_literal(b.dumps()),
+        )
         if rows and size + len(row) + 1 > budget:
-            statements.append((head + ",".join(rows), len(rows)))
+            statements.append((head + b",".join(rows), len(rows)))
             rows, size = [], 0
         rows.append(row)
         size += len(row) + 1
     if rows:
-        statements.append((head + ",".join(rows), len(rows)))
+        statements.append((head + b",".join(rows), len(rows)))
     return statements
 
 
 def payload_limit(max_packet: int) -> int:
-    """The largest batch payload one outbox row can carry (hex doubles it)."""
-    return max(4096, (max_packet - 16384) // 2)
+    """The payload a batch may carry so its escaped outbox row fits one packet."""
+    return max(4096, (max_packet - 16384) * 3 // 4)
 
 
 def delete_rows(conn: Connection, ids: Iterable[int]) -> None:
-    """Delete published outbox rows."""
-    listed = ",".join(str(i) for i in ids)
-    if listed:
-        conn.execute(f"DELETE FROM {_Q} WHERE `id` IN ({listed})")
+    """Delete published outbox rows, one primary-key lookup each.
+
+    ``WHERE id IN (...)`` on the (usually tiny) outbox table is often run as a
+    full scan, which waits on rows other relays hold and deadlocks; a lookup by
+    primary key touches only the row it deletes, which its caller has locked.
+    """
+    for ident in ids:
+        conn.execute(f"DELETE FROM {_Q} WHERE `id`={int(ident)}")
 
 
 def publish(
@@ -131,56 +142,99 @@ def relay(
 ) -> tuple[int, set[int]]:
     """Publish the outbox rows of one MySQL pool that are older than ``delay`` seconds.
 
-    Rows in ``mine`` (this process's own failed publishes) go at once. Rows are
-    locked with ``FOR UPDATE SKIP LOCKED`` while they are published and deleted in
-    the same transaction, so concurrent relays never publish the same row.
+    Rows in ``mine`` (this process's own failed publishes) go at once. Each pass
+    locks up to 100 rows with ``FOR UPDATE SKIP LOCKED`` (READ COMMITTED: row locks
+    only), deletes them, publishes them and commits, so concurrent relays never
+    publish the same row and a deadlock can only strike before anything reached
+    Redis (the pass is then retried). Rows that cannot be read, or whose Redis
+    pool refuses them, stay in place and the walk goes on past them.
 
     Returns:
         How many stream entries were published, and the ids of the rows handled.
+
+    Raises:
+        StreamError: some rows could not be published (they stay for later).
     """
     published = 0
     handled: set[int] = set()
+    after = 0
+    failures: list[StreamError] = []
+    retries = 0
     while True:
         mine_sql = (
             f" OR `id` IN ({','.join(str(i) for i in sorted(mine))})" if mine else ""
         )
-        # READ COMMITTED: row locks only, no gap locks, so concurrent relays (and
-        # flushes inserting new outbox rows) never deadlock on the scanned range.
-        with pool.transaction("READ COMMITTED") as conn:
-            rows = conn.query(
-                f"SELECT `id`,`redis_pool`,`payload` FROM {_Q} "
-                f"WHERE `created_at` <= NOW(6) - INTERVAL {float(delay):f} SECOND{mine_sql} "
-                f"ORDER BY `id` LIMIT {_RELAY_BATCH} FOR UPDATE SKIP LOCKED"
-            )
-            if not rows:
-                return published, handled
-            batches: list[EventBatch] = []
-            ids: list[int] = []
-            for ident, _pool_name, payload in rows:
-                try:
-                    batches.append(EventBatch.loads(bytes(payload)))
-                except (ValueError, TypeError) as exc:
-                    _log.error(
-                        "outbox row %s cannot be read (%s); it is left in place",
-                        ident,
-                        exc,
-                    )
-                    continue
-                ids.append(int(ident))
-            done, errors = publish(redis_pools, encoder, batches)
-            for error in errors:
+        try:
+            with pool.transaction("READ COMMITTED") as conn:
+                rows = conn.query(
+                    f"SELECT `id`,`payload` FROM {_Q} FORCE INDEX (PRIMARY) "
+                    f"WHERE `id` > {after} AND (`created_at` <= NOW(6) - INTERVAL "
+                    f"{float(delay):f} SECOND{mine_sql}) "
+                    f"ORDER BY `id` LIMIT {_RELAY_BATCH} FOR UPDATE SKIP LOCKED"
+                )
+                if not rows:
+                    break
+                batches, ids = _readable(rows)
+                delete_rows(conn, ids)
+                done, errors = publish(redis_pools, encoder, batches)
+                if errors:
+                    # Put every row back, then drop those Redis did take.
+                    raise _PartialPublishError(done, errors)
+        except _PartialPublishError as partial:
+            finished = [ids[i] for i in sorted(partial.done)]
+            with pool.connection() as conn:
+                delete_rows(conn, finished)
+            for error in partial.errors:
                 _log.warning(
                     "outbox relay: %s; the rows stay for the next relay", error
                 )
-            finished = [ids[i] for i in sorted(done)]
-            delete_rows(conn, finished)
-            published += sum(batches[i].entries for i in done)
-            handled.update(finished)
-            mine.difference_update(finished)
-        if errors:
-            raise errors[0]
+            failures.extend(partial.errors)
+            done = partial.done
+        except DatabaseError as exc:
+            if _code(exc) in (1205, 1213) and retries < 5:
+                retries += 1  # nothing was published: run the same pass again
+                continue
+            raise
+        finished = [ids[i] for i in sorted(done)]
+        published += sum(batches[i].entries for i in done)
+        handled.update(finished)
+        mine.difference_update(finished)
+        after = int(rows[-1][0])
+        retries = 0
         if len(rows) < _RELAY_BATCH:
-            return published, handled
+            break
+    if failures:
+        raise failures[0]
+    return published, handled
+
+
+class _PartialPublishError(Exception):
+    """Some batches of a relay pass were refused by Redis (internal control flow)."""
+
+    def __init__(self, done: set[int], errors: list[StreamError]):
+        super().__init__("partial publish")
+        self.done = done
+        self.errors = errors
+
+
+def _readable(rows: Sequence[tuple[Any, ...]]) -> tuple[list[EventBatch], list[int]]:
+    batches: list[EventBatch] = []
+    ids: list[int] = []
+    for ident, payload in rows:
+        try:
+            batches.append(EventBatch.loads(bytes(payload)))
+        except (ValueError, TypeError) as exc:
+            _log.error(
+                "outbox row %s cannot be read (%s); it is left in place", ident, exc
+            )
+            continue
+        ids.append(int(ident))
+    return batches, ids
+
+
+def _code(exc: DatabaseError) -> int:
+    args = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else 0
 
 
 def backlog(pool: MySQLPool) -> tuple[int, int, float]:

@@ -139,8 +139,9 @@ class RedisPool:
             The EXEC reply: one reply per command.
 
         Raises:
-            StreamError: the transaction was refused (e.g. OOM, no connection);
-                then no command ran.
+            StreamError: the transaction was refused (e.g. OOM, no connection),
+                and then no command ran; or a command failed inside EXEC (e.g.
+                WRONGTYPE), and then the others did run (Redis has no rollback).
         """
         replies = self.round_trip(
             _MULTI + payload + _EXEC, commands + 2, what, commands
@@ -150,6 +151,14 @@ class RedisPool:
             first = next((r for r in replies if isinstance(r, Exception)), result)
             raise self._wrap(
                 first if first is not None else RuntimeError("EXEC aborted"), what
+            )
+        failed = [r for r in result if isinstance(r, Exception)]
+        if failed:
+            raise self._wrap(
+                RuntimeError(
+                    f"{len(failed)} of {commands} commands failed: {failed[0]}"
+                ),
+                what,
             )
         return list(result)
 
