@@ -1,0 +1,141 @@
+"""fluxaorm doing the workload, with its outbox on (the default) or off.
+
+Everything goes through the public API as a user would write it: one ORM and one
+``flush()`` per batch, ``get_by_ids`` to load, ``new_dirty_stream_consumer_single``
+to consume. Statements and round trips are counted with ``fluxaorm.testing``.
+Run by ``harness.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import fluxaorm
+from fluxaorm.testing import count_queries, count_round_trips
+
+from .workload import ENTITY_NAME, Config, Counts, Event, Values, chunks, updated_email
+
+__all__ = ["BenchEntity", "Fluxa"]
+
+
+@fluxaorm.entity(table="bench_flux")
+@dataclass
+class BenchEntity:
+    """The benchmark's entity: every change to BenchAll, email changes to BenchEmail."""
+
+    id: int = field(default=0, metadata={"orm": "dirty=BenchAll"})
+    name: str = fluxaorm.column(length=100, default="")
+    email: str = fluxaorm.column(length=100, default="", dirty="BenchEmail")
+    age: int = fluxaorm.column(size=32, default=0)
+    balance: Decimal = fluxaorm.column(precision=12, scale=2, default=Decimal(0))
+    created_at: dt.datetime = dt.datetime(2000, 1, 1)
+    active: bool = False
+
+
+class Fluxa:
+    """fluxaorm through its public API (see the module docstring)."""
+
+    table = "bench_flux"
+    consumes = True
+
+    def __init__(self, config: Config, *, outbox: bool):
+        self.key = "fluxaorm" if outbox else "fluxaorm-no-outbox"
+        self.label = "fluxaorm" if outbox else "fluxaorm (outbox off)"
+        registry = fluxaorm.Registry(outbox=outbox)
+        registry.register_mysql(config.mysql_url)
+        registry.register_redis(config.redis_url)
+        registry.register_entity(BenchEntity)
+        self.engine = registry.validate()
+        self.engine.sync_schema()
+        name = self.engine.schema(BenchEntity).name
+        if name != ENTITY_NAME:
+            raise RuntimeError(
+                f"the entity is named {name}, workload.py says {ENTITY_NAME}"
+            )
+
+    def insert(self, rows: Sequence[Values], batch: int) -> list[int]:
+        """``new_entity`` per row and one ``flush()`` per batch."""
+        ids: list[int] = []
+        for chunk in chunks(rows, batch):
+            orm = self.engine.new_orm()
+            entities = [
+                orm.new_entity(
+                    BenchEntity,
+                    name=row.name,
+                    email=row.email,
+                    age=row.age,
+                    balance=row.balance,
+                    created_at=row.created_at,
+                    active=row.active,
+                )
+                for row in chunk
+            ]
+            orm.flush()
+            ids.extend(entity.id for entity in entities)
+        return ids
+
+    def update(self, ids: Sequence[int], batch: int) -> None:
+        """``get_by_ids``, ``edit_entity`` and a new email per entity, one flush per batch."""
+        for chunk in chunks(ids, batch):
+            orm = self.engine.new_orm()
+            for entity in orm.get_by_ids(BenchEntity, chunk):
+                assert entity is not None
+                edited = orm.edit_entity(entity)
+                edited.email = updated_email(edited.email)
+            orm.flush()
+
+    def delete(self, ids: Sequence[int], batch: int) -> None:
+        """``get_by_ids`` and ``delete_entity`` per entity, one flush per batch."""
+        for chunk in chunks(ids, batch):
+            orm = self.engine.new_orm()
+            for entity in orm.get_by_ids(BenchEntity, chunk):
+                assert entity is not None
+                orm.delete_entity(entity)
+            orm.flush()
+
+    def consume(self, count: int, batch: int) -> list[Any]:
+        """``consume(batch, 0)`` of the single consumer until ``count`` events came.
+
+        No ``cleanup()``: the harness deletes the stream (and its group) next.
+        """
+        received: list[fluxaorm.DirtyStreamEvent] = []
+        consumer = fluxaorm.new_dirty_stream_consumer_single(
+            self.engine.new_orm(), "BenchAll", received.extend
+        )
+        total = 0
+        while total < count:
+            handed = consumer.consume(batch, 0)
+            if not handed:
+                raise RuntimeError(
+                    f"dirty_BenchAll ran dry after {total} of {count} events"
+                )
+            total += handed
+        return received
+
+    def events(self, consumed: list[Any]) -> list[Event]:
+        """Return the consumed events for the checks."""
+        return [Event(e.operation.value, e.id, e.bind) for e in consumed]
+
+    @contextmanager
+    def _counting(self) -> Iterator[list[Counts]]:
+        out: list[Counts] = []
+        with ExitStack() as stack:
+            queries = stack.enter_context(count_queries(self.engine))
+            trips = stack.enter_context(count_round_trips(self.engine))
+            try:
+                yield out
+            finally:
+                out.append(Counts(queries.count, trips.count))
+
+    def counting(self) -> AbstractContextManager[list[Counts]]:
+        """Count with ``fluxaorm.testing.count_queries`` / ``count_round_trips``."""
+        return self._counting()
+
+    def close(self) -> None:
+        """Close the engine's connections."""
+        self.engine.close()
