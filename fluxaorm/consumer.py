@@ -20,10 +20,8 @@ from datetime import timedelta
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from .errors import ConfigurationError, DatabaseError, StreamError
-from .events import DirtyStreamEvent, MalformedEntryError, decode_entry
+from .events import DirtyStreamEvent, decode_entries
 from .streams import RawEntry, parse_entries, text
 
 if TYPE_CHECKING:
@@ -434,38 +432,36 @@ class DirtyStreamConsumer:
 
     def _deliver(self, entries: Sequence[RawEntry], redelivered: bool) -> int:
         """Decode, dead-letter, hand to the handler and acknowledge one batch."""
-        events: list[DirtyStreamEvent] = []
         drop: list[str] = []
         deliveries = (
             self._deliveries(entries) if redelivered and self._max_deliveries else {}
         )
         dead: list[tuple[str, dict[bytes, bytes], int]] = []
-        unwirer = self._engine.unwirer
+        live: list[tuple[str, dict[bytes, bytes]]] = []
         for ident, fields in entries:
             if fields is None:  # deleted from the stream while pending
                 drop.append(ident)
-                continue
-            if deliveries:
-                seen = deliveries.get(ident, 1) - 1
-                if self._max_deliveries is not None and seen >= self._max_deliveries:
-                    dead.append((ident, fields, seen))
-                    continue
-            try:
-                event = decode_entry(
-                    self._stream, ident, fields, unwirer, self._ack_one
-                )
-            except MalformedEntryError as exc:
-                _log.error(
-                    "%s: entry %s is not a valid event (%s); acknowledged and dropped",
-                    self._key,
-                    ident,
-                    exc,
-                )
-                drop.append(ident)
-                continue
-            if deliveries:
-                event = _with_deliveries(event, deliveries.get(ident, 1))
-            events.append(event)
+            elif deliveries and deliveries.get(ident, 1) - 1 >= (
+                self._max_deliveries or 0
+            ):
+                dead.append((ident, fields, deliveries.get(ident, 1) - 1))
+            else:
+                live.append((ident, fields))
+        events, bad = decode_entries(
+            self._stream, live, self._engine.unwirer, self._ack_one
+        )
+        for ident, reason in bad:
+            _log.error(
+                "%s: entry %s is not a valid event (%s); acknowledged and dropped",
+                self._key,
+                ident,
+                reason,
+            )
+            drop.append(ident)
+        if deliveries:
+            events = [
+                e._replace(deliveries=deliveries.get(e.message_id, 1)) for e in events
+            ]
         if dead:
             self._bury(dead)
         if not events:
@@ -576,10 +572,6 @@ class DirtyStreamConsumer:
                     pool=self._pool.name,
                     orig=reply,
                 )
-
-
-def _with_deliveries(event: DirtyStreamEvent, deliveries: int) -> DirtyStreamEvent:
-    return attrs.evolve(event, deliveries=deliveries)
 
 
 @contextmanager

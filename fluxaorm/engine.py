@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -21,6 +21,7 @@ from .config import MySQLConfig, RedisConfig
 from .db import MySQLPool, StatementListener
 from .errors import ConfigurationError
 from .events import STREAM_PREFIX, StreamEncoder
+from .render import Unwirer, compile_unwire
 from .schema import EntitySchema
 from .streams import RedisPool, RoundTripListener
 
@@ -97,9 +98,9 @@ class Engine:
         self.id_strategy: str | None = None
         self._unpublished: dict[str, set[int]] = {}
         self._lock = threading.Lock()
-        self._unwire: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {}
+        self._unwire: dict[str, Unwirer] = {}
         for schema in self._schemas.values():
-            self._unwire[schema.name] = _unwirer(schema)
+            self._unwire[schema.name] = compile_unwire(schema.columns, schema.label)
 
     def __repr__(self) -> str:
         return (
@@ -165,9 +166,7 @@ class Engine:
         """Return the schema whose entity name (module + class) is ``name``."""
         return self._by_name.get(name)
 
-    def unwirer(
-        self, entity_name: str
-    ) -> Callable[[str, dict[str, Any]], dict[str, Any]] | None:
+    def unwirer(self, entity_name: str) -> Unwirer | None:
         """Return the bind decoder of an entity name, ``None`` when unknown."""
         return self._unwire.get(entity_name)
 
@@ -316,16 +315,3 @@ class Engine:
     def remove_round_trip_listener(self, listener: RoundTripListener) -> None:
         """Stop calling ``listener`` for Redis round trips."""
         self._redis_listeners.remove(listener)
-
-
-def _unwirer(schema: EntitySchema) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
-    decoders = {c.name: c.unwire for c in schema.columns if c.from_wire is not None}
-
-    def unwire(action: str, bind: dict[str, Any]) -> dict[str, Any]:
-        for name, decode in decoders.items():
-            value = bind.get(name)
-            if value is not None:
-                bind[name] = decode(value)
-        return bind
-
-    return unwire

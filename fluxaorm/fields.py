@@ -56,6 +56,7 @@ class Column:
 
     __slots__ = (
         "definition",
+        "fast",
         "from_db",
         "from_wire",
         "kind",
@@ -98,6 +99,8 @@ class Column:
         self.to_wire = to_wire
         self.from_wire = from_wire
         self.from_db = from_db
+        # Facts the compiled row renderer (render.py) inlines as its fast path.
+        self.fast: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"<Column {self.name} {self.sql_type}{' NULL' if self.nullable else ''}>"
@@ -271,7 +274,9 @@ def _int_column(b: _Builder, primary: bool = False) -> Column:
         return slow(value)
 
     extra = " AUTO_INCREMENT" if primary else ""
-    return Column(b.name, "int", int, b.nullable, sql_type, literal, extra=extra)
+    column = Column(b.name, "int", int, b.nullable, sql_type, literal, extra=extra)
+    column.fast = {"low": low, "high": high}
+    return column
 
 
 def _fake_delete_column(b: _Builder) -> Column:
@@ -387,7 +392,10 @@ def _str_column(b: _Builder) -> Column:
                 return "'" + value.translate(_ESCAPES) + "'"
             return slow(value)
 
-    return Column(b.name, "str", str, b.nullable, sql_type, literal)
+    column = Column(b.name, "str", str, b.nullable, sql_type, literal)
+    if not text:
+        column.fast = {"length": length}
+    return column
 
 
 def _bytes_column(b: _Builder) -> Column:
@@ -460,7 +468,7 @@ def _decimal_column(b: _Builder) -> Column:
     def to_wire(value: Any) -> str:
         return format(canonical(value), "f")
 
-    return Column(
+    column = Column(
         b.name,
         "decimal",
         Decimal,
@@ -470,6 +478,8 @@ def _decimal_column(b: _Builder) -> Column:
         to_wire=to_wire,
         from_wire=_decimal_from_wire,
     )
+    column.fast = {"canon": to_wire}
+    return column
 
 
 def _decimal_from_wire(value: Any) -> Decimal:

@@ -9,7 +9,6 @@ publishes each Redis pool's entries in one MULTI/EXEC round trip.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .db import Connection, MySQLPool
@@ -118,25 +117,6 @@ class FlushResult:
         self.keys: list[tuple[str, int]] = []
 
 
-def _row_renderer(
-    schema: EntitySchema, with_id: bool
-) -> Callable[[tuple[Any, ...]], str]:
-    literals = tuple(
-        c.literal for c in (schema.columns if with_id else schema.data_columns)
-    )
-    if with_id:
-
-        def render(values: tuple[Any, ...]) -> str:
-            return "(" + ",".join([f(v) for f, v in zip(literals, values)]) + ")"
-
-    else:
-
-        def render(values: tuple[Any, ...]) -> str:
-            return "(" + ",".join([f(v) for f, v in zip(literals, values[1:])]) + ")"
-
-    return render
-
-
 def plan(pending: Pending) -> tuple[dict[str, _PoolPlan], list[int]]:
     """Validate every pending value and group the work by MySQL pool.
 
@@ -174,13 +154,9 @@ def plan(pending: Pending) -> tuple[dict[str, _PoolPlan], list[int]]:
         target.updates.setdefault((schema, changed), []).append(change)
         target.update_keys.append(key)
 
-    renderers: dict[tuple[EntitySchema, bool], Callable[[tuple[Any, ...]], str]] = {}
     for key, (schema, entity) in pending.inserts.items():
         values = schema.get_values(entity)
         explicit = values[0] != 0
-        render = renderers.get((schema, explicit))
-        if render is None:
-            render = renderers[(schema, explicit)] = _row_renderer(schema, explicit)
         if explicit:
             schema.id_column.literal(values[0])
             if values[0] < 1:
@@ -189,11 +165,12 @@ def plan(pending: Pending) -> tuple[dict[str, _PoolPlan], list[int]]:
                     schema.label,
                     "id",
                 )
+            row, wires = schema.render_row_with_id(values)
+        else:
+            row, wires = schema.render_row(values)
         target = pool_plan(schema)
         auto_rows, explicit_rows = target.inserts.setdefault(schema, ([], []))
-        (explicit_rows if explicit else auto_rows).append(
-            (key, entity, values, render(values))
-        )
+        (explicit_rows if explicit else auto_rows).append((key, entity, wires, row))
         target.insert_keys.append(key)
     return plans, clean
 
@@ -230,11 +207,13 @@ def _diff(
         if value is before or (type(value) is type(before) and value == before):
             continue
         literal = columns[i].literal(value)
-        try:
-            if columns[i].literal(before) == literal:
-                continue
-        except ValidationError:
-            pass
+        if type(value) is not type(before):
+            # 1 and 1.0, an enum member and its value: equal when stored the same.
+            try:
+                if columns[i].literal(before) == literal:
+                    continue
+            except ValidationError:
+                pass
         changed.append(i)
         literals.append(literal)
         new.append(value)
@@ -265,6 +244,8 @@ class _Statements:
         self.strategy = strategy
         self.max_packet = pool.info.max_allowed_packet
         self.records: dict[str, list[EventRecord]] = {}
+        # Rough outbox payload size per Redis pool, so most flushes skip split().
+        self.sizes: dict[str, int] = {}
 
     def event(
         self,
@@ -276,8 +257,12 @@ class _Statements:
         old: bytes | None = None,
     ) -> None:
         if streams:
-            self.records.setdefault(schema.redis_pool, []).append(
+            pool = schema.redis_pool
+            self.records.setdefault(pool, []).append(
                 EventRecord(streams, action, schema.name, ident, bind, old)
+            )
+            self.sizes[pool] = (
+                self.sizes.get(pool, 0) + len(bind) + 48 + (len(old) if old else 0)
             )
 
     def run(self, sql: str | bytes, schema: EntitySchema | None) -> Any:
@@ -391,7 +376,7 @@ class _Statements:
         for (_, entity, values, _), ident in zip(rows, ids):
             result.new_ids.append((schema, entity, ident))
             if streams:
-                bind = schema.wire_values(values)
+                bind = dict(zip(schema.names, values))
                 bind["id"] = ident
                 self.event(schema, streams, "add", ident, pack_bind(bind))
 
@@ -462,11 +447,11 @@ def _run_pool(engine: Engine, work: _PoolPlan) -> FlushResult:
                 if explicit_rows:
                     steps.inserts(schema, explicit_rows, True, result)
             limit = payload_limit(steps.max_packet)
-            result.batches = [
-                part
-                for name, records in steps.records.items()
-                for part in EventBatch(name, records).split(limit)
-            ]
+            result.batches = []
+            for name, records in steps.records.items():
+                batch = EventBatch(name, records)
+                fits = steps.sizes[name] <= limit
+                result.batches.extend([batch] if fits else batch.split(limit))
             if result.batches and engine.outbox:
                 for sql, count in insert_statements(result.batches, steps.max_packet):
                     result.outbox_ids += steps.insert_ids(

@@ -82,12 +82,13 @@ class ORM:
         """
         if isinstance(entity, type):
             schema = self._engine.schema(entity)
-            unknown = [k for k in values if k not in schema.init_names]
-            if unknown:
-                raise _unknown_field(schema, unknown[0])
             try:
                 instance = entity(**values)
             except TypeError as exc:
+                # Only now look for the cause: the constructor checks names itself.
+                unknown = [k for k in values if k not in schema.init_names]
+                if unknown:
+                    raise _unknown_field(schema, unknown[0]) from None
                 raise ValidationError(
                     f"cannot create the entity: {exc}", schema.label
                 ) from None

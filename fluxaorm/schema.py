@@ -17,6 +17,7 @@ import attrs
 
 from .errors import SchemaError
 from .fields import Column, build_column
+from .render import compile_row
 from .sql import quote
 from .tags import EntityOptions, entity_options, parse_field_options
 
@@ -99,6 +100,8 @@ class EntitySchema:
         self._ignored = tuple(ignored)
         self.init_names: tuple[str, ...] = tuple(init_names)
         self._slots = any("__slots__" in k.__dict__ for k in cls.__mro__[:-1])
+        self.render_row = compile_row(self.columns, False, self.label)
+        self.render_row_with_id = compile_row(self.columns, True, self.label)
         self._wire_conversions = tuple(
             (c.name, c.to_wire) for c in self.columns if c.to_wire is not None
         )

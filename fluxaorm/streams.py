@@ -10,7 +10,7 @@ raw (bytes, lists); the helpers below parse the stream commands' replies.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -195,11 +195,19 @@ def pack_command(*args: Any) -> bytes:
     return _pack(args)
 
 
-def _pack(args: Iterable[Any]) -> bytes:
-    parts = [_encode(a) for a in args]
-    out = [b"*%d\r\n" % len(parts)]
-    for p in parts:
-        out.append(b"$%d\r\n%b\r\n" % (len(p), p))
+def _pack(args: Sequence[Any]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    append = out.append
+    for a in args:
+        # str first: stream ids (XACK, XDEL) make up most arguments.
+        p = (
+            a.encode()
+            if a.__class__ is str
+            else a
+            if a.__class__ is bytes
+            else _encode(a)
+        )
+        append(b"$%d\r\n%b\r\n" % (len(p), p))
     return b"".join(out)
 
 

@@ -403,7 +403,9 @@ def test_validate_errors_never_show_the_password() -> None:
 
 def test_redis_ssl_query_flag_means_tls() -> None:
     """redis://...?ssl=true is TLS (rediss://); ?ssl=false is plain; the flag is not passed on."""
-    on = RedisConfig("redis://u:s3cr3t-P@ss@127.0.0.1:6379/2?ssl=true&ssl_cert_reqs=none")
+    on = RedisConfig(
+        "redis://u:s3cr3t-P@ss@127.0.0.1:6379/2?ssl=true&ssl_cert_reqs=none"
+    )
     assert on.tls and on.secret_url.startswith("rediss://")
     assert "ssl=" not in on.secret_url and "ssl_cert_reqs=none" in on.secret_url
     assert "s3cr3t" not in repr(on)

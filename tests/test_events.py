@@ -24,7 +24,7 @@ from fluxaorm.events import MalformedEntryError, decode_entry
 from tests.models import AllTypes, CategoryEntity, Color, Level, UserEntity
 from tests.stream_reading import raw_entries, read_events
 
-ENTRY_FIELDS = {b"action", b"entity", b"id", b"s", b"eid", b"ts"}
+ENTRY_FIELDS = {b"action", b"entity", b"id", b"s", b"eid"}
 ALL_TYPES_FIELDS = [f.name for f in dataclasses.fields(AllTypes)]
 
 
@@ -64,7 +64,7 @@ def _unpack(data: bytes) -> Any:
 
 
 def test_entry_fields_of_insert_update_and_delete(make_engine, redis_client):
-    """Entries carry action/entity/id/s/eid/ts, and old on updates only."""
+    """Entries carry action/entity/id/s/eid, and old on updates only."""
     engine = make_engine(UserEntity)
     orm = engine.new_orm()
     user = orm.new_entity(UserEntity, name="Tom", email="tom@example.com")
@@ -135,7 +135,7 @@ def test_event_id_is_unique_per_event_and_shared_by_its_streams(
 
 
 def test_timestamp_is_the_flush_time_in_milliseconds(make_engine, redis_client):
-    """ts is when the change was flushed, in milliseconds since the epoch."""
+    """The event id carries when the change was flushed (ms since the epoch)."""
     engine = make_engine(UserEntity)
     orm = engine.new_orm()
     orm.new_entity(UserEntity, name="Tom")

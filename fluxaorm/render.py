@@ -1,0 +1,164 @@
+"""Compiled converters: generated functions per entity for the two hot paths.
+
+``schema.py`` calls :func:`compile_row` and :func:`compile_unwire` once per entity
+at ``Registry.validate()``. The row renderer runs in the flush for every inserted
+entity: it validates every value and returns both its SQL row literal and its
+wire values (the bind). The bind decoder runs in consumers for every event. Both
+inline the common case of each column type and fall back to the column's own
+converters (which validate and raise) for anything else.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from .fields import Column
+from .sql import ESCAPE_TABLE
+
+__all__ = ["RowRenderer", "Unwirer", "compile_row", "compile_unwire"]
+
+RowRenderer = Callable[[Sequence[Any]], tuple[str, tuple[Any, ...]]]
+
+
+def _lines(i: int, column: Column, ns: dict[str, Any]) -> list[str]:
+    """Source lines that set ``l{i}`` (SQL literal) and ``w{i}`` (wire value) from ``v{i}``."""
+    v, lit, wire = f"v{i}", f"LIT{i}", f"WIRE{i}"
+    ns[lit] = column.literal
+    ns[wire] = column.wire
+    slow = [f"    l{i} = {lit}({v})", f"    w{i} = {wire}({v})"]
+    kind, fast = column.kind, column.fast
+    if kind == "int":
+        ns[f"LO{i}"], ns[f"HI{i}"] = fast["low"], fast["high"]
+        head = [
+            f"if type({v}) is int and LO{i} <= {v} <= HI{i}:",
+            f"    l{i} = str({v})",
+            f"    w{i} = {v}",
+        ]
+    elif kind == "str" and "length" in fast:
+        ns[f"LEN{i}"] = fast["length"]
+        head = [
+            f"if type({v}) is str and len({v}) <= LEN{i} and {v}.isascii():",
+            f'    l{i} = "\'" + {v}.translate(ESC) + "\'"',
+            f"    w{i} = {v}",
+        ]
+    elif kind == "bool":
+        head = [
+            f"if {v} is True or {v} is False:",
+            f"    l{i} = '1' if {v} else '0'",
+            f"    w{i} = {v}",
+        ]
+    elif kind == "float":
+        head = [
+            f"if type({v}) is float and {v} - {v} == 0.0:",
+            f"    l{i} = repr({v})",
+            f"    w{i} = {v}",
+        ]
+    elif kind == "decimal":
+        ns[f"CANON{i}"] = fast["canon"]
+        head = [
+            f"if type({v}) is Decimal:",
+            f"    w{i} = CANON{i}({v})",
+            f"    l{i} = w{i}",
+        ]
+    elif kind == "datetime":
+        head = [
+            f"if type({v}) is datetime and {v}.tzinfo is None:",
+            f"    w{i} = {v}.isoformat(' ', 'microseconds')",
+            f'    l{i} = "\'" + w{i} + "\'"',
+        ]
+    elif kind == "date":
+        head = [
+            f"if type({v}) is date:",
+            f"    w{i} = {v}.isoformat()",
+            f'    l{i} = "\'" + w{i} + "\'"',
+        ]
+    else:
+        return [f"l{i} = {lit}({v})", f"w{i} = {wire}({v})"]
+    return [*head, "else:", *slow]
+
+
+def compile_row(columns: Sequence[Column], with_id: bool, label: str) -> RowRenderer:
+    """Generate ``render(values) -> (row literal, wire values)`` for an entity.
+
+    Args:
+        columns: every column, ``id`` first (``values`` come in this order).
+        with_id: whether the row literal includes ``id`` (explicit ids).
+        label: the entity name, for the generated function's name.
+
+    Returns:
+        A function of a full value tuple. The wire tuple has one value per
+        column, ``id`` included as given.
+    """
+    ns: dict[str, Any] = {
+        "ESC": ESCAPE_TABLE,
+        "Decimal": Decimal,
+        "datetime": _dt.datetime,
+        "date": _dt.date,
+    }
+    names = [f"v{i}" for i in range(len(columns))]
+    body = [f"({', '.join(names)},) = values"]
+    rendered = []
+    for i, column in enumerate(columns):
+        if i == 0 and not with_id:
+            body.append("w0 = v0")
+            continue
+        body.extend(_lines(i, column, ns))
+        rendered.append(f"l{i}")
+    wires = ", ".join(f"w{i}" for i in range(len(columns)))
+    row = '"(" + ",".join((' + "".join(f"{r}, " for r in rendered) + ')) + ")"'
+    body.append(f"return {row}, ({wires},)")
+    name = "render_" + "".join(c if c.isalnum() else "_" for c in label)
+    source = f"def {name}(values):\n" + "".join(f"    {line}\n" for line in body)
+    exec(compile(source, f"<fluxaorm row renderer of {label}>", "exec"), ns)
+    render: RowRenderer = ns[name]
+    return render
+
+
+Unwirer = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def compile_unwire(columns: Sequence[Column], label: str) -> Unwirer:
+    """Generate ``unwire(bind) -> bind``: wire values back to Python values, in place.
+
+    Strings of Decimal, datetime and date columns are converted inline; any other
+    value goes through the column's strict ``unwire``. Raises ``ValueError`` (or
+    an ``ArithmeticError``) for a value that is no wire form of its column.
+    """
+    ns: dict[str, Any] = {
+        "Decimal": Decimal,
+        "parse_datetime": _dt.datetime.fromisoformat,
+        "parse_date": _dt.date.fromisoformat,
+    }
+    body: list[str] = []
+    for i, column in enumerate(columns):
+        if column.from_wire is None:
+            continue
+        ns[f"SLOW{i}"] = column.unwire
+        key = repr(column.name)
+        body += [f"v = bind.get({key})", "if v is not None:"]
+        if column.kind == "decimal":
+            body += [
+                "    if v.__class__ is str:",
+                "        d = Decimal(v)",
+                "        if not d.is_finite():",
+                f"            raise ValueError({column.name + ': not a finite decimal'!r})",
+                f"        bind[{key}] = d",
+                "    else:",
+                f"        bind[{key}] = SLOW{i}(v)",
+            ]
+        elif column.kind in ("datetime", "date"):
+            parse = "parse_datetime" if column.kind == "datetime" else "parse_date"
+            body += [
+                f"    bind[{key}] = {parse}(v) if v.__class__ is str else SLOW{i}(v)",
+            ]
+        else:
+            body += [f"    bind[{key}] = SLOW{i}(v)"]
+    body.append("return bind")
+    name = "unwire_" + "".join(c if c.isalnum() else "_" for c in label)
+    source = f"def {name}(bind):\n" + "".join(f"    {line}\n" for line in body)
+    exec(compile(source, f"<fluxaorm bind decoder of {label}>", "exec"), ns)
+    unwire: Unwirer = ns[name]
+    return unwire
