@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from .broker import (
     ConsumerStatistics,
+    DeadLetter,
     EventBroker,
     GroupStatistics,
     OutboxStatistics,
@@ -50,6 +51,7 @@ __all__ = [
     "ConfigurationError",
     "ConsumerStatistics",
     "DatabaseError",
+    "DeadLetter",
     "Delete",
     "DirtyStreamConsumer",
     "DirtyStreamEvent",

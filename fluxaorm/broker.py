@@ -201,7 +201,11 @@ class EventBroker:
         if not self._engine.outbox:
             return []
         pools = sorted(
-            {self._engine.schema(c).mysql_pool for c in self._engine.entities}
+            {
+                schema.mysql_pool
+                for schema in map(self._engine.schema, self._engine.entities)
+                if schema.streams
+            }
         )
         out = []
         for name in pools:

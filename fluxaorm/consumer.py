@@ -483,7 +483,12 @@ class DirtyStreamConsumer:
             raise
         done = [e.message_id for e in events if e.message_id not in self._acked]
         self._acked.clear()
-        self._ack(drop + done)
+        try:
+            self._ack(drop + done)
+        except StreamError:
+            # Handled but not acknowledged: a single consumer hands them over again.
+            self._may_have_pending = self._single or self._may_have_pending
+            raise
         for ident in done:
             self._errors.pop(ident, None)
         return len(events)
@@ -531,13 +536,20 @@ class DirtyStreamConsumer:
         self._errors[ident] = reason[:500]
 
     def _bury(self, dead: list[tuple[str, dict[bytes, bytes], int]]) -> None:
-        """Move poison entries to ``dirty_<Name>:dead`` and drop them from the stream."""
+        """Move poison entries to ``dirty_<Name>:dead``, then drop them from the stream.
+
+        Two round trips: the XADDs first, then XACK/XDEL of only the entries Redis
+        took, so an entry whose move is refused (OOM, WRONGTYPE) stays pending and
+        is buried on a later delivery instead of being lost.
+        """
         dead_key = self._key + DEAD_SUFFIX
         commands: list[tuple[Any, ...]] = []
+        reasons: list[str] = []
         for ident, fields, seen in dead:
-            reason = self._errors.pop(
+            reason = self._errors.get(
                 ident, f"not acknowledged after {seen} deliveries"
             )
+            reasons.append(reason)
             flat: list[Any] = []
             for k, v in fields.items():
                 if k not in (b"error", b"deliveries", b"original_id", b"group"):
@@ -553,6 +565,12 @@ class DirtyStreamConsumer:
                 self._group,
             ]
             commands.append(("XADD", dead_key, "*", *flat))
+        replies = self._pool.pipeline(commands, "XADD")
+        moved = [d[0] for d, r in zip(dead, replies) if not isinstance(r, Exception)]
+        for (ident, _, seen), reason, reply in zip(dead, reasons, replies):
+            if isinstance(reply, Exception):
+                continue
+            self._errors.pop(ident, None)
             _log.error(
                 "%s: entry %s moved to %s after %d deliveries: %s",
                 self._key,
@@ -561,17 +579,16 @@ class DirtyStreamConsumer:
                 seen,
                 reason,
             )
-        ids = [ident for ident, _, _ in dead]
-        commands.append(("XACK", self._key, self._group, *ids))
-        if self._delete:
-            commands.append(("XDEL", self._key, *ids))
-        for reply in self._pool.pipeline(commands, "XADD"):
-            if isinstance(reply, Exception):
-                raise StreamError(
-                    f"{self._key}: moving dead letters failed: {reply}",
-                    pool=self._pool.name,
-                    orig=reply,
-                )
+        if moved:
+            self._ack(moved)
+        refused = [r for r in replies if isinstance(r, Exception)]
+        if refused:
+            raise StreamError(
+                f"{self._key}: {len(refused)} poison entries could not be moved to "
+                f"{dead_key} ({refused[0]}); they stay pending",
+                pool=self._pool.name,
+                orig=refused[0],
+            )
 
 
 @contextmanager

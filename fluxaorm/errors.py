@@ -77,7 +77,12 @@ class DatabaseError(FluxaORMError):
     Attributes:
         pool: the MySQL pool name.
         orig: the pymysql exception, when there is one.
+        during_commit: True when the connection was lost while COMMIT was in
+            flight: the transaction may or may not have committed. Check before
+            retrying (with the outbox on, a committed flush's events still come).
     """
+
+    during_commit: bool = False
 
     def __init__(
         self, message: str, pool: str | None = None, orig: BaseException | None = None

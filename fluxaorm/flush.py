@@ -457,7 +457,11 @@ def _run_pool(engine: Engine, work: _PoolPlan) -> FlushResult:
                     result.outbox_ids += steps.insert_ids(
                         sql, "`_fluxaorm_outbox`", count
                     )
-            conn.commit()
+            try:
+                conn.commit()
+            except DatabaseError as exc:
+                exc.during_commit = conn.broken  # lost mid-COMMIT: outcome unknown
+                raise
         except BaseException:
             conn.rollback()
             raise

@@ -212,7 +212,8 @@ class ORM:
                 continue
             values = schema.get_values(entity)
             for column, value in zip(schema.columns, values):
-                column.literal(value)
+                if column.kind != "fake_delete":  # True is valid here: a deleted row
+                    column.literal(value)
             bind = schema.wire_values(values)
             record = EventRecord(
                 schema.push_streams, "edit", schema.name, ident, pack_bind(bind), None
