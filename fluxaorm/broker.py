@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .errors import StreamError
 from .events import DirtyStreamEvent, MalformedEntryError, decode_entry
 from .outbox import backlog
 from .streams import pairs, parse_entries, text
@@ -139,6 +140,22 @@ class OutboxStatistics:
     oldest_seconds: float
 
 
+def _checked(reply: Any, key: str, what: str, missing_ok: bool = False) -> Any:
+    """Return a pipelined reply, or raise StreamError for an error reply.
+
+    With ``missing_ok``, "no such key" and NOGROUP (a stream or group that does
+    not exist yet) give ``None`` instead: an empty stream, not a failure.
+    """
+    if not isinstance(reply, Exception):
+        return reply
+    text_ = str(reply)
+    if missing_ok and ("no such key" in text_ or "NOGROUP" in text_):
+        return None
+    raise StreamError(
+        f"{key}: {what} failed: {type(reply).__name__}: {text_}", orig=reply
+    )
+
+
 def _parse_id(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -225,9 +242,12 @@ class EventBroker:
             ],
             "XINFO",
         )
+        now_reply = _checked(now_reply, key, "TIME")
         now_ms = int(now_reply[0]) * 1000 + int(now_reply[1]) / 1000
-        dead = 0 if isinstance(dead_reply, Exception) else int(dead_reply)
-        if isinstance(stream_reply, Exception):
+        dead = int(_checked(dead_reply, key, "XLEN"))
+        stream_reply = _checked(stream_reply, key, "XINFO STREAM", missing_ok=True)
+        groups_reply = _checked(groups_reply, key, "XINFO GROUPS", missing_ok=True)
+        if stream_reply is None:
             return StreamStatistics(
                 key,
                 info.redis_pool,
@@ -243,11 +263,7 @@ class EventBroker:
         length = int(stream.get("length", 0))
         first = stream.get("first-entry")
         oldest = _age(text(first[0]), now_ms) if first else 0.0
-        groups_raw = (
-            []
-            if isinstance(groups_reply, Exception)
-            else [pairs(g) for g in groups_reply]
-        )
+        groups_raw = [pairs(g) for g in groups_reply or ()]
         commands: list[tuple[Any, ...]] = []
         for group in groups_raw:
             name = text(group.get("name"))
@@ -257,9 +273,14 @@ class EventBroker:
         groups = []
         for i, group in enumerate(groups_raw):
             name = text(group.get("name"))
-            consumers_reply, pending_reply = replies[2 * i], replies[2 * i + 1]
+            consumers_reply = _checked(
+                replies[2 * i], key, "XINFO CONSUMERS", missing_ok=True
+            )
+            pending_reply = _checked(
+                replies[2 * i + 1], key, "XPENDING", missing_ok=True
+            )
             consumers = []
-            if not isinstance(consumers_reply, Exception):
+            if consumers_reply is not None:
                 for c in consumers_reply:
                     c_info = pairs(c)
                     consumers.append(
@@ -270,11 +291,7 @@ class EventBroker:
                         )
                     )
             oldest_pending = 0.0
-            if (
-                not isinstance(pending_reply, Exception)
-                and pending_reply
-                and pending_reply[1]
-            ):
+            if pending_reply and pending_reply[1]:
                 oldest_pending = _age(text(pending_reply[1]), now_ms)
             last = text(group.get("last-delivered-id")) or "0-0"
             pending = int(group.get("pending", 0))
@@ -427,9 +444,11 @@ class EventBroker:
         now_reply, length_reply, groups_reply = pool.pipeline(
             [("TIME",), ("XLEN", key), ("XINFO", "GROUPS", key)], "XTRIM"
         )
-        length = int(length_reply) if not isinstance(length_reply, Exception) else 0
+        length = int(_checked(length_reply, key, "XLEN"))
         if length == 0:
             return 0
+        now_reply = _checked(now_reply, key, "TIME")
+        groups_reply = _checked(groups_reply, key, "XINFO GROUPS", missing_ok=True)
         now_ms = int(now_reply[0]) * 1000 + int(now_reply[1]) // 1000
         # The retention threshold: entries with a smaller id are past the limits.
         threshold = (0, 0)
@@ -444,11 +463,7 @@ class EventBroker:
         if threshold == (0, 0):
             return 0
         if not info.drop_unhandled:
-            groups = (
-                []
-                if isinstance(groups_reply, Exception)
-                else [pairs(g) for g in groups_reply]
-            )
+            groups = [pairs(g) for g in groups_reply or ()]
             if not groups:
                 return 0
             pending_replies = pool.pipeline(
@@ -456,7 +471,8 @@ class EventBroker:
             )
             for group, pending in zip(groups, pending_replies):
                 floor = _next_id(text(group.get("last-delivered-id")) or "0-0")
-                if not isinstance(pending, Exception) and pending and pending[1]:
+                pending = _checked(pending, key, "XPENDING", missing_ok=True)
+                if pending and pending[1]:
                     floor = min(floor, _parse_id(text(pending[1])))
                 threshold = min(threshold, floor)
         if threshold <= (0, 0):

@@ -87,12 +87,15 @@ def _split(url: object, kind: str, pool: str) -> SplitResult:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parsing the port raises ValueError when it is bad
     except ValueError:
-        # The parser's own message can quote part of the password: never show it.
+        parts = None
+    if parts is None:
+        # Raised outside the except block: the parser's own message can quote part
+        # of the password, and must not even survive as __context__.
         raise ConfigurationError(
             f"{kind} pool {pool!r}: cannot parse URL {redact_url(url)!r}; check the "
             "host and port, and percent-encode special characters of the user and "
             "password (e.g. '#' as %23, '/' as %2F, '@' as %40)"
-        ) from None
+        )
     return parts
 
 

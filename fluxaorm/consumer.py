@@ -231,7 +231,7 @@ class DirtyStreamConsumer:
         if pending and self._single:
             return
         while pending:
-            self._pool.pipeline(
+            replies = self._pool.pipeline(
                 [
                     (
                         "XCLAIM",
@@ -248,6 +248,7 @@ class DirtyStreamConsumer:
                 ],
                 "XCLAIM",
             )
+            _raise_first(replies, f"{self._key}: handing pending entries over failed")
             pending = self._own_pending(1000)
         dropped = self._call(
             "XGROUP", "DELCONSUMER", self._key, self._group, self._name
@@ -524,11 +525,9 @@ class DirtyStreamConsumer:
             ],
             "XPENDING",
         )
-        counts: dict[str, int] = {}
-        for reply in replies:
-            if not isinstance(reply, Exception) and reply:
-                counts[text(reply[0][0])] = int(reply[0][3])
-        return counts
+        # A refused XPENDING must not turn max_deliveries off silently.
+        _raise_first(replies, f"{self._key}: reading delivery counts failed")
+        return {text(r[0][0]): int(r[0][3]) for r in replies if r}
 
     def _remember_error(self, ident: str, reason: str) -> None:
         if len(self._errors) > 10_000:
@@ -589,6 +588,13 @@ class DirtyStreamConsumer:
                 pool=self._pool.name,
                 orig=refused[0],
             )
+
+
+def _raise_first(replies: Sequence[Any], what: str) -> None:
+    """Raise a StreamError for the first error reply of a pipeline, if any."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise StreamError(f"{what}: {reply}", orig=reply)
 
 
 @contextmanager

@@ -278,7 +278,7 @@ def build_schema(cls: type) -> EntitySchema:
                 )
             ignored.append(info)
             continue
-        quote(info.name, label, "field name")
+        quote(info.name, label, "field name", field=info.name)
         column = build_column(
             label,
             info.name,

@@ -42,7 +42,12 @@ QUOTED_RE = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`[^`]*`"
 _PACKET_MARGIN = 4096
 
 
-def quote(name: str, entity: str | None = None, what: str = "identifier") -> str:
+def quote(
+    name: str,
+    entity: str | None = None,
+    what: str = "identifier",
+    field: str | None = None,
+) -> str:
     """Return ``name`` quoted with backticks after checking it is a plain identifier.
 
     Raises:
@@ -55,6 +60,7 @@ def quote(name: str, entity: str | None = None, what: str = "identifier") -> str
             f"{what} {name!r} must be 1-64 characters of A-Z, a-z, 0-9 and _, "
             "starting with a letter or _",
             entity,
+            field,
         )
     return f"`{name}`"
 

@@ -107,7 +107,8 @@ class RedisPool:
             exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         )
         return StreamError(
-            f"Redis pool {self.name!r} at {self.config.address}: {what} failed: {exc}",
+            f"Redis pool {self.name!r} at {self.config.address}: {what} failed: "
+            f"{type(exc).__name__}: {exc}",
             pool=self.name,
             orig=exc,
             connection_lost=lost,

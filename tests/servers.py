@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,31 +50,128 @@ def _wait(
     raise RuntimeError(f"{what} did not come up in {timeout}s: {last}")
 
 
+@dataclass(frozen=True)
+class Certificates:
+    """PEM files made by :func:`make_certificates`: a CA and a server cert it signed."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(
+        ["openssl", *map(str, args)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=60,
+    )
+
+
+def make_certificates(folder: Path, name: str = "fluxaorm test") -> Certificates:
+    """Create a CA and a server certificate for 127.0.0.1/localhost in ``folder``.
+
+    Uses the ``openssl`` command line; the keys are P-256 (fast to make). The
+    extensions are the ones strict verifiers (Python's ``VERIFY_X509_STRICT``)
+    require: a critical CA basic constraint, key usages, key identifiers and a
+    subjectAltName for the address the tests connect to.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = folder / "ca.pem", folder / "ca.key"
+    cert, key = folder / "server.pem", folder / "server.key"
+    csr, ext = folder / "server.csr", folder / "server.ext"
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl(
+        "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2",
+        "-subj", f"/CN={name} CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext", "subjectKeyIdentifier=hash",
+    )  # fmt: skip
+    _openssl(
+        "req", "-new", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"
+    )  # fmt: skip
+    ext.write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+    )
+    _openssl(
+        "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", cert, "-days", "2", "-extfile", ext,
+    )  # fmt: skip
+    for path in (key, ca_key):
+        path.chmod(0o644)  # mariadbd may run as another user than the test
+    return Certificates(ca=ca, cert=cert, key=key)
+
+
 class ThrowawayRedis:
     """A redis-server of our own: ``start()``, ``stop()`` (SHUTDOWN NOSAVE), ``close()``.
 
     The port stays the same across stop/start, so clients reconnect to it.
+
+    Args:
+        extra_args: more ``redis-server`` options (``--user`` lines survive restarts).
+        password: the default user's password (``--requirepass``).
+        tls: serve TLS only, with these certificates (the plain port is off and
+            clients need no certificate of their own).
     """
 
-    def __init__(self, extra_args: Sequence[str] = ()):
+    def __init__(
+        self,
+        extra_args: Sequence[str] = (),
+        password: str | None = None,
+        tls: Certificates | None = None,
+    ):
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="fluxaorm-redis-"))
         self.extra_args = list(extra_args)
+        self.password = password
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        """Return a client of the default user (trusting the CA under TLS)."""
+        tls: dict[str, Any] = (
+            {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
+        )
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_timeout=5,
+            password=self.password,
+            **tls,
+        )
+
+    def _listen_args(self) -> list[str]:
+        args = ["--port", str(self.port)]
+        if self.tls is not None:
+            args = [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.cert),
+                "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
+        if self.password is not None:
+            args += ["--requirepass", self.password]
+        return args
 
     def start(self) -> ThrowawayRedis:
         self.process = subprocess.Popen(
             [
                 "redis-server",
-                "--port",
-                str(self.port),
+                *self._listen_args(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -87,8 +185,21 @@ class ThrowawayRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait(lambda: self.client().ping(), f"redis-server on port {self.port}")
+        _wait(
+            self._ping, f"redis-server on port {self.port}", stop_on=_ServerExitedError
+        )
         return self
+
+    def _ping(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise _ServerExitedError(
+                f"redis-server exited with {self.process.returncode}"
+            )
+        client = self.client()
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
 
     def stop(self) -> None:
         """Stop the server (its data is lost)."""
