@@ -18,7 +18,14 @@ from typing import Any
 from .fields import Column
 from .sql import ESCAPE_TABLE
 
-__all__ = ["RowRenderer", "Unwirer", "compile_row", "compile_unwire"]
+__all__ = [
+    "RowRenderer",
+    "Unwirer",
+    "Wirer",
+    "compile_row",
+    "compile_unwire",
+    "compile_wire",
+]
 
 RowRenderer = Callable[[Sequence[Any]], tuple[str, tuple[Any, ...]]]
 
@@ -162,3 +169,97 @@ def compile_unwire(columns: Sequence[Column], label: str) -> Unwirer:
     exec(compile(source, f"<fluxaorm bind decoder of {label}>", "exec"), ns)
     unwire: Unwirer = ns[name]
     return unwire
+
+
+Wirer = Callable[[Sequence[Any]], dict[str, Any]]
+
+
+def compile_wire(columns: Sequence[Column], label: str) -> Wirer:
+    """Generate ``wire(values) -> bind``: a full row's values as a msgpack-ready dict.
+
+    Columns whose wire value is the value itself are copied as they are; Decimal,
+    datetime and date values are formatted inline; the rest (enums) go through
+    the column's ``wire``.
+    """
+    ns: dict[str, Any] = {
+        "Decimal": Decimal,
+        "datetime": _dt.datetime,
+        "date": _dt.date,
+    }
+    names = [f"v{i}" for i in range(len(columns))]
+    body = [f"({', '.join(names)},) = values"]
+    items = []
+    for i, column in enumerate(columns):
+        v = f"v{i}"
+        if column.to_wire is None:
+            items.append(f"{column.name!r}: {v}")
+            continue
+        ns[f"WIRE{i}"] = column.wire
+        if column.kind == "decimal":
+            ns[f"CANON{i}"] = column.fast["canon"]
+            body.append(
+                f"w{i} = CANON{i}({v}) if type({v}) is Decimal else WIRE{i}({v})"
+            )
+        elif column.kind == "datetime":
+            body.append(
+                f"w{i} = {v}.isoformat(' ', 'microseconds') "
+                f"if type({v}) is datetime else WIRE{i}({v})"
+            )
+        elif column.kind == "date":
+            body.append(
+                f"w{i} = {v}.isoformat() if type({v}) is date else WIRE{i}({v})"
+            )
+        else:
+            body.append(f"w{i} = WIRE{i}({v})")
+        items.append(f"{column.name!r}: w{i}")
+    body.append("return {" + ", ".join(items) + "}")
+    name = "wire_" + "".join(c if c.isalnum() else "_" for c in label)
+    source = f"def {name}(values):\n" + "".join(f"    {line}\n" for line in body)
+    exec(compile(source, f"<fluxaorm bind encoder of {label}>", "exec"), ns)
+    wire: Wirer = ns[name]
+    return wire
+
+
+Loader = Callable[[Sequence[Any]], Any]
+
+
+def compile_load(
+    cls: type,
+    columns: Sequence[Column],
+    slots: bool,
+    defaults: Callable[[Any], None] | None,
+) -> Loader:
+    """Generate ``load(row) -> entity``: build an entity from a SELECT row, no ``__init__``.
+
+    Args:
+        cls: the entity class.
+        columns: the columns, in the row's order.
+        slots: set attributes with ``object.__setattr__`` (slotted classes) instead
+            of filling ``__dict__``.
+        defaults: called with the new entity to set its ignored fields, if any.
+    """
+    ns: dict[str, Any] = {
+        "cls": cls,
+        "new": object.__new__,
+        "setattr": object.__setattr__,
+    }
+    body = [f"({', '.join(f'v{i}' for i in range(len(columns)))},) = row"]
+    for i, column in enumerate(columns):
+        if column.from_db is not None:
+            ns[f"CONV{i}"] = column.from_db
+            body.append(f"if v{i} is not None: v{i} = CONV{i}(v{i})")
+    body.append("obj = new(cls)")
+    if slots:
+        body += [f"setattr(obj, {c.name!r}, v{i})" for i, c in enumerate(columns)]
+    else:
+        pairs = ", ".join(f"{c.name!r}: v{i}" for i, c in enumerate(columns))
+        body.append("obj.__dict__.update({" + pairs + "})")
+    if defaults is not None:
+        ns["defaults"] = defaults
+        body.append("defaults(obj)")
+    body.append("return obj")
+    name = "load_" + "".join(c if c.isalnum() else "_" for c in cls.__qualname__)
+    source = f"def {name}(row):\n" + "".join(f"    {line}\n" for line in body)
+    exec(compile(source, f"<fluxaorm loader of {cls.__qualname__}>", "exec"), ns)
+    load: Loader = ns[name]
+    return load

@@ -17,7 +17,7 @@ import attrs
 
 from .errors import SchemaError
 from .fields import Column, build_column
-from .render import compile_row
+from .render import compile_load, compile_row, compile_wire
 from .sql import quote
 from .tags import EntityOptions, entity_options, parse_field_options
 
@@ -102,12 +102,12 @@ class EntitySchema:
         self._slots = any("__slots__" in k.__dict__ for k in cls.__mro__[:-1])
         self.render_row = compile_row(self.columns, False, self.label)
         self.render_row_with_id = compile_row(self.columns, True, self.label)
-        self._wire_conversions = tuple(
-            (c.name, c.to_wire) for c in self.columns if c.to_wire is not None
+        # An entity from a row in columns order, without calling __init__.
+        self.load = compile_load(
+            cls, self.columns, self._slots, self._set_ignored if self._ignored else None
         )
-        self._conversions = tuple(
-            (i, c.from_db) for i, c in enumerate(self.columns) if c.from_db is not None
-        )
+        # The bind (msgpack-ready values) of a full columns-ordered row.
+        self.wire_values = compile_wire(self.columns, self.label)
 
         cols = ",".join(c.quoted for c in self.columns)
         data_cols = ",".join(c.quoted for c in self.data_columns)
@@ -155,36 +155,10 @@ class EntitySchema:
                 self._update_routes[changed] = found
         return found
 
-    def load(self, row: Sequence[Any]) -> Any:
-        """Build an entity from a row in ``columns`` order, without calling ``__init__``."""
-        if self._conversions:
-            values = list(row)
-            for i, convert in self._conversions:
-                value = values[i]
-                if value is not None:
-                    values[i] = convert(value)
-        else:
-            values = row  # type: ignore[assignment]
-        obj: Any = object.__new__(self.cls)
-        if self._slots:
-            setter = object.__setattr__
-            for name, value in zip(self.names, values):
-                setter(obj, name, value)
-        else:
-            obj.__dict__.update(zip(self.names, values))
+    def _set_ignored(self, obj: Any) -> None:
         for info in self._ignored:
             value = info.default_factory() if info.default_factory else info.default
             object.__setattr__(obj, info.name, value)
-        return obj
-
-    def wire_values(self, values: Sequence[Any]) -> dict[str, Any]:
-        """Return the bind (msgpack-ready values) of a full ``columns``-ordered row."""
-        bind = dict(zip(self.names, values))
-        for name, convert in self._wire_conversions:
-            value = bind[name]
-            if value is not None:
-                bind[name] = convert(value)
-        return bind
 
     def set_id(self, obj: Any, value: int) -> None:
         """Set the ``id`` of an entity, bypassing ``__setattr__`` hooks."""

@@ -68,3 +68,18 @@ def test_compiled_renderer_matches_the_column_converters(
         assert str(caught.value) == str(exc)
         return
     assert render(values) == expected
+
+
+@given(st.fixed_dictionaries(VALUES))
+def test_compiled_bind_encoder_matches_the_column_converters(
+    fields: dict[str, Any],
+) -> None:
+    """For valid values, wire_values equals each column's own wire value."""
+    values = (7, *(fields[name] for name in SCHEMA.data_names))
+    try:
+        for column, value in zip(SCHEMA.columns, values):
+            column.literal(value)
+    except fluxaorm.ValidationError:
+        return  # the flush refuses such values before any bind is built
+    expected = {c.name: c.wire(v) for c, v in zip(SCHEMA.columns, values)}
+    assert SCHEMA.wire_values(values) == expected
