@@ -85,9 +85,10 @@ def lifecycle(
     return per_entry
 
 
-def _timer(out: dict[str, float]) -> Step:
+def _timer(out: dict[str, float], settle: Callable[[], None] = lambda: None) -> Step:
     @contextmanager
     def step(operation: str) -> Iterator[None]:
+        settle()
         gc.collect()
         start = time.perf_counter()
         yield
@@ -205,7 +206,7 @@ def race(
             for competitor in order:
                 times: dict[str, float] = {}
                 per_entry[competitor.key] = lifecycle(
-                    competitor, checker, values, batch, _timer(times)
+                    competitor, checker, values, batch, _timer(times, checker.settle)
                 )
                 seconds[competitor.key] = times
             runs.append(

@@ -9,6 +9,7 @@ connections, never the competitors'.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -85,6 +86,23 @@ class Checker:
 
     def _has_table(self, table: str) -> bool:
         return bool(self._sql(f"SHOW TABLES LIKE '{table}'"))
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until InnoDB has purged the previous step's undo history.
+
+        A step that deletes or updates thousands of rows leaves purge work that
+        runs in the background; without this wait it slows whichever competitor
+        happens to run next, and the per-run ratios measure the order.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = self._sql(
+                "SELECT `COUNT` FROM information_schema.INNODB_METRICS "
+                "WHERE `NAME` = 'trx_rseg_history_len'"
+            )
+            if not rows or int(rows[0][0]) < 100:
+                return
+            time.sleep(0.05)
 
     def create_like(self, table: str, model: str) -> None:
         """Create ``table`` with ``model``'s exact definition (dropping an older one)."""

@@ -151,11 +151,19 @@ class EventBatch:
         """
         routes: dict[tuple[str, ...], int] = {}
         entities: dict[str, int] = {}
-        rows = []
-        for r in self.records:
-            route = routes.setdefault(r.streams, len(routes))
-            entity = entities.setdefault(r.entity, len(entities))
-            rows.append((route, r.action, entity, r.id, r.bind, r.old))
+        rows: list[tuple[int, str, int, int, bytes, bytes | None]] = []
+        append = rows.append
+        last_streams: tuple[str, ...] | None = None
+        last_entity: str | None = None
+        route = entity = 0
+        for streams, action, name, ident, bind, old in self.records:
+            if streams is not last_streams:
+                route = routes.setdefault(streams, len(routes))
+                last_streams = streams
+            if name is not last_entity:
+                entity = entities.setdefault(name, len(entities))
+                last_entity = name
+            append((route, action, entity, ident, bind, old))
         packed = _PACK(
             (
                 _OUTBOX_VERSION,

@@ -18,7 +18,6 @@ from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 from .errors import SchemaError, ValidationError
-from .sql import ESCAPE_TABLE as _ESCAPES
 from .sql import bytes_literal, string_literal
 from .tags import FieldOptions
 
@@ -29,7 +28,7 @@ _STRING_COLLATE = f" CHARACTER SET utf8mb4 COLLATE {COLLATION}"
 _INT_TYPES = {8: "tinyint", 16: "smallint", 24: "mediumint", 32: "int", 64: "bigint"}
 _MEDIUM_MAX = 16_777_215  # bytes in a MEDIUMTEXT / MEDIUMBLOB
 _VARCHAR_MAX = 16_383  # utf8mb4 characters that fit a VARCHAR row
-_DECIMAL_CONTEXT = Context(prec=200, traps=[InvalidOperation])
+DECIMAL_CONTEXT = Context(prec=200, traps=[InvalidOperation])
 _DEFAULT_PRECISION = 10
 _DEFAULT_SCALE = 2
 
@@ -389,7 +388,7 @@ def _str_column(b: _Builder) -> Column:
 
         def literal(value: Any) -> str:
             if type(value) is str and len(value) <= length and value.isascii():
-                return "'" + value.translate(_ESCAPES) + "'"
+                return string_literal(value)
             return slow(value)
 
     column = Column(b.name, "str", str, b.nullable, sql_type, literal)
@@ -447,7 +446,7 @@ def _decimal_column(b: _Builder) -> Column:
         if not number.is_finite():
             raise b.bad(f"{value} cannot be stored: MySQL decimals are finite")
         try:
-            quantized = number.quantize(quantum, context=_DECIMAL_CONTEXT)
+            quantized = number.quantize(quantum, context=DECIMAL_CONTEXT)
         except InvalidOperation:
             raise b.bad(f"{value} is out of range for {sql_type}") from None
         if quantized != number:
@@ -478,7 +477,7 @@ def _decimal_column(b: _Builder) -> Column:
         to_wire=to_wire,
         from_wire=_decimal_from_wire,
     )
-    column.fast = {"canon": to_wire}
+    column.fast = {"canon": to_wire, "quantum": quantum, "limit": limit, "scale": scale}
     return column
 
 

@@ -97,8 +97,8 @@ class _PoolPlan:
         self.inserts: dict[
             EntitySchema,
             tuple[
-                list[tuple[int, Any, tuple[Any, ...], str]],
-                list[tuple[int, Any, tuple[Any, ...], str]],
+                list[tuple[int, Any, dict[str, Any], str]],
+                list[tuple[int, Any, dict[str, Any], str]],
             ],
         ] = {}
         self.insert_keys: list[int] = []
@@ -355,7 +355,7 @@ class _Statements:
     def inserts(
         self,
         schema: EntitySchema,
-        rows: list[tuple[int, Any, tuple[Any, ...], str]],
+        rows: list[tuple[int, Any, dict[str, Any], str]],
         explicit: bool,
         result: FlushResult,
     ) -> None:
@@ -371,14 +371,25 @@ class _Statements:
                     self.insert_ids(sql, schema.quoted_table, len(chunk), schema)
                 )
         if explicit:
-            ids = [r[2][0] for r in rows]
+            ids = [r[2]["id"] for r in rows]
+        new_ids = result.new_ids
+        for (_, entity, _, _), ident in zip(rows, ids):
+            new_ids.append((schema, entity, ident))
         streams = schema.insert_streams
-        for (_, entity, values, _), ident in zip(rows, ids):
-            result.new_ids.append((schema, entity, ident))
-            if streams:
-                bind = dict(zip(schema.names, values))
-                bind["id"] = ident
-                self.event(schema, streams, "add", ident, pack_bind(bind))
+        if not streams:
+            return
+        # The per-event work, inlined: this loop runs once per inserted entity.
+        pool = schema.redis_pool
+        records = self.records.setdefault(pool, [])
+        pack = pack_bind
+        name = schema.name
+        size = 0
+        for (_, _, bind, _), ident in zip(rows, ids):
+            bind["id"] = ident
+            packed = pack(bind)
+            size += len(packed)
+            records.append(EventRecord(streams, "add", name, ident, packed, None))
+        self.sizes[pool] = self.sizes.get(pool, 0) + size + 48 * len(rows)
 
     def insert_ids(
         self,

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from .fields import Column
-from .sql import ESCAPE_TABLE
+from .fields import DECIMAL_CONTEXT, Column
+from .sql import ESCAPE_TABLE, NEEDS_ESCAPE
 
 __all__ = [
     "RowRenderer",
@@ -27,7 +27,7 @@ __all__ = [
     "compile_wire",
 ]
 
-RowRenderer = Callable[[Sequence[Any]], tuple[str, tuple[Any, ...]]]
+RowRenderer = Callable[[Sequence[Any]], tuple[str, dict[str, Any]]]
 
 
 def _lines(i: int, column: Column, ns: dict[str, Any]) -> list[str]:
@@ -48,7 +48,10 @@ def _lines(i: int, column: Column, ns: dict[str, Any]) -> list[str]:
         ns[f"LEN{i}"] = fast["length"]
         head = [
             f"if type({v}) is str and len({v}) <= LEN{i} and {v}.isascii():",
-            f'    l{i} = "\'" + {v}.translate(ESC) + "\'"',
+            f"    if NEEDS_ESCAPE({v}) is None:",
+            f'        l{i} = "\'" + {v} + "\'"',
+            "    else:",
+            f'        l{i} = "\'" + {v}.translate(ESC) + "\'"',
             f"    w{i} = {v}",
         ]
     elif kind == "bool":
@@ -64,10 +67,14 @@ def _lines(i: int, column: Column, ns: dict[str, Any]) -> list[str]:
             f"    w{i} = {v}",
         ]
     elif kind == "decimal":
-        ns[f"CANON{i}"] = fast["canon"]
+        # Already at the column's scale and in range: the common case, inlined.
+        # str() is plain notation for an exponent of -scale when scale <= 6.
+        ns[f"Q{i}"], ns[f"LIM{i}"] = fast["quantum"], fast["limit"]
+        text = "str" if fast["scale"] <= 6 else "format_f"
         head = [
-            f"if type({v}) is Decimal:",
-            f"    w{i} = CANON{i}({v})",
+            f"if type({v}) is Decimal and {v}.is_finite() and -LIM{i} < {v} < LIM{i}"
+            f" and {v} == (q := {v}.quantize(Q{i}, context=CTX)):",
+            f"    w{i} = {text}(q)",
             f"    l{i} = w{i}",
         ]
     elif kind == "datetime":
@@ -88,7 +95,7 @@ def _lines(i: int, column: Column, ns: dict[str, Any]) -> list[str]:
 
 
 def compile_row(columns: Sequence[Column], with_id: bool, label: str) -> RowRenderer:
-    """Generate ``render(values) -> (row literal, wire values)`` for an entity.
+    """Generate ``render(values) -> (row literal, bind)`` for an entity.
 
     Args:
         columns: every column, ``id`` first (``values`` come in this order).
@@ -96,11 +103,14 @@ def compile_row(columns: Sequence[Column], with_id: bool, label: str) -> RowRend
         label: the entity name, for the generated function's name.
 
     Returns:
-        A function of a full value tuple. The wire tuple has one value per
-        column, ``id`` included as given.
+        A function of a full value tuple. The bind maps every field to its wire
+        value, ``id`` included as given (0 for an id still to assign).
     """
     ns: dict[str, Any] = {
         "ESC": ESCAPE_TABLE,
+        "NEEDS_ESCAPE": NEEDS_ESCAPE,
+        "CTX": DECIMAL_CONTEXT,
+        "format_f": lambda number: format(number, "f"),
         "Decimal": Decimal,
         "datetime": _dt.datetime,
         "date": _dt.date,
@@ -114,9 +124,9 @@ def compile_row(columns: Sequence[Column], with_id: bool, label: str) -> RowRend
             continue
         body.extend(_lines(i, column, ns))
         rendered.append(f"l{i}")
-    wires = ", ".join(f"w{i}" for i in range(len(columns)))
+    bind = ", ".join(f"{c.name!r}: w{i}" for i, c in enumerate(columns))
     row = '"(" + ",".join((' + "".join(f"{r}, " for r in rendered) + ')) + ")"'
-    body.append(f"return {row}, ({wires},)")
+    body.append(f"return {row}, {{{bind}}}")
     name = "render_" + "".join(c if c.isalnum() else "_" for c in label)
     source = f"def {name}(values):\n" + "".join(f"    {line}\n" for line in body)
     exec(compile(source, f"<fluxaorm row renderer of {label}>", "exec"), ns)

@@ -43,14 +43,12 @@ VALUES = {
 }
 
 
-def _expected(values: tuple[Any, ...], with_id: bool) -> tuple[str, tuple[Any, ...]]:
+def _expected(values: tuple[Any, ...], with_id: bool) -> tuple[str, dict[str, Any]]:
     columns = SCHEMA.columns if with_id else SCHEMA.data_columns
     offset = 0 if with_id else 1
     literals = [c.literal(values[i + offset]) for i, c in enumerate(columns)]
-    wires = (values[0], *(c.wire(v) for c, v in zip(SCHEMA.data_columns, values[1:])))
-    if with_id:
-        wires = (SCHEMA.id_column.wire(values[0]), *wires[1:])
-    return "(" + ",".join(literals) + ")", wires
+    bind = {c.name: c.wire(v) for c, v in zip(SCHEMA.columns, values)}
+    return "(" + ",".join(literals) + ")", bind
 
 
 @given(st.fixed_dictionaries(VALUES), st.booleans())
