@@ -10,7 +10,6 @@ tuples collected in an :class:`EventBatch`; the batch is written to the outbox
 from __future__ import annotations
 
 import enum
-import functools
 import os
 import time
 import zlib
@@ -331,7 +330,9 @@ class DirtyStreamEvent(NamedTuple):
 
 
 Unwire = Callable[[dict[str, Any]], dict[str, Any]]
-_UNPACK = functools.partial(msgpack.unpackb, raw=False, strict_map_key=False)
+# Keys are field names (str), so msgpack's default strict_map_key holds; a partial
+# would cost as much as the unpacking itself.
+_UNPACK = msgpack.unpackb
 _NEW = tuple.__new__
 
 
@@ -369,7 +370,7 @@ def decode_entries(
             or raw_bind is None
             or raw_id is None
             or not raw_id.isdigit()
-            or raw_id[:1] == b"0"
+            or raw_id[0] == 48  # a leading "0"
         ):
             bad.append((ident, _reason(stream, ident, fields, unwire)))
             continue
@@ -488,7 +489,7 @@ def decode_entry(
 
 def _unpack_map(data: bytes, name: str) -> dict[str, Any]:
     try:
-        value = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        value = msgpack.unpackb(data)
     except Exception as exc:
         raise MalformedEntryError(f"field {name!r} is not msgpack: {exc}") from None
     if not isinstance(value, dict):
