@@ -366,58 +366,43 @@ class DirtyStreamConsumer:
                 raise
         self._group_ready = True
 
+    def _xreadgroup(
+        self, count: int, start: str, block_ms: int | None = None
+    ) -> list[RawEntry]:
+        """One XREADGROUP: ``start`` ">" for new entries, an id for own pending ones."""
+        block = ("BLOCK", block_ms) if block_ms is not None else ()
+        reply = self._call(
+            "XREADGROUP",
+            "GROUP",
+            self._group,
+            self._name,
+            "COUNT",
+            count,
+            *block,
+            "STREAMS",
+            self._key,
+            start,
+        )
+        return parse_entries(reply[0][1]) if reply else []
+
     def _read_new(self, count: int, wait: float) -> list[RawEntry]:
         if wait <= 0:
-            reply = self._call(
-                "XREADGROUP",
-                "GROUP",
-                self._group,
-                self._name,
-                "COUNT",
-                count,
-                "STREAMS",
-                self._key,
-                ">",
-            )
-            return parse_entries(reply[0][1]) if reply else []
+            return self._xreadgroup(count, ">")
         deadline = time.monotonic() + wait
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return []
             piece = self._pool.blocking_timeout(left)
-            reply = self._call(
-                "XREADGROUP",
-                "GROUP",
-                self._group,
-                self._name,
-                "COUNT",
-                count,
-                "BLOCK",
-                max(1, int(piece * 1000)),
-                "STREAMS",
-                self._key,
-                ">",
-            )
-            if reply:
-                return parse_entries(reply[0][1])
+            entries = self._xreadgroup(count, ">", max(1, int(piece * 1000)))
+            if entries:
+                return entries
 
     def _drain_own_pending(self, count: int) -> int:
         handed = 0
         start = "0"
         while True:
-            reply = self._call(
-                "XREADGROUP",
-                "GROUP",
-                self._group,
-                self._name,
-                "COUNT",
-                count,
-                "STREAMS",
-                self._key,
-                start,
-            )
-            entries = parse_entries(reply[0][1]) if reply else []
+            entries = self._xreadgroup(count, start)
             if not entries:
                 return handed
             start = entries[-1][0]

@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 
@@ -197,12 +197,7 @@ class Engine:
         Raises:
             ConfigurationError: no such pool was registered.
         """
-        try:
-            return self._mysql[name]
-        except KeyError:
-            raise ConfigurationError(
-                f"MySQL pool {name!r} is not registered (registered: {', '.join(sorted(self._mysql)) or 'none'})"
-            ) from None
+        return _pool("MySQL", self._mysql, name)
 
     def redis_pool(self, name: str) -> RedisPool:
         """Return a Redis pool by name.
@@ -210,12 +205,7 @@ class Engine:
         Raises:
             ConfigurationError: no such pool was registered.
         """
-        try:
-            return self._redis[name]
-        except KeyError:
-            raise ConfigurationError(
-                f"Redis pool {name!r} is not registered (registered: {', '.join(sorted(self._redis)) or 'none'})"
-            ) from None
+        return _pool("Redis", self._redis, name)
 
     @property
     def redis_pools(self) -> Mapping[str, RedisPool]:
@@ -315,3 +305,16 @@ class Engine:
     def remove_round_trip_listener(self, listener: RoundTripListener) -> None:
         """Stop calling ``listener`` for Redis round trips."""
         self._redis_listeners.remove(listener)
+
+
+P = TypeVar("P")
+
+
+def _pool(kind: str, pools: Mapping[str, P], name: str) -> P:
+    try:
+        return pools[name]
+    except KeyError:
+        known = ", ".join(sorted(pools)) or "none"
+        raise ConfigurationError(
+            f"{kind} pool {name!r} is not registered (registered: {known})"
+        ) from None

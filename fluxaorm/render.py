@@ -30,6 +30,16 @@ __all__ = [
 RowRenderer = Callable[[Sequence[Any]], tuple[str, dict[str, Any]]]
 
 
+def _define(
+    kind: str, label: str, arg: str, body: list[str], ns: dict[str, Any]
+) -> Any:
+    """Compile ``def <kind>_<label>(<arg>): <body>`` in namespace ``ns``; return it."""
+    name = f"{kind}_" + "".join(c if c.isalnum() else "_" for c in label)
+    source = f"def {name}({arg}):\n" + "".join(f"    {line}\n" for line in body)
+    exec(compile(source, f"<fluxaorm {kind} of {label}>", "exec"), ns)
+    return ns[name]
+
+
 def _lines(i: int, column: Column, ns: dict[str, Any]) -> list[str]:
     """Source lines that set ``l{i}`` (SQL literal) and ``w{i}`` (wire value) from ``v{i}``."""
     v, lit, wire = f"v{i}", f"LIT{i}", f"WIRE{i}"
@@ -127,10 +137,7 @@ def compile_row(columns: Sequence[Column], with_id: bool, label: str) -> RowRend
     bind = ", ".join(f"{c.name!r}: w{i}" for i, c in enumerate(columns))
     row = '"(" + ",".join((' + "".join(f"{r}, " for r in rendered) + ')) + ")"'
     body.append(f"return {row}, {{{bind}}}")
-    name = "render_" + "".join(c if c.isalnum() else "_" for c in label)
-    source = f"def {name}(values):\n" + "".join(f"    {line}\n" for line in body)
-    exec(compile(source, f"<fluxaorm row renderer of {label}>", "exec"), ns)
-    render: RowRenderer = ns[name]
+    render: RowRenderer = _define("render", label, "values", body, ns)
     return render
 
 
@@ -174,10 +181,7 @@ def compile_unwire(columns: Sequence[Column], label: str) -> Unwirer:
         else:
             body += [f"    bind[{key}] = SLOW{i}(v)"]
     body.append("return bind")
-    name = "unwire_" + "".join(c if c.isalnum() else "_" for c in label)
-    source = f"def {name}(bind):\n" + "".join(f"    {line}\n" for line in body)
-    exec(compile(source, f"<fluxaorm bind decoder of {label}>", "exec"), ns)
-    unwire: Unwirer = ns[name]
+    unwire: Unwirer = _define("unwire", label, "bind", body, ns)
     return unwire
 
 
@@ -223,10 +227,7 @@ def compile_wire(columns: Sequence[Column], label: str) -> Wirer:
             body.append(f"w{i} = WIRE{i}({v})")
         items.append(f"{column.name!r}: w{i}")
     body.append("return {" + ", ".join(items) + "}")
-    name = "wire_" + "".join(c if c.isalnum() else "_" for c in label)
-    source = f"def {name}(values):\n" + "".join(f"    {line}\n" for line in body)
-    exec(compile(source, f"<fluxaorm bind encoder of {label}>", "exec"), ns)
-    wire: Wirer = ns[name]
+    wire: Wirer = _define("wire", label, "values", body, ns)
     return wire
 
 
@@ -268,8 +269,5 @@ def compile_load(
         ns["defaults"] = defaults
         body.append("defaults(obj)")
     body.append("return obj")
-    name = "load_" + "".join(c if c.isalnum() else "_" for c in cls.__qualname__)
-    source = f"def {name}(row):\n" + "".join(f"    {line}\n" for line in body)
-    exec(compile(source, f"<fluxaorm loader of {cls.__qualname__}>", "exec"), ns)
-    load: Loader = ns[name]
+    load: Loader = _define("load", cls.__qualname__, "row", body, ns)
     return load
