@@ -8,6 +8,7 @@ turns pymysql exceptions into :class:`~fluxaorm.DatabaseError`.
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import os
 import re
@@ -19,8 +20,9 @@ from typing import Any
 
 import attrs
 import pymysql
+import pymysql.converters
 import pymysql.cursors
-from pymysql.constants import ER
+from pymysql.constants import ER, FIELD_TYPE
 
 from .config import MySQLConfig
 from .errors import DatabaseError, DuplicateKeyError
@@ -43,6 +45,28 @@ _REPLAYABLE = ("SELECT", "SHOW", "BEGIN", "START TRANSACTION")
 _LOG_LIMIT = 2000
 
 StatementListener = Callable[[str, str], None]
+
+
+def _datetime(value: Any) -> Any:
+    # MySQL sends DATETIME as ISO text, which the C parser reads ten times faster
+    # than pymysql's regex; anything it refuses (zero dates) goes the old way.
+    try:
+        return _dt.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return pymysql.converters.convert_datetime(value)
+
+
+def _date(value: Any) -> Any:
+    try:
+        return _dt.date.fromisoformat(value)
+    except (TypeError, ValueError):
+        return pymysql.converters.convert_date(value)
+
+
+_CONVERSIONS: dict[Any, Any] = dict(pymysql.converters.conversions)
+_CONVERSIONS[FIELD_TYPE.DATETIME] = _datetime
+_CONVERSIONS[FIELD_TYPE.TIMESTAMP] = _datetime
+_CONVERSIONS[FIELD_TYPE.DATE] = _date
 Reconnect = Callable[[], "pymysql.connections.Connection[Any]"]
 
 
@@ -259,6 +283,7 @@ class MySQLPool:
         try:
             return pymysql.connect(
                 init_command=f"SET SESSION sql_mode='{_SQL_MODE}'",
+                conv=_CONVERSIONS,
                 **self.config.connect_kwargs(),
             )
         except pymysql.err.Error as exc:
