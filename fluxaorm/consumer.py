@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError, DatabaseError, StreamError
 from .events import DirtyStreamEvent, decode_entries
-from .streams import RawEntry, parse_entries, text
+from .streams import RawEntry, pack_ack, parse_entries, text
 
 if TYPE_CHECKING:
     from .orm import ORM
@@ -423,16 +423,20 @@ class DirtyStreamConsumer:
             self._deliveries(entries) if redelivered and self._max_deliveries else {}
         )
         dead: list[tuple[str, dict[bytes, bytes], int]] = []
-        live: list[tuple[str, dict[bytes, bytes]]] = []
-        for ident, fields in entries:
-            if fields is None:  # deleted from the stream while pending
-                drop.append(ident)
-            elif deliveries and deliveries.get(ident, 1) - 1 >= (
-                self._max_deliveries or 0
-            ):
-                dead.append((ident, fields, deliveries.get(ident, 1) - 1))
-            else:
-                live.append((ident, fields))
+        live: Sequence[tuple[str, dict[bytes, bytes]]]
+        if redelivered:
+            live = []
+            for ident, fields in entries:
+                if fields is None:  # deleted from the stream while pending
+                    drop.append(ident)
+                elif deliveries and deliveries.get(ident, 1) - 1 >= (
+                    self._max_deliveries or 0
+                ):
+                    dead.append((ident, fields, deliveries.get(ident, 1) - 1))
+                else:
+                    live.append((ident, fields))
+        else:
+            live = entries  # type: ignore[assignment]  # new entries always have fields
         events, bad = decode_entries(
             self._stream, live, self._engine.unwirer, self._ack_one
         )
@@ -482,10 +486,8 @@ class DirtyStreamConsumer:
     def _ack(self, ids: Sequence[str]) -> None:
         if not ids:
             return
-        commands: list[tuple[Any, ...]] = [("XACK", self._key, self._group, *ids)]
-        if self._delete:
-            commands.append(("XDEL", self._key, *ids))
-        replies = self._pool.pipeline(commands, "XACK")
+        payload, commands = pack_ack(self._key, self._group, ids, self._delete)
+        replies = self._pool.round_trip(payload, commands, "XACK")
         for reply in replies:
             if isinstance(reply, Exception):
                 raise StreamError(

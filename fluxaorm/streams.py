@@ -23,6 +23,7 @@ __all__ = [
     "RawEntry",
     "RedisPool",
     "RoundTripListener",
+    "pack_ack",
     "pack_command",
     "parse_entries",
 ]
@@ -189,6 +190,31 @@ def _encode(arg: Any) -> bytes:
     if isinstance(arg, (int, float)) and not isinstance(arg, bool):
         return repr(arg).encode()
     raise TypeError(f"cannot send {type(arg).__name__} to Redis")
+
+
+def pack_ack(
+    key: str, group: str, ids: Sequence[str], delete: bool
+) -> tuple[bytes, int]:
+    """Pack ``XACK key group ids...`` (and ``XDEL key ids...``) for one round trip.
+
+    The ids are packed once and shared by both commands.
+
+    Returns:
+        The RESP bytes and the number of commands (replies to read).
+    """
+    block = b"".join([b"$%d\r\n%b\r\n" % (len(i), i.encode()) for i in ids])
+    k = key.encode()
+    g = group.encode()
+    key_arg = b"$%d\r\n%b\r\n" % (len(k), k)
+    out = [
+        b"*%d\r\n$4\r\nXACK\r\n" % (3 + len(ids)),
+        key_arg,
+        b"$%d\r\n%b\r\n" % (len(g), g),
+        block,
+    ]
+    if delete:
+        out += [b"*%d\r\n$4\r\nXDEL\r\n" % (2 + len(ids)), key_arg, block]
+    return b"".join(out), 2 if delete else 1
 
 
 def pack_command(*args: Any) -> bytes:
