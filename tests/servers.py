@@ -109,7 +109,42 @@ def make_certificates(folder: Path, name: str = "fluxaorm test") -> Certificates
     return Certificates(ca=ca, cert=cert, key=key)
 
 
-class ThrowawayRedis:
+class _Throwaway:
+    """A server process of our own with a folder of its own: stop, close, ``with``."""
+
+    process: subprocess.Popen[bytes] | None
+    dir: Path
+    stop_grace = 10.0
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after ``stop_grace`` seconds)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(self.stop_grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+    def close(self) -> None:
+        """Stop the server and remove its folder."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ThrowawayRedis(_Throwaway):
     """A redis-server of our own: ``start()``, ``stop()`` (SHUTDOWN NOSAVE), ``close()``.
 
     The port stays the same across stop/start, so clients reconnect to it.
@@ -201,30 +236,8 @@ class ThrowawayRedis:
         finally:
             client.close()
 
-    def stop(self) -> None:
-        """Stop the server (its data is lost)."""
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
 
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> ThrowawayRedis:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class ThrowawayMariaDB:
+class ThrowawayMariaDB(_Throwaway):
     """A mariadbd of our own, for server settings the shared one must keep.
 
     ``start()`` runs ``mariadb-install-db`` into a temporary folder, starts
@@ -234,6 +247,8 @@ class ThrowawayMariaDB:
     the folder; ``start()`` does the same before raising when the server does not
     come up. Use it as a context manager.
     """
+
+    stop_grace = 30.0
 
     binary = "/usr/sbin/mariadbd"
     installer = "mariadb-install-db"
@@ -335,30 +350,6 @@ class ThrowawayMariaDB:
                 raise RuntimeError(f"mariadb-install-db failed: {detail}") from exc
             raise
         return self
-
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after 30 s)."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.process = None
-
-    def close(self) -> None:
-        """Stop the server and remove its folder."""
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> ThrowawayMariaDB:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class _ServerExitedError(RuntimeError):
