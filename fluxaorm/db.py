@@ -232,12 +232,6 @@ class Connection:
                 pool=self.pool,
                 orig=exc,
             )
-        if isinstance(exc, pymysql.err.OperationalError) and code in (1205, 1213):
-            return DatabaseError(
-                f"MySQL pool {self.pool!r}: {message} ({code})",
-                pool=self.pool,
-                orig=exc,
-            )
         return DatabaseError(
             f"MySQL pool {self.pool!r}: {message} ({code})", pool=self.pool, orig=exc
         )

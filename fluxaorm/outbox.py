@@ -103,13 +103,9 @@ def publish(
     for i, batch in enumerate(batches):
         if batch.records:
             by_pool.setdefault(batch.redis_pool, []).append(i)
-        else:
-            by_pool.setdefault(batch.redis_pool, [])
     done: set[int] = set()
     errors: list[StreamError] = []
     for pool_name, indexes in by_pool.items():
-        if not indexes:
-            continue
         parts = []
         count = 0
         for i in indexes:

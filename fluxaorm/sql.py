@@ -9,7 +9,7 @@ connection guarantees by setting its own ``sql_mode`` (see ``db.py``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from .errors import SchemaError
 
@@ -153,8 +153,3 @@ def where_to_format(sql: str) -> str:
     same rule ``Where`` uses to count placeholders; every ``%`` is doubled.
     """
     return _PLACEHOLDER_RE.sub(_to_format, sql)
-
-
-def join_literals(values: Iterable[str]) -> str:
-    """Join rendered literals with commas (used for ``IN (...)`` lists)."""
-    return ",".join(values)
