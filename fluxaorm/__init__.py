@@ -29,11 +29,13 @@ from .consumer import (
 from .ddl import Alter
 from .engine import Engine, StreamInfo
 from .errors import (
+    ConcurrentUseError,
     ConfigurationError,
     DatabaseError,
     DuplicateKeyError,
     FluxaORMError,
     SchemaError,
+    StaleEntityError,
     StreamError,
     ValidationError,
 )
@@ -48,6 +50,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ORM",
     "Alter",
+    "ConcurrentUseError",
     "ConfigurationError",
     "ConsumerStatistics",
     "DatabaseError",
@@ -66,6 +69,7 @@ __all__ = [
     "Pager",
     "Registry",
     "SchemaError",
+    "StaleEntityError",
     "StreamError",
     "StreamInfo",
     "StreamStatistics",

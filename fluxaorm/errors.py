@@ -10,8 +10,10 @@ and kept as ``.orig``; nothing else raises them.
      ├── ConfigurationError                   a pool, URL or stream name is wrong
      ├── ValidationError (also ValueError)    a value does not fit its column
      ├── DatabaseError                        MySQL failed (connection, statement)
-     │    └── DuplicateKeyError               a unique index refused a row (.index)
-     └── StreamError                          Redis failed (connection, command)
+     │    ├── DuplicateKeyError               a unique index refused a row (.index)
+     │    └── StaleEntityError                another flush changed or deleted the row first
+     ├── StreamError                          Redis failed (connection, command)
+     └── ConcurrentUseError                   one ORM used by two threads at once
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ __all__ = [
     "ConfigurationError",
     "DatabaseError",
     "DuplicateKeyError",
+    "ConcurrentUseError",
     "FluxaORMError",
     "SchemaError",
+    "StaleEntityError",
     "StreamError",
     "ValidationError",
 ]
@@ -113,6 +117,32 @@ class DuplicateKeyError(DatabaseError):
         super().__init__(message, pool=pool, orig=orig)
 
 
+class StaleEntityError(DatabaseError):
+    """Another flush changed or deleted the row first; nothing of this pool was written.
+
+    Raised by ``flush()`` for an update that matched no row (deleted meanwhile) and,
+    on an entity with a ``version`` field, for an update or delete whose version
+    no longer matches. The pool's transaction was rolled back, no event was
+    published, and the changes stay pending (``orm.clear_flush()`` drops them).
+
+    Attributes:
+        entity: the class name of the entity.
+        ids: the ids of the stale rows.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        entity: str,
+        ids: list[int],
+        pool: str | None = None,
+        orig: BaseException | None = None,
+    ):
+        self.entity = entity
+        self.ids = ids
+        super().__init__(message, pool=pool, orig=orig)
+
+
 class StreamError(FluxaORMError):
     """Redis refused a command or could not be reached.
 
@@ -121,6 +151,9 @@ class StreamError(FluxaORMError):
         orig: the redis-py exception, when there is one.
         connection_lost: True when the server could not be reached or the
             connection dropped (worth retrying), False when Redis refused.
+        permanent: True when retrying cannot help (wrong password, missing ACL
+            permission, a DB index the server does not have): fix the
+            configuration.
     """
 
     def __init__(
@@ -129,8 +162,18 @@ class StreamError(FluxaORMError):
         pool: str | None = None,
         orig: BaseException | None = None,
         connection_lost: bool = False,
+        permanent: bool = False,
     ):
         self.pool = pool
         self.orig = orig
         self.connection_lost = connection_lost
+        self.permanent = permanent
         super().__init__(message)
+
+
+class ConcurrentUseError(FluxaORMError):
+    """One ORM was used by two threads at once; an ORM is not thread-safe.
+
+    Use one ORM per thread or task (``engine.new_orm()`` is cheap). Handing an ORM
+    from one thread to another between calls is fine.
+    """
