@@ -17,6 +17,8 @@ from collections.abc import Callable
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
+import attrs
+
 from .errors import SchemaError, ValidationError
 from .sql import bytes_literal, string_literal
 from .tags import FieldOptions
@@ -51,6 +53,8 @@ class Column:
         to_wire: field value -> msgpack value, or ``None`` when they are the same.
         from_wire: msgpack value -> field value, or ``None`` when they are the same.
         from_db: pymysql value -> field value, or ``None`` when they are the same.
+        version: whether this is the entity's version field (optimistic locking):
+            an ``int`` stored as ``BIGINT UNSIGNED NOT NULL DEFAULT 0``.
     """
 
     __slots__ = (
@@ -66,6 +70,7 @@ class Column:
         "quoted",
         "sql_type",
         "to_wire",
+        "version",
     )
 
     def __init__(
@@ -100,6 +105,7 @@ class Column:
         self.from_db = from_db
         # Facts the compiled row renderer (render.py) inlines as its fast path.
         self.fast: dict[str, Any] = {}
+        self.version = False
 
     def __repr__(self) -> str:
         return f"<Column {self.name} {self.sql_type}{' NULL' if self.nullable else ''}>"
@@ -206,6 +212,8 @@ def build_column(
     """
     inner, nullable = unwrap_optional(annotation)
     b = _Builder(entity, name, options, nullable)
+    if options.version:
+        return _version_column(b, inner, primary)
     if primary:
         if nullable or inner is not int:
             raise b.schema_error("the primary key field id must be declared as int")
@@ -232,6 +240,12 @@ def build_column(
         return _datetime_column(b)
     if inner is _dt.date:
         return _date_column(b)
+    if isinstance(inner, type) and issubclass(inner, enum.Flag):
+        raise b.schema_error(
+            f"{inner.__name__} is an enum.Flag, whose combined members (A | B) are "
+            "no single stored value; use a plain Enum, or an int field holding "
+            f"{inner.__name__}(...).value"
+        )
     if isinstance(inner, type) and issubclass(inner, enum.Enum):
         return _enum_column(b, inner)
     if annotation is None:
@@ -275,6 +289,27 @@ def _int_column(b: _Builder, primary: bool = False) -> Column:
     extra = " AUTO_INCREMENT" if primary else ""
     column = Column(b.name, "int", int, b.nullable, sql_type, literal, extra=extra)
     column.fast = {"low": low, "high": high}
+    return column
+
+
+def _version_column(b: _Builder, inner: Any, primary: bool) -> Column:
+    """The version field: a non-negative int that the flush sets and checks."""
+    if primary or b.name == "fake_delete":
+        raise b.schema_error(
+            f"{b.name} cannot be the version field; add a field of its own, "
+            "e.g. `version: int = fluxaorm.column(version=True, default=0)`"
+        )
+    if inner is not int or b.nullable:
+        raise b.schema_error(
+            "the version field must be declared as int (not Optional, not bool), "
+            "e.g. `version: int = fluxaorm.column(version=True, default=0)`"
+        )
+    b.kind_label = "version"
+    b.reject_options("length", "precision", "scale", "size", "unsigned")
+    b.options = attrs.evolve(b.options, size=64, unsigned=True)
+    column = _int_column(b)
+    column.definition += " DEFAULT 0"
+    column.version = True
     return column
 
 

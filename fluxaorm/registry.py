@@ -7,6 +7,7 @@ wrong before a connection is opened.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -17,8 +18,11 @@ from .engine import Engine, StreamInfo
 from .errors import ConfigurationError, SchemaError
 from .events import stream_key
 from .schema import EntitySchema, build_schema
+from .tags import entity_options
 
 __all__ = ["Registry"]
+
+_log = logging.getLogger("fluxaorm")
 
 
 class Registry:
@@ -137,20 +141,29 @@ class Registry:
     def validate(self) -> Engine:
         """Check everything and build the engine (no connection is opened).
 
+        An entity defined in ``__main__`` without ``name=`` is logged as a
+        WARNING: another process knows it under another module name, so it could
+        not read its events.
+
         Raises:
             SchemaError: an entity is invalid (names the entity and field), uses a
-                pool that is not registered, shares a table, or feeds a stream that
-                lives on another Redis pool.
+                pool that is not registered, shares a table or an entity name
+                with another, or feeds a stream that lives on another Redis pool.
         """
         schemas = [build_schema(cls) for cls in self._entities]
         names: dict[str, EntitySchema] = {}
         tables: dict[tuple[str, str], EntitySchema] = {}
         for schema in schemas:
-            if schema.name in names:
+            other_named = names.get(schema.name)
+            if other_named is not None:
                 raise SchemaError(
-                    f"two registered classes are named {schema.name}", schema.label
+                    f"two registered classes are named {schema.name!r} "
+                    f"({other_named.label} and this one); give one of them another "
+                    'name with @fluxaorm.entity(name="...")',
+                    schema.label,
                 )
             names[schema.name] = schema
+            _warn_main(schema)
             if schema.mysql_pool not in self._mysql:
                 raise SchemaError(
                     f"mysql_pool {schema.mysql_pool!r} is not registered; call "
@@ -187,6 +200,17 @@ class Registry:
             streams,
             outbox=self._outbox,
             relay_delay=self._relay_delay,
+        )
+
+
+def _warn_main(schema: EntitySchema) -> None:
+    if schema.cls.__module__ == "__main__" and entity_options(schema.cls).name is None:
+        _log.warning(
+            "entity %s is defined in __main__ without a name, so its events carry "
+            "the name %r, which another process (a consumer importing it from a "
+            'module) cannot read; give it one: @fluxaorm.entity(name="...")',
+            schema.label,
+            schema.name,
         )
 
 

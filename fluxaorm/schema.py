@@ -46,8 +46,23 @@ class _FieldInfo:
 
 
 def entity_name(cls: type) -> str:
-    """Return the name events carry for ``cls``: module + qualified class name."""
-    return f"{cls.__module__}.{cls.__qualname__}"
+    """Return the name events carry for ``cls``: its ``name=`` or module + qualified name."""
+    given = entity_options(cls).name
+    return given if given is not None else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _check_entity_name(name: object, label: str) -> None:
+    if (
+        not isinstance(name, str)
+        or not name
+        or not name.isprintable()
+        or any(c.isspace() for c in name)
+    ):
+        raise SchemaError(
+            f"entity name={name!r} must be a non-empty printable str without "
+            'whitespace, e.g. name="shop.User"',
+            label,
+        )
 
 
 class EntitySchema:
@@ -55,7 +70,8 @@ class EntitySchema:
 
     Attributes:
         cls: the entity class.
-        name: module + qualified class name (the ``entity`` of stream events).
+        name: the ``entity`` of stream events: ``@fluxaorm.entity(name=...)``,
+            else module + qualified class name.
         label: the class name, used in messages.
         table: the MySQL table name.
         mysql_pool / redis_pool: pool names.
@@ -63,6 +79,10 @@ class EntitySchema:
         data_columns: ``columns`` without ``id``.
         indexes: named indexes.
         has_fake_delete: whether the entity has a ``fake_delete`` field.
+        version_index: the position of the version field (optimistic locking)
+            in ``columns``, which is also its position in the tuple
+            ``get_values()`` returns; ``None`` when the entity has none.
+        version_name: the version field's name, or ``None``.
         insert_streams / edit_streams / delete_streams: stream names fed by inserts,
             by any update, and by deletes.
         field_streams: field name -> streams fed by an update that changes it.
@@ -79,7 +99,7 @@ class EntitySchema:
         init_names: Sequence[str] = (),
     ):
         self.cls = cls
-        self.name = entity_name(cls)
+        self.name = options.name if options.name is not None else entity_name(cls)
         self.label = cls.__qualname__
         self.table = options.table if options.table is not None else cls.__name__
         self.quoted_table = quote(self.table, self.label, "table name")
@@ -93,6 +113,12 @@ class EntitySchema:
         self.data_names = self.names[1:]
         self.indexes = tuple(indexes)
         self.has_fake_delete = "fake_delete" in self.by_name
+        self.version_index: int | None = next(
+            (i for i, c in enumerate(self.columns) if c.version), None
+        )
+        self.version_name: str | None = (
+            None if self.version_index is None else self.names[self.version_index]
+        )
         self.get_values: Callable[[Any], tuple[Any, ...]] = _tuple_getter(self.names)
         self.get_data_values: Callable[[Any], tuple[Any, ...]] = _tuple_getter(
             self.data_names
@@ -230,6 +256,8 @@ def build_schema(cls: type) -> EntitySchema:
     if not isinstance(cls, type):
         raise SchemaError("is not a class; register the entity class itself", label)
     options = entity_options(cls)
+    if options.name is not None:
+        _check_entity_name(options.name, label)
     infos = _fields_of(cls, label)
     try:
         hints = typing.get_type_hints(cls)
@@ -297,6 +325,14 @@ def build_schema(cls: type) -> EntitySchema:
         raise SchemaError("has no id field; add `id: int = 0` (the primary key)", label)
     columns.remove(id_columns[0])
     columns.insert(0, id_columns[0])
+    versions = [c.name for c in columns if c.version]
+    if len(versions) > 1:
+        raise SchemaError(
+            f"has {len(versions)} version fields ({', '.join(versions)}); "
+            "an entity has at most one: keep version=True on one of them",
+            label,
+            versions[1],
+        )
 
     fake_delete = any(c.name == "fake_delete" for c in columns)
     indexes: list[Index] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -40,11 +41,16 @@ _KEYS = (
     "size",
     "unique",
     "unsigned",
+    "version",
 )
 _INT_SIZES = (8, 16, 24, 32, 64)
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 _ENTITY_ATTR = "__fluxaorm_entity__"
+_STREAM_PREFIX = "dirty_"
+# What dataclasses.field itself accepts; column() keeps any other keyword as an
+# "orm" option, so validate() reports a misspelt one at its entity and field.
+_FIELD_PARAMS = frozenset(inspect.signature(dataclasses.field).parameters)
 
 T = TypeVar("T")
 
@@ -62,6 +68,7 @@ class FieldOptions:
     unique: tuple[tuple[str, int], ...] = ()
     index: tuple[tuple[str, int], ...] = ()
     ignore: bool = False
+    version: bool = False
 
 
 @attrs.frozen
@@ -71,6 +78,7 @@ class EntityOptions:
     table: str | None = None
     mysql_pool: str = "default"
     redis_pool: str = "default"
+    name: str | None = None
 
 
 def column(
@@ -86,6 +94,7 @@ def column(
     index: bool | str | Iterable[str] | None = None,
     dirty: str | Iterable[str] | None = None,
     ignore: bool = False,
+    version: bool = False,
     metadata: Mapping[str, Any] | None = None,
     **field_kwargs: Any,
 ) -> Any:
@@ -110,8 +119,13 @@ def column(
         index: a non-unique index, named like ``unique``.
         dirty: dirty stream names (SPEC §1.1).
         ignore: keep the field out of the table and the streams.
+        version: make this ``int`` field the entity's version (optimistic
+            locking, SPEC §1): one per entity, not ``id``, not ``Optional``.
         metadata: other metadata to keep on the field.
-        **field_kwargs: passed on to ``dataclasses.field`` (``init``, ``repr``...).
+        **field_kwargs: passed on to ``dataclasses.field`` (``init``, ``repr``,
+            ``compare``...). Any other keyword is kept as an option, so that
+            ``Registry.validate()`` reports a misspelt one (``dirtty=``) at its
+            entity and field, with the option it resembles.
 
     Returns:
         A ``dataclasses.field``.
@@ -131,9 +145,16 @@ def column(
             options[key] = value
     if ignore:
         options["ignore"] = True
+    if version:
+        options["version"] = True
+    kwargs: dict[str, Any] = {}
+    for key, value in field_kwargs.items():
+        if key in _FIELD_PARAMS:
+            kwargs[key] = value
+        else:
+            options[key] = value
     merged = dict(metadata or {})
     merged[METADATA_KEY] = options
-    kwargs: dict[str, Any] = dict(field_kwargs)
     if default is not dataclasses.MISSING:
         kwargs["default"] = default
     if default_factory is not dataclasses.MISSING:
@@ -146,15 +167,24 @@ def entity(
     table: str | None = None,
     mysql_pool: str = "default",
     redis_pool: str = "default",
+    name: str | None = None,
 ) -> Callable[[type[T]], type[T]]:
-    """Set the table and pools of an entity; place it above ``@dataclass``.
+    """Set the table, pools and name of an entity; place it above ``@dataclass``.
 
     Args:
         table: the MySQL table name (default: the class name).
         mysql_pool: the MySQL pool the table lives in.
         redis_pool: the Redis pool of the entity's dirty streams.
+        name: the entity name written into stream entries and matched by
+            consumers (default: ``"<module>.<QualName>"``). Give one to an
+            entity defined in a script's ``__main__``, or to keep events
+            readable when the class moves to another module. Printable, without
+            whitespace, unique among the registered entities (checked by
+            ``Registry.validate()``).
     """
-    options = EntityOptions(table=table, mysql_pool=mysql_pool, redis_pool=redis_pool)
+    options = EntityOptions(
+        table=table, mysql_pool=mysql_pool, redis_pool=redis_pool, name=name
+    )
 
     def decorate(cls: type[T]) -> type[T]:
         setattr(cls, _ENTITY_ATTR, options)
@@ -292,6 +322,9 @@ class _OptionParser:
     def _ignore(self, value: object) -> bool:
         return self._bool("ignore", value)
 
+    def _version(self, value: object) -> bool:
+        return self._bool("version", value)
+
     def _unique(self, value: object) -> tuple[tuple[str, int], ...]:
         return self._indexes("unique", value)
 
@@ -335,23 +368,21 @@ class _OptionParser:
             )
         names = [p.strip() for p in parts]
         if not names or any(not n for n in names):
-            raise self.error(f"{key} has an empty name in {value!r}")
+            raise self.error(
+                f"{key} has an empty name in {value!r}; write one name between "
+                "commas (e.g. A,B) and no comma at either end"
+            )
         return names
 
     def _dirty(self, value: object) -> tuple[tuple[str, frozenset[str]], ...]:
         result: list[tuple[str, frozenset[str]]] = []
         seen: set[str] = set()
+        previous: str | None = None
         for item in self._names("dirty", value):
             name, sep, sources_text = item.partition(":")
             name = name.strip()
-            if not name:
-                raise self.error(
-                    f"dirty stream name is empty in {item!r}; write dirty=Name"
-                )
-            if not _NAME_RE.match(name):
-                raise self.error(
-                    f"dirty stream name {name!r} must be letters, digits, '_' or '-' only"
-                )
+            self._check_stream_name(name, item, previous)
+            previous = item
             if name in seen:
                 raise self.error(f"dirty stream {name!r} is listed twice")
             seen.add(name)
@@ -374,3 +405,36 @@ class _OptionParser:
                 )
             result.append((name, sources))
         return tuple(result)
+
+    def _check_stream_name(self, name: str, item: str, previous: str | None) -> None:
+        """Refuse the names that are slips (SPEC §1.1), saying what to write."""
+        if not name:
+            raise self.error(
+                f"dirty stream name is empty in {item!r}; write the name first, "
+                "e.g. dirty=Orders:add"
+            )
+        if name in DIRTY_SOURCES:
+            if self.field != "id":
+                hint = "here dirty= takes stream names only, e.g. dirty=OrderChanges"
+            elif previous is not None and ":" in previous:
+                hint = (
+                    f"to add it to the sources before it, write dirty={previous}|{name}"
+                )
+            else:
+                hint = f"name the stream first, e.g. dirty=Orders:{name}"
+            raise self.error(
+                f"dirty stream name {name!r} is a source, not a stream name: sources "
+                f"follow a stream name and are joined by |; {hint}"
+            )
+        if not _NAME_RE.match(name):
+            raise self.error(
+                f"dirty stream name {name!r} must be letters, digits, '_' or '-' only "
+                "(e.g. dirty=OrderChanges)"
+            )
+        if name.startswith(_STREAM_PREFIX):
+            bare = name[len(_STREAM_PREFIX) :] or "Name"
+            raise self.error(
+                f"dirty stream name {name!r} starts with {_STREAM_PREFIX!r}, which "
+                f"fluxaorm adds itself (the Redis key would be "
+                f"{_STREAM_PREFIX}{name}); write dirty={bare}"
+            )

@@ -790,3 +790,63 @@ def test_from_db_converters() -> None:
     assert level is not None and level(2) is Level.HIGH
     assert col(int).from_db is None
     assert col(str).from_db is None
+
+
+class Perm(enum.Flag):
+    READ = 1
+    WRITE = 2
+
+
+class Bits(enum.IntFlag):
+    ONE = 1
+    TWO = 2
+
+
+@pytest.mark.parametrize("flag", [Perm, Bits, Perm | None])
+def test_flag_enums_are_refused(flag: Any) -> None:
+    """enum.Flag and IntFlag fields are a SchemaError (combined members are no stored value)."""
+    with pytest.raises(fluxaorm.SchemaError) as info:
+        col(flag)
+    message = str(info.value)
+    assert message.startswith("UserEntity.f: ")
+    assert "is an enum.Flag" in message
+    assert "use a plain Enum, or an int field" in message
+
+
+def test_version_column() -> None:
+    """A version field is an int stored as BIGINT UNSIGNED NOT NULL DEFAULT 0."""
+    column = col(int, "version", name="version")
+    assert column.version is True
+    assert (column.kind, column.sql_type, column.nullable) == (
+        "int",
+        "bigint unsigned",
+        False,
+    )
+    assert column.definition == "`version` bigint unsigned NOT NULL DEFAULT 0"
+    assert column.literal(1) == "1"
+    assert column.literal(2**64 - 1) == str(2**64 - 1)
+    with pytest.raises(fluxaorm.ValidationError):
+        column.literal(-1)
+    assert col(int, name="n").version is False
+
+
+@pytest.mark.parametrize(
+    ("annotation", "tag", "name", "fragment"),
+    [
+        (int, "version", "id", "id cannot be the version field"),
+        (bool, "version", "fake_delete", "fake_delete cannot be the version field"),
+        (int | None, "version", "v", "must be declared as int (not Optional"),
+        (bool, "version", "v", "must be declared as int (not Optional, not bool)"),
+        (str, "version", "v", "must be declared as int"),
+        (int, "version;size=32", "v", "option size= does not apply to a version"),
+        (int, "version;unsigned=false", "v", "option unsigned= does not apply"),
+    ],
+)
+def test_bad_version_fields(
+    annotation: Any, tag: str, name: str, fragment: str
+) -> None:
+    """The version option on id, a non-int, an Optional or with a size is a located SchemaError."""
+    with pytest.raises(fluxaorm.SchemaError) as info:
+        col(annotation, tag, name=name)
+    assert str(info.value).startswith(f"UserEntity.{name}: ")
+    assert fragment in str(info.value)

@@ -351,3 +351,60 @@ def test_bad_redis_url_option_fails_validate() -> None:
     reg.register_redis("redis://127.0.0.1:1/0?socket_timeout=abc")
     with pytest.raises(fluxaorm.ConfigurationError, match="socket_timeout"):
         reg.validate()
+
+
+def test_two_entities_given_one_name() -> None:
+    """Two entities given the same name= are a SchemaError naming both and the fix."""
+
+    @fluxaorm.entity(table="a", name="shop.Thing")
+    @dataclass
+    class First:
+        id: int = 0
+
+    @fluxaorm.entity(table="b", name="shop.Thing")
+    @dataclass
+    class Second:
+        id: int = 0
+
+    err = schema_error(registry(First, Second))
+    assert err.entity == Second.__qualname__
+    assert "two registered classes are named 'shop.Thing'" in str(err)
+    assert First.__qualname__ in str(err)
+    assert '@fluxaorm.entity(name="...")' in str(err)
+
+
+def test_entity_in_main_without_name_warns(caplog: pytest.LogCaptureFixture) -> None:
+    """validate() logs a WARNING for an entity defined in __main__ without name=."""
+
+    @dataclass
+    class Script:
+        id: int = 0
+
+    @fluxaorm.entity(name="script.Named", table="named")
+    @dataclass
+    class ScriptNamed:
+        id: int = 0
+
+    Script.__module__ = ScriptNamed.__module__ = "__main__"
+    with caplog.at_level("WARNING", logger="fluxaorm"):
+        engine = registry(Script, ScriptNamed).validate()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "Script is defined in __main__ without a name" in warnings[0].getMessage()
+    assert "another process" in warnings[0].getMessage()
+    assert engine.schema(ScriptNamed).name == "script.Named"
+
+
+def test_entity_name_reaches_the_engine() -> None:
+    """The engine finds an entity by its name= (what consumers match events against)."""
+
+    @fluxaorm.entity(name="shop.Order")
+    @dataclass
+    class Order:
+        id: int = field(default=0, metadata={"orm": "dirty=Orders"})
+
+    engine = registry(Order).validate()
+    assert engine.schema_by_name("shop.Order") is engine.schema(Order)
+    assert engine.stream("Orders").sources == (
+        ("shop.Order", ("add", "edit", "delete")),
+    )

@@ -595,3 +595,80 @@ def test_decimal_defaults_survive() -> None:
 
     build_schema(Priced)
     assert Priced().price == Decimal("1.00")
+
+
+def test_version_index_points_into_get_values() -> None:
+    """EntitySchema.version_index is the version field's position in columns and get_values()."""
+
+    @dataclass
+    class Versioned:
+        name: str = ""
+        id: int = 0
+        version: int = fluxaorm.column(version=True, default=0)
+        note: str = ""
+
+    schema = build_schema(Versioned)
+    assert schema.version_index == 2
+    assert schema.version_name == "version"
+    assert schema.columns[2].name == "version"
+    entity = Versioned(name="a", id=7, version=3, note="n")
+    assert schema.get_values(entity)[schema.version_index] == 3
+    assert "`version` bigint unsigned NOT NULL DEFAULT 0" in [
+        c.definition for c in schema.columns
+    ]
+
+
+def test_version_tag_on_a_field() -> None:
+    """The tag `version` marks the field too; entities without one have version_index None."""
+
+    @dataclass
+    class Tagged:
+        id: int = 0
+        rev: int = field(default=0, metadata={"orm": "version"})
+
+    assert build_schema(Tagged).version_index == 1
+    assert build_schema(UserEntity).version_index is None
+    assert build_schema(UserEntity).version_name is None
+
+
+def test_two_version_fields_rejected() -> None:
+    """An entity with two version fields is a SchemaError naming the second."""
+
+    @dataclass
+    class Twice:
+        id: int = 0
+        a: int = fluxaorm.column(version=True, default=0)
+        b: int = fluxaorm.column(version=True, default=0)
+
+    err = schema_error(Twice)
+    assert err.field == "b"
+    assert "has 2 version fields (a, b)" in str(err)
+
+
+def test_entity_name_option() -> None:
+    """@fluxaorm.entity(name=...) is the schema's name (the entity of its events)."""
+
+    @fluxaorm.entity(name="shop.User")
+    @dataclass
+    class Named:
+        id: int = 0
+
+    assert build_schema(Named).name == "shop.User"
+    assert entity_name(Named) == "shop.User"
+    assert build_schema(Named).label == Named.__qualname__
+
+
+@pytest.mark.parametrize(
+    "name", ["", "shop User", "shop.User\n", "tab\there", "\x00x", 5]
+)
+def test_bad_entity_names_rejected(name: Any) -> None:
+    """An empty, non-printable, whitespace-holding or non-str entity name is a SchemaError."""
+
+    @fluxaorm.entity(name=name)
+    @dataclass
+    class BadName:
+        id: int = 0
+
+    err = schema_error(BadName)
+    assert err.entity == BadName.__qualname__
+    assert "must be a non-empty printable str without whitespace" in str(err)

@@ -28,6 +28,7 @@ OPTION_KEYS = (
     "size",
     "unique",
     "unsigned",
+    "version",
 )
 
 
@@ -461,3 +462,132 @@ def test_fuzz_tag_strings(tag: str, field_name: str) -> None:
 def test_fuzz_dicts(raw: dict[Any, Any], field_name: str) -> None:
     """Any dict as "orm" metadata parses or raises SchemaError naming entity and field."""
     _parses_or_locates(raw, field_name)
+
+
+# -- grammar traps (SPEC §1.1) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tag", "field_name", "fragment"),
+    [
+        ("dirty=Orders:add,delete", "id", "write dirty=Orders:add|delete"),
+        ("dirty=Orders:add|edit,edit", "id", "write dirty=Orders:add|edit|edit"),
+        ("dirty=add", "id", "name the stream first, e.g. dirty=Orders:add"),
+        ("dirty=Orders,delete", "id", "name the stream first"),
+        ("dirty=edit", "email", "here dirty= takes stream names only"),
+    ],
+)
+def test_source_word_as_stream_name_is_refused(
+    tag: str, field_name: str, fragment: str
+) -> None:
+    """A stream named add, edit or delete (the slip Orders:add,delete) is a SchemaError saying what to write."""
+    message = str(schema_error(tag, field_name))
+    assert message.startswith(f"UserEntity.{field_name}: ")
+    assert "is a source, not a stream name" in message
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("tag", "fragment"),
+    [
+        ("dirty=dirty_Orders", "write dirty=Orders"),
+        ("dirty=dirty_Orders:add", "(the Redis key would be dirty_dirty_Orders)"),
+        ("dirty=dirty_", "write dirty=Name"),
+    ],
+)
+def test_stream_name_with_the_dirty_prefix_is_refused(tag: str, fragment: str) -> None:
+    """A stream name starting with dirty_ (which becomes dirty_dirty_X) is a SchemaError."""
+    message = str(schema_error(tag, "id"))
+    assert "starts with 'dirty_', which fluxaorm adds itself" in message
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("tag", "fragment"),
+    [
+        ("dirty=A,,B", "has an empty name"),
+        ("dirty=,A", "has an empty name"),
+        ("dirty=:add", "dirty stream name is empty"),
+        ("dirty=Or ders", "must be letters, digits, '_' or '-' only"),
+        ("dirty=Orders.v2", "must be letters, digits, '_' or '-' only"),
+        ("dirty=Zamówienia", "must be letters, digits, '_' or '-' only"),
+    ],
+)
+def test_empty_or_bad_stream_names_are_refused(tag: str, fragment: str) -> None:
+    """An empty stream name or one that is not [A-Za-z0-9_-]+ is a SchemaError with an example."""
+    message = str(schema_error(tag, "id"))
+    assert fragment in message
+    assert "e.g." in message
+
+
+def test_similar_names_stay_valid() -> None:
+    """Names that only contain a source word or 'dirty' are ordinary stream names."""
+    options = parse("dirty=Added,deleted_rows,Dirty_Orders,my-dirty_x", "id")
+    assert [name for name, _ in options.dirty] == [
+        "Added",
+        "deleted_rows",
+        "Dirty_Orders",
+        "my-dirty_x",
+    ]
+
+
+def test_column_with_a_misspelt_option_is_located_at_validate() -> None:
+    """column(dirtty=...) defines the class and validate() names entity, field and 'dirty'."""
+
+    @dataclass
+    class Misspelt:
+        id: int = 0
+        email: str = fluxaorm.column(default="", dirtty="Emails")  # type: ignore[call-arg]
+
+    with pytest.raises(fluxaorm.SchemaError) as info:
+        minimal_registry(Misspelt).validate()
+    assert (info.value.entity, info.value.field) == (Misspelt.__qualname__, "email")
+    assert "unknown option 'dirtty'; did you mean 'dirty'?" in str(info.value)
+
+
+def test_column_still_passes_dataclass_field_options() -> None:
+    """column() hands init=, repr=, compare= and kw_only= on to dataclasses.field."""
+
+    @dataclass
+    class Passed:
+        id: int = 0
+        note: str = fluxaorm.column(
+            default="", repr=False, compare=False, kw_only=True, length=10
+        )
+
+    (note,) = [f for f in dataclasses.fields(Passed) if f.name == "note"]
+    assert (note.repr, note.compare, note.kw_only) == (False, False, True)
+    assert note.metadata["orm"] == {"length": 10}
+
+
+@pytest.mark.parametrize(
+    "raw", ["version", "version=true", {"version": True}, {"version": "yes"}]
+)
+def test_version_option(raw: object) -> None:
+    """The version option is read from a bare tag, key=value and a dict."""
+    assert parse(raw, "version").version is True
+    assert parse("", "version").version is False
+
+
+def test_column_version_sets_the_option() -> None:
+    """fluxaorm.column(version=True) writes the version option into the metadata."""
+
+    @dataclass
+    class Versioned:
+        id: int = 0
+        version: int = fluxaorm.column(version=True, default=0)
+
+    (f,) = [f for f in dataclasses.fields(Versioned) if f.name == "version"]
+    assert f.metadata["orm"] == {"version": True}
+
+
+def test_entity_decorator_sets_the_name() -> None:
+    """@fluxaorm.entity(name=...) records the entity name; the default is None."""
+
+    @fluxaorm.entity(name="shop.User")
+    @dataclass
+    class Named:
+        id: int = 0
+
+    assert entity_options(Named).name == "shop.User"
+    assert EntityOptions().name is None
