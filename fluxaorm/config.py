@@ -46,6 +46,15 @@ _MYSQL_STR = {
     "ssl_key",
 }
 _MYSQL_KEYS = _MYSQL_INT | _MYSQL_FLOAT | _MYSQL_BOOL | _MYSQL_STR
+# Default MySQL timeouts (seconds), so that no call waits forever on a server that
+# accepts connections and never answers (SPEC §2). The read timeout also bounds
+# the wait for each statement's reply, so it sits above InnoDB's default
+# innodb_lock_wait_timeout (50 s): a statement waiting for a row lock ends with
+# MySQL's own lock-wait error, not a dropped connection. Raise it for longer
+# statements (a sync_schema() ALTER on a large table).
+DEFAULT_CONNECT_TIMEOUT = 10
+DEFAULT_READ_TIMEOUT = 60
+DEFAULT_WRITE_TIMEOUT = 60
 
 
 _SECRET_QUERY_RE = re.compile(
@@ -148,8 +157,11 @@ class MySQLConfig:
         pool: the pool name.
         host, port, user, database, charset: where and how to connect.
         unix_socket: a socket path used instead of host and port.
-        connect_timeout, read_timeout, write_timeout: seconds (read/write ``None``
-            means no limit).
+        connect_timeout, read_timeout, write_timeout: seconds; 10, 60 and 60 by
+            default (``?read_timeout=`` in the URL or the keyword option changes
+            them). The read timeout bounds the wait for every reply, the server's
+            greeting included, so a statement that may run longer (a large
+            ALTER) needs a larger one.
         ssl: a dict for pymysql's ``ssl=`` argument, or ``None`` (see
             ``ssl``, ``ssl_ca``, ``ssl_cert``, ``ssl_key``, ``ssl_verify_cert``
             and ``ssl_verify_identity``).
@@ -174,9 +186,9 @@ class MySQLConfig:
             "database": unquote(parts.path.lstrip("/")) or None,
             "charset": "utf8mb4",
             "unix_socket": None,
-            "connect_timeout": 10,
-            "read_timeout": None,
-            "write_timeout": None,
+            "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+            "read_timeout": DEFAULT_READ_TIMEOUT,
+            "write_timeout": DEFAULT_WRITE_TIMEOUT,
             "pool_size": 16,
             "pool_recycle": 300.0,
             "pool_timeout": 30.0,
@@ -222,10 +234,11 @@ class MySQLConfig:
                 f"MySQL pool {pool!r}: pool_size must be at least 1"
             )
         for key in ("connect_timeout", "read_timeout", "write_timeout"):
-            if values[key] is not None and values[key] <= 0:
+            if values[key] is None or values[key] <= 0:
                 raise ConfigurationError(
                     f"MySQL pool {pool!r}: {key} must be 1 second or more "
-                    "(leave read/write timeouts out for no limit)"
+                    "(every network call has a limit; give a large one for long "
+                    "statements)"
                 )
         for key in ("pool_recycle", "pool_timeout"):
             if values[key] < 0:
@@ -244,8 +257,8 @@ class MySQLConfig:
         self.charset: str = values["charset"]
         self.unix_socket: str | None = values["unix_socket"]
         self.connect_timeout: int = values["connect_timeout"]
-        self.read_timeout: int | None = values["read_timeout"]
-        self.write_timeout: int | None = values["write_timeout"]
+        self.read_timeout: int = values["read_timeout"]
+        self.write_timeout: int = values["write_timeout"]
         self.pool_size: int = values["pool_size"]
         self.pool_recycle: float = values["pool_recycle"]
         self.pool_timeout: float = values["pool_timeout"]

@@ -1,6 +1,9 @@
 """Connection settings (config.py): MySQL and Redis URLs, options, and secrets kept secret."""
 
+import contextlib
+import socket
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +12,7 @@ import pytest
 import redis
 
 import fluxaorm
+import fluxaorm.config
 from fluxaorm.config import MySQLConfig, RedisConfig, redact_url
 from fluxaorm.errors import ConfigurationError
 from tests.models import UserEntity
@@ -46,7 +50,7 @@ def test_mysql_defaults() -> None:
         "utf8mb4",
     )
     assert cfg.connect_timeout == 10
-    assert (cfg.read_timeout, cfg.write_timeout) == (None, None)
+    assert (cfg.read_timeout, cfg.write_timeout) == (60, 60)
     assert (cfg.pool_size, cfg.pool_recycle, cfg.pool_timeout) == (16, 300.0, 30.0)
     assert cfg.ssl is None
     assert cfg.unix_socket is None
@@ -110,7 +114,7 @@ def test_mysql_connect_kwargs() -> None:
         "charset": "utf8mb4",
         "connect_timeout": 10,
         "read_timeout": 9,
-        "write_timeout": None,
+        "write_timeout": 60,
         "autocommit": True,
     }
 
@@ -413,3 +417,97 @@ def test_redis_ssl_query_flag_means_tls() -> None:
     assert not off.tls and off.secret_url == "redis://127.0.0.1:6379/2"
     with pytest.raises(ConfigurationError, match="ssl"):
         RedisConfig("redis://127.0.0.1:6379/2?ssl=maybe")
+
+
+# -- default timeouts ------------------------------------------------------------------------
+
+
+class SilentServer:
+    """A TCP listener that accepts connections and never sends a byte (a wrong port)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # the listener was closed
+            while True:
+                conn, _ = self.sock.accept()
+                self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def run_bounded(call: Callable[[], object], bound: float) -> BaseException | None:
+    """Run ``call`` in a thread; fail if it is still running after ``bound`` seconds."""
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(bound)
+    assert not thread.is_alive(), f"still waiting after {bound}s"
+    return outcome[0]
+
+
+def test_mysql_default_timeouts_are_finite() -> None:
+    """Every MySQL URL gets connect/read/write timeouts (10/60/60 s) unless given."""
+    cfg = MySQLConfig("mysql://root@h/db")
+    kwargs = cfg.connect_kwargs()
+    assert (
+        kwargs["connect_timeout"],
+        kwargs["read_timeout"],
+        kwargs["write_timeout"],
+    ) == (10, 60, 60)
+
+
+def test_silent_mysql_port_fails_within_the_default_read_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """sync_schema() on a port that accepts and never answers raises DatabaseError, not hangs."""
+    monkeypatch.setattr(fluxaorm.config, "DEFAULT_READ_TIMEOUT", 1)
+    server = SilentServer()
+    try:
+        registry = fluxaorm.Registry()
+        registry.register_mysql(f"mysql://root:{ENCODED}@127.0.0.1:{server.port}/db")
+        registry.register_redis("redis://127.0.0.1:1/0")
+        registry.register_entity(UserEntity)
+        engine = registry.validate()
+        error = run_bounded(engine.sync_schema, 20)
+    finally:
+        server.close()
+    assert isinstance(error, fluxaorm.DatabaseError)
+    message = str(error)
+    assert f"cannot connect to 127.0.0.1:{server.port}" in message
+    assert "no answer within read_timeout=1s" in message
+    assert PASSWORD not in message and ENCODED not in message
+
+
+def test_silent_mysql_port_honours_the_url_read_timeout() -> None:
+    """?read_timeout= in the URL bounds the wait for a server that never answers."""
+    server = SilentServer()
+    try:
+        registry = fluxaorm.Registry()
+        registry.register_mysql(
+            f"mysql://root@127.0.0.1:{server.port}/db?read_timeout=1"
+        )
+        registry.register_redis("redis://127.0.0.1:1/0")
+        registry.register_entity(UserEntity)
+        engine = registry.validate()
+        error = run_bounded(lambda: engine.new_orm().get_by_id(UserEntity, 1), 20)
+    finally:
+        server.close()
+    assert isinstance(error, fluxaorm.DatabaseError)
+    assert "no answer within read_timeout=1s" in str(error)
