@@ -232,14 +232,51 @@ class Connection:
                 pool=self.pool,
                 orig=exc,
             )
-        return DatabaseError(
-            f"MySQL pool {self.pool!r}: {message} ({code})", pool=self.pool, orig=exc
+        hint = _PERMANENT_HINTS.get(code)
+        error = DatabaseError(
+            f"MySQL pool {self.pool!r}: {message} ({code}){hint or ''}",
+            pool=self.pool,
+            orig=exc,
         )
+        if hint is not None:
+            _mark_permanent(error)
+        return error
 
     def close(self) -> None:
         """Close the socket, ignoring errors."""
         with suppress(Exception):  # closing a dead socket must never raise
             self.raw.close()
+
+
+_SYNC_HINT = "run engine.sync_schema() (or `fluxaorm schema apply`)"
+# Errors that retrying cannot fix (SPEC §2), with what to do instead. They are
+# reported with ``permanent`` set, so callers do not retry them as outages.
+_PERMANENT_HINTS: dict[int, str] = {
+    ER.ACCESS_DENIED_ERROR: (
+        "; check the user and password in the pool's URL "
+        "(mysql://user:password@host:3306/database)"
+    ),
+    ER.DBACCESS_DENIED_ERROR: (
+        "; grant the user access to the database, or fix the database name "
+        "in the pool's URL"
+    ),
+    ER.BAD_DB_ERROR: (
+        "; create the database (CREATE DATABASE ... CHARACTER SET utf8mb4) or "
+        "fix its name in the pool's URL"
+    ),
+    ER.NO_SUCH_TABLE: f"; {_SYNC_HINT} to create it",
+    ER.BAD_FIELD_ERROR: (
+        f"; if an entity has this field, its table is older than the entity: {_SYNC_HINT}"
+    ),
+    ER.TABLEACCESS_DENIED_ERROR: "; grant the MySQL user the privilege it names",
+    ER.COLUMNACCESS_DENIED_ERROR: "; grant the MySQL user the privilege it names",
+    ER.SPECIFIC_ACCESS_DENIED_ERROR: "; grant the MySQL user the privilege it names",
+}
+
+
+def _mark_permanent(error: DatabaseError) -> None:
+    # DatabaseError.permanent, like StreamError.permanent: retrying cannot help.
+    setattr(error, "permanent", True)  # noqa: B010 - until errors.py declares it
 
 
 class MySQLPool:
@@ -281,13 +318,25 @@ class MySQLPool:
                 **self.config.connect_kwargs(),
             )
         except pymysql.err.Error as exc:
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
             detail = exc.args[1] if len(exc.args) > 1 else exc
-            raise DatabaseError(
+            hint = _PERMANENT_HINTS.get(code)
+            if hint is None and "timed out" in str(detail):
+                hint = (
+                    f"; no answer within read_timeout={self.config.read_timeout}s "
+                    f"(connect_timeout={self.config.connect_timeout}s): is "
+                    f"{self.config.address} a MySQL server? Check the host and port "
+                    "of the pool's URL, or raise the timeouts"
+                )
+            error = DatabaseError(
                 f"MySQL pool {self.name!r}: cannot connect to {self.config.address} "
-                f"as {self.config.user!r}: {detail}",
+                f"as {self.config.user!r}: {detail} ({code}){hint or ''}",
                 pool=self.name,
                 orig=exc,
-            ) from None
+            )
+            if code in _PERMANENT_HINTS:
+                _mark_permanent(error)
+            raise error from None
 
     def _connect(self) -> Connection:
         conn = Connection(self._open_raw(), self.name, self._listeners, self._open_raw)
