@@ -22,7 +22,7 @@ import attrs
 import pymysql
 import pymysql.converters
 import pymysql.cursors
-from pymysql.constants import ER, FIELD_TYPE
+from pymysql.constants import CLIENT, ER, FIELD_TYPE
 
 from .config import MySQLConfig
 from .errors import DatabaseError, DuplicateKeyError
@@ -315,6 +315,9 @@ class MySQLPool:
             return pymysql.connect(
                 init_command=f"SET SESSION sql_mode='{_SQL_MODE}'",
                 conv=_CONVERSIONS,
+                # UPDATE reports the rows it matched, not only those it changed:
+                # the flush streams an event only for a row a statement matched.
+                client_flag=CLIENT.FOUND_ROWS,
                 **self.config.connect_kwargs(),
             )
         except pymysql.err.Error as exc:

@@ -12,7 +12,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .db import Connection, MySQLPool
-from .errors import DatabaseError, DuplicateKeyError, StreamError, ValidationError
+from .errors import (
+    DatabaseError,
+    DuplicateKeyError,
+    StaleEntityError,
+    StreamError,
+    ValidationError,
+)
 from .events import EventBatch, EventRecord, pack_bind
 from .outbox import delete_rows, insert_statements, payload_limit, publish
 from .schema import EntitySchema
@@ -31,20 +37,27 @@ _RETURNING = "returning"
 _SNAPSHOT = "snapshot"
 
 
+RowKey = tuple[EntitySchema, int]
+
+
 class Pending:
     """What an ORM holds between flushes (owned by ``ORM``, read here).
 
-    ``inserts`` / ``deletes`` map ``id(entity)`` to ``(schema, entity)``;
-    ``updates`` maps ``id(copy)`` to ``(schema, copy, snapshot values)``.
+    ``inserts`` maps ``id(entity)`` to ``(schema, entity)``. Updates and deletes
+    are keyed by row, ``(schema, id)``, so a row has at most one pending change
+    whatever number of objects hold it: ``updates`` maps a row to the tracked
+    copies edited for it, each with the values it had when edited; ``deletes``
+    maps a row to ``(schema, entity, values as loaded)``; ``forced`` holds the
+    rows deleted with ``force=True``.
     """
 
     __slots__ = ("deletes", "forced", "inserts", "updates")
 
     def __init__(self) -> None:
         self.inserts: dict[int, tuple[EntitySchema, Any]] = {}
-        self.updates: dict[int, tuple[EntitySchema, Any, tuple[Any, ...]]] = {}
-        self.deletes: dict[int, tuple[EntitySchema, Any]] = {}
-        self.forced: set[int] = set()
+        self.updates: dict[RowKey, list[tuple[Any, tuple[Any, ...]]]] = {}
+        self.deletes: dict[RowKey, tuple[EntitySchema, Any, tuple[Any, ...]]] = {}
+        self.forced: set[RowKey] = set()
 
     def __bool__(self) -> bool:
         return bool(self.inserts or self.updates or self.deletes)
@@ -57,21 +70,30 @@ class Pending:
 
 
 class _Update:
-    __slots__ = ("entity", "id", "literals", "new", "old")
+    """One row's update: the merged change of every object edited for it."""
+
+    __slots__ = ("entities", "id", "literals", "new", "old", "version")
 
     def __init__(
         self,
-        entity: Any,
+        entities: list[Any],
         ident: int,
         literals: list[str],
         new: list[Any],
         old: list[Any],
+        version: int | None,
     ):
-        self.entity = entity
+        self.entities = entities
         self.id = ident
         self.literals = literals
         self.new = new
         self.old = old
+        # The version the row was loaded with (versioned entities only).
+        self.version = version
+
+
+# A pending delete as planned: (row key, entity, id, values as loaded).
+_Delete = tuple[RowKey, Any, int, tuple[Any, ...]]
 
 
 class _PoolPlan:
@@ -89,10 +111,10 @@ class _PoolPlan:
 
     def __init__(self, name: str):
         self.name = name
-        self.deletes: dict[EntitySchema, list[tuple[int, Any, int]]] = {}
-        self.fake_deletes: dict[EntitySchema, list[tuple[int, Any, int]]] = {}
+        self.deletes: dict[EntitySchema, list[_Delete]] = {}
+        self.fake_deletes: dict[EntitySchema, list[_Delete]] = {}
         self.updates: dict[tuple[EntitySchema, tuple[int, ...]], list[_Update]] = {}
-        self.update_keys: list[int] = []
+        self.update_keys: list[RowKey] = []
         # schema -> (auto-id rows, explicit-id rows); each row is (key, entity, values, literal)
         self.inserts: dict[
             EntitySchema,
@@ -107,7 +129,7 @@ class _PoolPlan:
 class FlushResult:
     """What one pool's transaction did, for the steps after COMMIT."""
 
-    __slots__ = ("batches", "keys", "new_ids", "outbox_ids", "pool")
+    __slots__ = ("assign", "batches", "keys", "new_ids", "outbox_ids", "pool")
 
     def __init__(self, pool: str):
         self.pool = pool
@@ -115,20 +137,25 @@ class FlushResult:
         self.outbox_ids: list[int] = []
         self.new_ids: list[tuple[EntitySchema, Any, int]] = []
         self.keys: list[tuple[str, int]] = []
+        # (entity, attribute, value) to set once committed: fake_delete, version.
+        self.assign: list[tuple[Any, str, Any]] = []
 
 
-def plan(pending: Pending) -> tuple[dict[str, _PoolPlan], list[int]]:
+def plan(pending: Pending) -> tuple[dict[str, _PoolPlan], list[RowKey]]:
     """Validate every pending value and group the work by MySQL pool.
 
     Returns:
-        The work of each MySQL pool, and the keys of tracked entities that did not
+        The work of each MySQL pool, and the rows whose tracked copies did not
         change (they need nothing).
 
     Raises:
-        ValidationError: a value does not fit its column; nothing was sent.
+        ValidationError: a value does not fit its column, or two objects of one
+            row change a field to different values; nothing was sent.
+        StaleEntityError: objects of one versioned row were loaded at different
+            versions; nothing was sent.
     """
     plans: dict[str, _PoolPlan] = {}
-    clean: list[int] = []
+    clean: list[RowKey] = []
 
     def pool_plan(schema: EntitySchema) -> _PoolPlan:
         found = plans.get(schema.mysql_pool)
@@ -136,25 +163,27 @@ def plan(pending: Pending) -> tuple[dict[str, _PoolPlan], list[int]]:
             found = plans[schema.mysql_pool] = _PoolPlan(schema.mysql_pool)
         return found
 
-    for key, (schema, entity) in pending.deletes.items():
-        ident = _saved_id(schema, entity, "delete")
+    for row_key, (schema, entity, values) in pending.deletes.items():
         target = pool_plan(schema)
-        fake = schema.has_fake_delete and key not in pending.forced
+        fake = schema.has_fake_delete and row_key not in pending.forced
         (target.fake_deletes if fake else target.deletes).setdefault(schema, []).append(
-            (key, entity, ident)
+            (row_key, entity, row_key[1], values)
         )
 
-    for key, (schema, entity, snapshot) in pending.updates.items():
-        update = _diff(schema, entity, snapshot)
+    for row_key, copies in pending.updates.items():
+        schema = row_key[0]
+        update = _merge(schema, row_key[1], copies)
         if update is None:
-            clean.append(key)
+            clean.append(row_key)
             continue
         changed, change = update
         target = pool_plan(schema)
         target.updates.setdefault((schema, changed), []).append(change)
-        target.update_keys.append(key)
+        target.update_keys.append(row_key)
 
     for key, (schema, entity) in pending.inserts.items():
+        if schema.version_index is not None:
+            object.__setattr__(entity, schema.names[schema.version_index], 1)
         values = schema.get_values(entity)
         explicit = values[0] != 0
         if explicit:
@@ -186,6 +215,57 @@ def _saved_id(schema: EntitySchema, entity: Any, what: str) -> int:
     return ident
 
 
+def _merge(
+    schema: EntitySchema, ident: int, copies: list[tuple[Any, tuple[Any, ...]]]
+) -> tuple[tuple[int, ...], _Update] | None:
+    """Merge the changes of every object edited for one row into one update."""
+    if len(copies) == 1:
+        entity, snapshot = copies[0]
+        return _diff(schema, entity, snapshot)
+    merged: dict[int, tuple[str, Any, Any]] = {}
+    version: int | None = None
+    for n, (entity, snapshot) in enumerate(copies):
+        found = _diff(schema, entity, snapshot)
+        vi = schema.version_index
+        if vi is not None:
+            if n and snapshot[vi] != version:
+                raise StaleEntityError(
+                    f"{schema.label} id={ident}: edited through objects loaded at "
+                    f"versions {version} and {snapshot[vi]}; reload it and edit once",
+                    schema.label,
+                    [ident],
+                    pool=schema.mysql_pool,
+                )
+            version = snapshot[vi]
+        if found is None:
+            continue
+        changed, change = found
+        for i, literal, new, old in zip(
+            changed, change.literals, change.new, change.old
+        ):
+            known = merged.get(i)
+            if known is not None and known[0] != literal:
+                raise ValidationError(
+                    f"two objects of row id={ident} set it to different values "
+                    f"({known[1]!r} and {new!r}); edit one object per row",
+                    schema.label,
+                    schema.names[i],
+                )
+            if known is None:
+                merged[i] = (literal, new, old)
+    if not merged:
+        return None
+    changed = tuple(sorted(merged))
+    return changed, _Update(
+        [entity for entity, _ in copies],
+        ident,
+        [merged[i][0] for i in changed],
+        [merged[i][1] for i in changed],
+        [merged[i][2] for i in changed],
+        version,
+    )
+
+
 def _diff(
     schema: EntitySchema, entity: Any, snapshot: tuple[Any, ...]
 ) -> tuple[tuple[int, ...], _Update] | None:
@@ -195,6 +275,14 @@ def _diff(
             f"the id changed from {snapshot[0]} to {current[0]}; ids cannot be edited",
             schema.label,
             "id",
+        )
+    vi = schema.version_index
+    if vi is not None and current[vi] != snapshot[vi]:
+        raise ValidationError(
+            f"the version changed from {snapshot[vi]} to {current[vi]}; fluxaorm "
+            "manages the version field, leave it as loaded",
+            schema.label,
+            schema.names[vi],
         )
     changed: list[int] = []
     literals: list[str] = []
@@ -220,7 +308,14 @@ def _diff(
         old.append(before)
     if not changed:
         return None
-    return tuple(changed), _Update(entity, current[0], literals, new, old)
+    return tuple(changed), _Update(
+        [entity],
+        current[0],
+        literals,
+        new,
+        old,
+        snapshot[vi] if vi is not None else None,
+    )
 
 
 def _assign_strategy(pool: MySQLPool) -> str:
@@ -236,13 +331,20 @@ class _Statements:
     """Runs one pool's statements and collects its events, inside its transaction."""
 
     def __init__(
-        self, engine: Engine, conn: Connection, pool: MySQLPool, strategy: str
+        self,
+        engine: Engine,
+        conn: Connection,
+        pool: MySQLPool,
+        strategy: str,
+        careful: bool = False,
     ):
         self.engine = engine
         self.conn = conn
         self.pool = pool
         self.strategy = strategy
         self.max_packet = pool.info.max_allowed_packet
+        # Careful pass: lock rows before deleting them (after a shortfall).
+        self.careful = careful
         self.records: dict[str, list[EventRecord]] = {}
         # Rough outbox payload size per Redis pool, so most flushes skip split().
         self.sizes: dict[str, int] = {}
@@ -280,52 +382,150 @@ class _Statements:
             ) from exc.orig
 
     def deletes(
-        self, schema: EntitySchema, rows: list[tuple[int, Any, int]], fake: bool
+        self,
+        schema: EntitySchema,
+        rows: list[_Delete],
+        fake: bool,
+        result: FlushResult,
     ) -> None:
-        ids = [str(ident) for _, _, ident in rows]
+        """Delete (or fake-delete) rows; stream only the rows a statement matched.
+
+        A shortfall in the matched-row count of an entity without a version field
+        means some rows were already gone: the fast pass gives up
+        (:class:`_ShortCountError`) and the careful pass locks the rows first and
+        deletes only those that exist. With a version field it is stale.
+        """
+        vi = schema.version_index
+        if self.careful and vi is None:
+            rows = self.existing(schema, rows, fake)
+            if not rows:
+                return
+        table = schema.quoted_table
+        alive = "`fake_delete` = 0 AND " if fake else ""
+        if vi is None:
+            keys = [str(r[2]) for r in rows]
+            where = f"{alive}`id` IN ("
+        else:
+            vq = schema.columns[vi].quoted
+            keys = [f"({r[2]},{int(r[3][vi])})" for r in rows]
+            where = f"{alive}(`id`,{vq}) IN ("
         head = (
-            f"UPDATE {schema.quoted_table} SET `fake_delete` = `id` WHERE `id` IN ("
+            f"UPDATE {table} SET `fake_delete` = `id`"
+            + (f",{vq}={vq}+1" if vi is not None else "")
+            + f" WHERE {where}"
             if fake
-            else f"DELETE FROM {schema.quoted_table} WHERE `id` IN ("
+            else f"DELETE FROM {table} WHERE {where}"
         )
-        for chunk in chunk_rows(ids, self.max_packet, len(head)):
-            self.run(head + ",".join(chunk) + ")", schema)
+        matched = 0
+        for chunk in chunk_rows(keys, self.max_packet, len(head)):
+            matched += self.run(head + ",".join(chunk) + ")", schema).rowcount
+        if matched < len(rows):
+            if vi is None:
+                raise _ShortCountError()
+            raise self.stale(schema, [r[2] for r in rows], "delete")
+        if fake or vi is not None:
+            for _, entity, _, values in rows:
+                if fake:
+                    result.assign.append((entity, "fake_delete", True))
+                if vi is not None:
+                    result.assign.append((entity, schema.names[vi], values[vi] + 1))
         streams = schema.delete_streams
         if not streams:
             return
-        if fake:
-            for _, _, ident in rows:
-                self.event(
-                    schema, streams, "delete", ident, pack_bind({"fake_delete": ident})
-                )
-            return
-        for _, entity, ident in rows:
-            self.event(
-                schema,
-                streams,
-                "delete",
-                ident,
-                pack_bind(schema.wire_values(schema.get_values(entity))),
+        for _, _, ident, values in rows:
+            if fake:
+                bind: dict[str, Any] = {"fake_delete": ident}
+                if vi is not None:
+                    bind[schema.names[vi]] = values[vi] + 1
+            else:
+                if vi is not None:
+                    values = (*values[:vi], values[vi] + 1, *values[vi + 1 :])
+                bind = schema.wire_values(values)
+            self.event(schema, streams, "delete", ident, pack_bind(bind))
+
+    def existing(
+        self, schema: EntitySchema, rows: list[_Delete], fake: bool
+    ) -> list[_Delete]:
+        """Lock the rows of ``rows`` that still exist (alive, for a fake delete)."""
+        head = f"SELECT `id` FROM {schema.quoted_table} WHERE `id` IN ("
+        tail = ")" + (" AND `fake_delete` = 0" if fake else "") + " FOR UPDATE"
+        found: set[int] = set()
+        ids = [str(r[2]) for r in rows]
+        for chunk in chunk_rows(ids, self.max_packet, len(head) + len(tail)):
+            found.update(
+                int(r[0]) for r in self.conn.query(head + ",".join(chunk) + tail)
             )
+        return [r for r in rows if r[2] in found]
+
+    def stale(
+        self, schema: EntitySchema, ids: list[int], what: str
+    ) -> StaleEntityError:
+        """The error for a statement that matched fewer rows than it was sent for."""
+        vi = schema.version_index
+        head = f"SELECT `id` FROM {schema.quoted_table} WHERE `id` IN ("
+        present: set[int] = set()
+        for chunk in chunk_rows([str(i) for i in ids], self.max_packet, len(head)):
+            present.update(
+                int(r[0]) for r in self.conn.query(head + ",".join(chunk) + ")")
+            )
+        if what == "update" and vi is None:
+            gone = [i for i in ids if i not in present]
+            reason = "the rows were deleted by another flush first"
+        else:
+            gone = ids
+            reason = "another flush changed or deleted the rows first"
+        shown = ", ".join(str(i) for i in gone[:20]) + (
+            ", ..." if len(gone) > 20 else ""
+        )
+        return StaleEntityError(
+            f"{schema.label}: cannot {what} id {shown}: {reason}; nothing of MySQL "
+            f"pool {self.pool.name!r} was written. Reload the entities and edit them "
+            "again, or orm.clear_flush() to drop the changes",
+            schema.label,
+            gone,
+            pool=self.pool.name,
+        )
 
     def updates(
-        self, schema: EntitySchema, changed: tuple[int, ...], rows: list[_Update]
+        self,
+        schema: EntitySchema,
+        changed: tuple[int, ...],
+        rows: list[_Update],
+        result: FlushResult,
     ) -> None:
         columns = [schema.columns[i] for i in changed]
         table = schema.quoted_table
+        vi = schema.version_index
+        vq = schema.columns[vi].quoted if vi is not None else ""
+        matched = 0
         if len(rows) == 1:
             row = rows[0]
             sets = ",".join(
                 f"{c.quoted}={lit}" for c, lit in zip(columns, row.literals)
             )
-            self.run(f"UPDATE {table} SET {sets} WHERE `id`={row.id}", schema)
+            where = f"`id`={row.id}"
+            if vi is not None:
+                sets += f",{vq}={vq}+1"
+                where += f" AND {vq}={int(row.version or 0)}"
+            matched = self.run(
+                f"UPDATE {table} SET {sets} WHERE {where}", schema
+            ).rowcount
         else:
             # One multi-table UPDATE joined to a derived table of the new values:
             # several times faster on the server than CASE id WHEN ... per column.
-            selects = [f"SELECT {r.id}," + ",".join(r.literals) for r in rows]
+            selects = [
+                f"SELECT {r.id},"
+                + ",".join(r.literals)
+                + (f",{int(r.version or 0)}" if vi is not None else "")
+                for r in rows
+            ]
             aliases = "".join(f" AS {c.quoted}" for c in columns)
             sets = ",".join(f"t.{c.quoted}=v.{c.quoted}" for c in columns)
-            fixed = len(table) + len(sets) + len(aliases) + 64
+            on = "t.`id`=v.`id`"
+            if vi is not None:
+                sets += f",t.{vq}=t.{vq}+1"
+                on += f" AND t.{vq}=v.`_fluxaorm_version`"
+            fixed = len(table) + len(sets) + len(aliases) + len(on) + 96
             start = 0
             for chunk in chunk_rows(selects, self.max_packet, fixed):
                 group = rows[start : start + len(chunk)]
@@ -337,19 +537,34 @@ class _Statements:
                         f"{lit} AS {c.quoted}"
                         for lit, c in zip(first.literals, columns)
                     )
+                    + (
+                        f",{int(first.version or 0)} AS `_fluxaorm_version`"
+                        if vi is not None
+                        else ""
+                    )
                 ]
                 values.extend(chunk[1:])
-                self.run(
+                matched += self.run(
                     f"UPDATE {table} t JOIN ({' UNION ALL '.join(values)}) v "
-                    f"ON t.`id`=v.`id` SET {sets}",
+                    f"ON {on} SET {sets}",
                     schema,
-                )
+                ).rowcount
+        if matched < len(rows):
+            raise self.stale(schema, [r.id for r in rows], "update")
+        if vi is not None:
+            vname = schema.names[vi]
+            for row in rows:
+                for entity in row.entities:
+                    result.assign.append((entity, vname, (row.version or 0) + 1))
         streams = schema.update_streams(tuple(c.name for c in columns))
         if not streams:
             return
         for row in rows:
             bind = {c.name: c.wire(v) for c, v in zip(columns, row.new)}
             old = {c.name: _wire_or_raw(c, v) for c, v in zip(columns, row.old)}
+            if vi is not None:
+                bind[vname] = (row.version or 0) + 1
+                old[vname] = row.version
             self.event(schema, streams, "edit", row.id, pack_bind(bind), pack_bind(old))
 
     def inserts(
@@ -425,6 +640,10 @@ class _Statements:
         return [int(r[0]) for r in rows]
 
 
+class _ShortCountError(Exception):
+    """A delete matched fewer rows than it named: rerun the pool carefully."""
+
+
 def _wire_or_raw(column: Any, value: Any) -> Any:
     try:
         return column.wire(value)
@@ -433,6 +652,16 @@ def _wire_or_raw(column: Any, value: Any) -> Any:
 
 
 def _run_pool(engine: Engine, work: _PoolPlan) -> FlushResult:
+    """Run one pool's transaction; rerun it carefully if a delete fell short."""
+    try:
+        return _run_pool_once(engine, work, careful=False)
+    except _ShortCountError:
+        # Nothing was committed: some rows to delete were already gone, so run
+        # the transaction again, locking the rows before deleting them.
+        return _run_pool_once(engine, work, careful=True)
+
+
+def _run_pool_once(engine: Engine, work: _PoolPlan, careful: bool) -> FlushResult:
     pool = engine.mysql_pool(work.name)
     strategy = _assign_strategy(pool)
     if engine.id_strategy is not None:
@@ -445,13 +674,13 @@ def _run_pool(engine: Engine, work: _PoolPlan) -> FlushResult:
         else:
             conn.begin()
         try:
-            steps = _Statements(engine, conn, pool, strategy)
+            steps = _Statements(engine, conn, pool, strategy, careful)
             for schema, rows in work.deletes.items():
-                steps.deletes(schema, rows, fake=False)
+                steps.deletes(schema, rows, False, result)
             for schema, rows in work.fake_deletes.items():
-                steps.deletes(schema, rows, fake=True)
+                steps.deletes(schema, rows, True, result)
             for (schema, changed), updates in work.updates.items():
-                steps.updates(schema, changed, updates)
+                steps.updates(schema, changed, updates, result)
             for schema, (auto_rows, explicit_rows) in work.inserts.items():
                 if auto_rows:
                     steps.inserts(schema, auto_rows, False, result)
@@ -487,6 +716,9 @@ def execute(engine: Engine, pending: Pending) -> None:
     Guarantees:
         * every value is validated before any SQL is sent;
         * each MySQL pool's changes commit or roll back as one transaction;
+        * an event is published only for a row a statement matched (MySQL's
+          matched-row counts; a shortfall is stale for updates and versioned
+          rows, and for other deletes reruns the transaction locking rows first);
         * no stream entry is published for a pool whose transaction failed;
         * with the outbox on, a committed pool's entries reach Redis at least once,
           even if Redis is down now (they wait in the outbox for the relay);
@@ -495,10 +727,14 @@ def execute(engine: Engine, pending: Pending) -> None:
 
     Raises:
         ValidationError: a value does not fit; nothing was sent.
+        StaleEntityError: another flush changed or deleted a row first; that
+            pool rolled back.
         DuplicateKeyError: a unique index refused a row; that pool rolled back.
         DatabaseError: MySQL failed; that pool rolled back.
-        StreamError: only with the outbox off, when Redis refused the entries of
-            committed changes.
+        StreamError: with the outbox off, when Redis refused the entries of
+            committed changes; with it on, only when Redis refused them for a
+            reason retrying cannot fix (``permanent``: wrong password, missing
+            permission), after the changes were committed to the outbox.
     """
     plans, clean = plan(pending)
     for key in clean:
@@ -512,29 +748,31 @@ def execute(engine: Engine, pending: Pending) -> None:
             failure = exc
             break
         _committed(pending, work, results[-1])
-    _publish_results(engine, results)
+    permanent = _publish_results(engine, results)
     if failure is not None:
         raise failure
+    if permanent is not None:
+        raise permanent
 
 
 def _committed(pending: Pending, work: _PoolPlan, result: FlushResult) -> None:
     """Reflect a committed pool in the entities and drop its changes from ``pending``."""
     for schema, entity, ident in result.new_ids:
         schema.set_id(entity, ident)
-    for rows in work.fake_deletes.values():
-        for _, entity, _ in rows:
-            object.__setattr__(entity, "fake_delete", True)
+    for entity, name, value in result.assign:
+        object.__setattr__(entity, name, value)
     for rows in (*work.deletes.values(), *work.fake_deletes.values()):
-        for key, _, _ in rows:
-            pending.deletes.pop(key, None)
-            pending.forced.discard(key)
-    for key in work.update_keys:
-        pending.updates.pop(key, None)
+        for row_key, _, _, _ in rows:
+            pending.deletes.pop(row_key, None)
+            pending.forced.discard(row_key)
+    for row_key in work.update_keys:
+        pending.updates.pop(row_key, None)
     for key in work.insert_keys:
         pending.inserts.pop(key, None)
 
 
-def _publish_results(engine: Engine, results: list[FlushResult]) -> None:
+def _publish_results(engine: Engine, results: list[FlushResult]) -> StreamError | None:
+    """Publish committed pools' batches; return a permanent Redis error, if any."""
     batches: list[EventBatch] = []
     owners: list[tuple[str, int | None]] = []
     for result in results:
@@ -544,7 +782,7 @@ def _publish_results(engine: Engine, results: list[FlushResult]) -> None:
                 (result.pool, result.outbox_ids[i] if result.outbox_ids else None)
             )
     if not batches:
-        return
+        return None
     done, errors = publish(engine.redis_pools, engine.encoder, batches)
     if not engine.outbox:
         if errors:
@@ -553,8 +791,9 @@ def _publish_results(engine: Engine, results: list[FlushResult]) -> None:
                 "(turn the outbox on to keep them)",
                 pool=errors[0].pool,
                 orig=errors[0].orig,
+                permanent=errors[0].permanent,
             )
-        return
+        return None
     published: dict[str, list[int]] = {}
     for i, (pool, outbox_id) in enumerate(owners):
         if outbox_id is None:
@@ -563,7 +802,25 @@ def _publish_results(engine: Engine, results: list[FlushResult]) -> None:
             published.setdefault(pool, []).append(outbox_id)
         else:
             engine.remember_unpublished(pool, outbox_id)
+    permanent: StreamError | None = None
     for error in errors:
+        if error.permanent:
+            _log.error(
+                "%s; the changes are committed and their entries wait in the "
+                "outbox: fix the Redis configuration, then engine.relay_outbox()",
+                error,
+            )
+            if permanent is None:
+                permanent = StreamError(
+                    f"the changes were committed, but Redis refused their stream "
+                    f"entries for a reason retrying cannot fix: {error}. They wait "
+                    "in the outbox: fix the Redis configuration (engine.check() "
+                    "tells what is wrong), then engine.relay_outbox() publishes them",
+                    pool=error.pool,
+                    orig=error.orig,
+                    permanent=True,
+                )
+            continue
         _log.warning(
             "%s; the entries wait in the outbox for engine.relay_outbox()", error
         )
@@ -574,3 +831,4 @@ def _publish_results(engine: Engine, results: list[FlushResult]) -> None:
         except DatabaseError as exc:
             # Redis has the entries; a leftover row means at most a duplicate later.
             _log.warning("published outbox rows %s could not be deleted: %s", ids, exc)
+    return permanent

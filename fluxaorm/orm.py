@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import copy
 import difflib
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+import functools
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from . import flush as _flush
-from .errors import ValidationError
+from .errors import ConcurrentUseError, StreamError, ValidationError
 from .events import EventBatch, EventRecord, pack_bind
 from .outbox import publish
 from .query import Pager, Where, render_search
@@ -26,6 +29,30 @@ if TYPE_CHECKING:
 __all__ = ["ORM"]
 
 E = TypeVar("E")
+F = TypeVar("F", bound=Callable[..., Any])
+# Loaded entities are tracked weakly; entries of collected ones are swept when
+# the table has grown past this many since the last sweep.
+_SWEEP_EVERY = 4096
+
+
+def _exclusive(method: F) -> F:
+    """Refuse a call while another thread is inside a method of the same ORM."""
+
+    @functools.wraps(method)
+    def guarded(self: ORM, *args: Any, **kwargs: Any) -> Any:
+        guard = self._guard
+        if not guard.acquire(False):
+            raise ConcurrentUseError(
+                f"this ORM is in use by another thread ({method.__name__} was "
+                "called while another call runs); an ORM is not thread-safe: "
+                "use one ORM per thread or task (engine.new_orm() is cheap)"
+            )
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            guard.release()
+
+    return cast(F, guarded)
 
 
 class ORM:
@@ -37,14 +64,69 @@ class ORM:
     def __init__(self, engine: Engine):
         self._engine = engine
         self._pending = _flush.Pending()
-        # id(loaded entity) -> (that entity, its tracked copy), while the copy is
-        # pending: editing the same object twice yields one copy, so one row never
-        # gets two competing updates in a flush.
-        self._copies: dict[int, tuple[Any, Any]] = {}
+        # id(loaded entity) -> its tracked copy and row, while the copy is
+        # pending: editing the same object twice yields one copy.
+        self._copies: dict[int, tuple[Any, _flush.RowKey]] = {}
+        # id(entity) -> (weak or strong reference, schema, values as loaded or
+        # last flushed): flush() refuses changes made without edit_entity().
+        self._loaded: dict[
+            int, tuple[Callable[[], Any], EntitySchema, tuple[Any, ...]]
+        ] = {}
+        self._sweep_at = _SWEEP_EVERY
+        self._guard = threading.RLock()
 
     def __repr__(self) -> str:
         p = self._pending
         return f"<ORM inserts={len(p.inserts)} updates={len(p.updates)} deletes={len(p.deletes)}>"
+
+    def _track(
+        self, schema: EntitySchema, entity: Any, values: tuple[Any, ...]
+    ) -> None:
+        """Remember an entity's values, to catch changes made without edit_entity()."""
+        try:
+            ref: Callable[[], Any] = weakref.ref(entity)
+        except TypeError:
+            # No __weakref__ slot: hold it until the next flush or clear_flush().
+            ref = _Strong(entity)
+        loaded = self._loaded
+        loaded[id(entity)] = (ref, schema, values)
+        if len(loaded) >= self._sweep_at:
+            for key in [k for k, v in loaded.items() if v[0]() is None]:
+                del loaded[key]
+            self._sweep_at = len(loaded) + _SWEEP_EVERY
+
+    def _loaded_changes(self) -> None:
+        """Raise for a tracked entity changed in place instead of through edit_entity()."""
+        pending = self._pending
+        dead: list[int] = []
+        for key, (ref, schema, values) in self._loaded.items():
+            entity = ref()
+            if entity is None:
+                dead.append(key)
+                continue
+            current = schema.get_values(entity)
+            if current == values:
+                continue
+            row = (schema, values[0])
+            if row in pending.deletes:
+                continue  # deleted: its changes are superseded
+            changed = [
+                n
+                for n, a, b in zip(schema.names, current, values)
+                if not (a is b or (type(a) is type(b) and a == b))
+            ]
+            if not changed:
+                continue
+            raise ValidationError(
+                f"id={values[0]} was changed ({', '.join(changed)}) without "
+                "orm.edit_entity(): flush() would not write it. Call "
+                "edited = orm.edit_entity(entity) and change the copy it returns "
+                "(or reload the entity)",
+                schema.label,
+                changed[0],
+            )
+        for key in dead:
+            del self._loaded[key]
 
     @property
     def engine(self) -> Engine:
@@ -64,6 +146,7 @@ class ORM:
     @overload
     def new_entity(self, entity: E, /) -> E: ...
 
+    @_exclusive
     def new_entity(self, entity: Any, /, **values: Any) -> Any:
         """Create an entity (or adopt an instance you built) to insert at the next flush.
 
@@ -98,11 +181,12 @@ class ORM:
                     "pass field values either to the class or to the instance, not both",
                     type(entity).__qualname__,
                 )
-            schema = self._engine.schema(type(entity))
+            schema = self._schema_of(entity, "new_entity")
             instance = entity
         self._pending.inserts[id(instance)] = (schema, instance)
         return instance
 
+    @_exclusive
     def edit_entity(self, entity: E) -> E:
         """Return a tracked copy of a loaded entity; change its fields, then flush.
 
@@ -110,50 +194,98 @@ class ORM:
         streams only the fields that differ (``Decimal('1.0')`` and
         ``Decimal('1.00')`` are the same value). Call it on an entity as loaded;
         calling it again on the same object before the flush returns the same copy.
+        A row has at most one pending change: objects of the same row edited
+        separately are merged into one update (two objects setting one field to
+        different values is an error at ``flush()``).
 
         Raises:
             ConfigurationError: the class is not registered.
-            ValidationError: the entity was never saved.
+            ValidationError: the entity was never saved, or its row is pending
+                deletion.
         """
-        schema = self._engine.schema(type(entity))
+        schema = self._schema_of(entity, "edit_entity")
         key = id(entity)
-        if key in self._pending.inserts or key in self._pending.updates:
+        pending = self._pending
+        if key in pending.inserts:
             return entity
         known = self._copies.get(key)
-        if known is not None and id(known[1]) in self._pending.updates:
-            tracked_before: E = known[1]
+        if known is not None:
+            tracked_before: E = known[0]
             return tracked_before
-        _flush._saved_id(schema, entity, "edit")
+        ident = _flush._saved_id(schema, entity, "edit")
+        row = (schema, ident)
+        if row in pending.deletes:
+            raise ValidationError(
+                f"id={ident} is pending deletion in this ORM; flush (or "
+                "clear_flush()) before editing it",
+                schema.label,
+            )
+        copies = pending.updates.get(row)
+        if copies is not None and any(c is entity for c, _ in copies):
+            return entity  # already a tracked copy
         tracked = copy.copy(entity)
-        self._pending.updates[id(tracked)] = (
-            schema,
-            tracked,
-            schema.get_values(entity),
-        )
-        self._copies[key] = (entity, tracked)
+        snapshot = self._loaded_values(schema, entity)
+        pending.updates.setdefault(row, []).append((tracked, snapshot))
+        self._copies[key] = (tracked, row)
+        self._copies[id(tracked)] = (tracked, row)
         return tracked
 
+    @_exclusive
     def delete_entity(self, entity: Any, *, force: bool = False) -> None:
         """Delete an entity at the next flush.
 
         An entity with a ``fake_delete`` field is only marked deleted (its row
         keeps living, hidden from reads) unless ``force=True``. Deleting an entity
-        that was never flushed just forgets it.
+        that was never flushed just forgets it. The delete supersedes any pending
+        edit of the same row (whichever object holds it), and the Delete event
+        carries the values as loaded.
 
         Raises:
             ConfigurationError: the class is not registered.
             ValidationError: the entity was never saved.
         """
-        schema = self._engine.schema(type(entity))
+        schema = self._schema_of(entity, "delete_entity")
         key = id(entity)
-        if self._pending.inserts.pop(key, None) is not None:
+        pending = self._pending
+        if pending.inserts.pop(key, None) is not None:
             return
-        self._pending.updates.pop(key, None)
-        _flush._saved_id(schema, entity, "delete")
-        self._pending.deletes[key] = (schema, entity)
+        ident = _flush._saved_id(schema, entity, "delete")
+        row = (schema, ident)
+        values: tuple[Any, ...] | None = None
+        for tracked, snapshot in pending.updates.pop(row, ()):
+            self._copies.pop(id(tracked), None)
+            if tracked is entity:
+                values = snapshot
+        if values is None:
+            values = self._loaded_values(schema, entity)
+        self._copies = {k: v for k, v in self._copies.items() if v[1] != row}
+        pending.deletes[row] = (schema, entity, values)
         if force:
-            self._pending.forced.add(key)
+            pending.forced.add(row)
+        else:
+            pending.forced.discard(row)
 
+    def _loaded_values(self, schema: EntitySchema, entity: Any) -> tuple[Any, ...]:
+        """The values ``entity`` had when loaded (or last flushed), else its current ones."""
+        known = self._loaded.get(id(entity))
+        if known is not None and known[0]() is entity:
+            return known[2]
+        return schema.get_values(entity)
+
+    def _schema_of(self, entity: Any, what: str) -> EntitySchema:
+        if entity is None or isinstance(entity, type):
+            raise ValidationError(
+                f"{what}() takes an entity loaded or created by this ORM, not "
+                f"{entity!r}"
+                + (
+                    " (get_by_id returns None when the row is missing)"
+                    if entity is None
+                    else ""
+                )
+            )
+        return self._engine.schema(type(entity))
+
+    @_exclusive
     def flush(self) -> None:
         """Write every pending change and stream it.
 
@@ -164,32 +296,70 @@ class ORM:
         (default) the entries are also written in the transaction, so a Redis
         outage or a crash after COMMIT delays them but never loses them.
 
+        Only what MySQL did is streamed: an event is published only for a row a
+        statement matched. An update whose row is gone, or a change to a
+        versioned row that another flush changed first, raises
+        :class:`~fluxaorm.StaleEntityError`; a delete whose row is already gone
+        (no version field) publishes nothing.
+
         Raises:
-            ValidationError: a value does not fit its column; nothing was written.
+            ValidationError: a value does not fit its column, or a loaded entity
+                was changed without :meth:`edit_entity`; nothing was written.
+            StaleEntityError: another flush changed or deleted a row first; that
+                MySQL pool rolled back.
             DuplicateKeyError: a unique index refused a row; the pool rolled back.
             DatabaseError: MySQL failed; the pool rolled back.
-            StreamError: outbox off only: committed changes whose entries Redis
-                refused.
+            StreamError: outbox off: committed changes whose entries Redis
+                refused; outbox on: only when Redis refused them for a reason
+                retrying cannot fix (they wait in the outbox).
 
         On any error, the changes that were not committed stay pending: fix them
         and flush again, or call :meth:`clear_flush`.
         """
+        if self._loaded:
+            self._loaded_changes()
         if not self._pending:
             return
+        pending = self._pending
+        inserts = list(pending.inserts.values())
+        updates = [
+            (row, tracked)
+            for row, copies in pending.updates.items()
+            for tracked, _ in copies
+        ]
+        deletes = [(row, entity) for row, (_, entity, _) in pending.deletes.items()]
         try:
-            _flush.execute(self._engine, self._pending)
+            _flush.execute(self._engine, pending)
         finally:
+            # What committed is tracked from now on with its new values.
+            for schema, entity in inserts:
+                if id(entity) not in pending.inserts:
+                    self._track(schema, entity, schema.get_values(entity))
+            for row, tracked in updates:
+                if row not in pending.updates:
+                    self._track(row[0], tracked, row[0].get_values(tracked))
+            for row, entity in deletes:
+                if row not in pending.deletes:
+                    self._loaded.pop(id(entity), None)
             if self._copies:
-                updates = self._pending.updates
                 self._copies = {
-                    k: v for k, v in self._copies.items() if id(v[1]) in updates
+                    k: v for k, v in self._copies.items() if v[1] in pending.updates
                 }
+            self._drop_strong()
 
+    def _drop_strong(self) -> None:
+        strong = [k for k, v in self._loaded.items() if type(v[0]) is _Strong]
+        for key in strong:
+            del self._loaded[key]
+
+    @_exclusive
     def clear_flush(self) -> None:
-        """Forget every pending change."""
+        """Forget every pending change (and stop checking loaded entities)."""
         self._pending.clear()
         self._copies.clear()
+        self._loaded.clear()
 
+    @_exclusive
     def push_dirty(self, *entities: Any) -> int:
         """Publish an Update event with every field of each entity, now (no SQL).
 
@@ -206,7 +376,7 @@ class ORM:
         """
         batches: dict[str, EventBatch] = {}
         for entity in entities:
-            schema = self._engine.schema(type(entity))
+            schema = self._schema_of(entity, "push_dirty")
             ident = _flush._saved_id(schema, entity, "push")
             if not schema.push_streams:
                 continue
@@ -224,12 +394,25 @@ class ORM:
             batch.records.append(record)
         ordered = list(batches.values())
         done, errors = publish(self._engine.redis_pools, self._engine.encoder, ordered)
+        published = sum(ordered[i].entries for i in done)
         if errors:
-            raise errors[0]
-        return sum(ordered[i].entries for i in done)
+            total = sum(b.entries for b in ordered)
+            first = errors[0]
+            raise StreamError(
+                f"push_dirty: {published} of {total} stream entries were published; "
+                f"Redis pool {first.pool!r} refused the rest (some of its entries may "
+                f"have been written if a command failed inside its transaction): "
+                f"{first}. Handlers are idempotent, so pushing again is safe",
+                pool=first.pool,
+                orig=first.orig,
+                connection_lost=first.connection_lost,
+                permanent=first.permanent,
+            )
+        return published
 
     # -- reading -------------------------------------------------------------------
 
+    @_exclusive
     def get_by_id(
         self, entity: type[E], ident: int, *, include_deleted: bool = False
     ) -> E | None:
@@ -245,8 +428,13 @@ class ORM:
             sql += " AND " + schema.alive_sql
         with self._engine.mysql_pool(schema.mysql_pool).connection() as conn:
             rows = conn.query(sql)
-        return schema.load(rows[0]) if rows else None
+        if not rows:
+            return None
+        found: E = schema.load(rows[0])
+        self._track(schema, found, schema.get_values(found))
+        return found
 
+    @_exclusive
     def get_by_ids(
         self, entity: type[E], ids: Iterable[int], *, include_deleted: bool = False
     ) -> list[E | None]:
@@ -270,9 +458,11 @@ class ORM:
             ):
                 for row in conn.query(head + ",".join(chunk) + ")" + alive):
                     found[row[0]] = row
-        load = schema.load
-        return [load(found[i]) if i in found else None for i in wanted]
+        present = [found[i] for i in wanted if i in found]
+        loaded = iter(self._load_rows(schema, present))
+        return [next(loaded) if i in found else None for i in wanted]
 
+    @_exclusive
     def search(
         self,
         entity: type[E],
@@ -284,9 +474,31 @@ class ORM:
         """Load the entities matching ``where``, one page when ``pager`` is given."""
         schema = self._engine.schema(entity)
         rows = self._select(schema, schema.select_sql, where, pager, include_deleted)
-        load = schema.load
-        return [load(row) for row in rows]
+        return self._load_rows(schema, rows)
 
+    def _load_rows(
+        self, schema: EntitySchema, rows: Iterable[tuple[Any, ...]]
+    ) -> list[Any]:
+        """Build entities from SELECT rows and track them (see :meth:`flush`)."""
+        load = schema.load
+        values = schema.get_values
+        loaded = self._loaded
+        ref = weakref.ref
+        out = []
+        for row in rows:
+            entity = load(row)
+            try:
+                loaded[id(entity)] = (ref(entity), schema, values(entity))
+            except TypeError:
+                self._track(schema, entity, values(entity))
+            out.append(entity)
+        if len(loaded) >= self._sweep_at:
+            for key in [k for k, v in loaded.items() if v[0]() is None]:
+                del loaded[key]
+            self._sweep_at = len(loaded) + _SWEEP_EVERY
+        return out
+
+    @_exclusive
     def search_one(
         self,
         entity: type[E],
@@ -298,6 +510,7 @@ class ORM:
         found = self.search(entity, where, Pager(1, 1), include_deleted=include_deleted)
         return found[0] if found else None
 
+    @_exclusive
     def search_ids(
         self,
         entity: type[Any],
@@ -313,6 +526,7 @@ class ORM:
             int(r[0]) for r in self._select(schema, head, where, pager, include_deleted)
         ]
 
+    @_exclusive
     def count(
         self,
         entity: type[Any],
@@ -339,6 +553,7 @@ class ORM:
         rows = self._select(schema, head, where, None, include_deleted)
         return int(rows[0][0])
 
+    @_exclusive
     def search_with_count(
         self,
         entity: type[E],
@@ -373,6 +588,18 @@ class ORM:
     def get_event_broker(self) -> EventBroker:
         """Return the broker that reports stream statistics (SPEC §6)."""
         return self._engine.get_event_broker()
+
+
+class _Strong:
+    """A strong reference with the call interface of ``weakref.ref``."""
+
+    __slots__ = ("entity",)
+
+    def __init__(self, entity: Any):
+        self.entity = entity
+
+    def __call__(self) -> Any:
+        return self.entity
 
 
 def _as_id(schema: EntitySchema, value: Any) -> int:

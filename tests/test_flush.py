@@ -266,7 +266,8 @@ def test_fake_delete_streams_the_id_in_fake_delete(make_engine, redis_client):
         orm.flush()
     ids = ",".join(str(p.id) for p in products)
     assert _data(log) == [
-        f"UPDATE `products` SET `fake_delete` = `id` WHERE `id` IN ({ids})"
+        f"UPDATE `products` SET `fake_delete` = `id` "
+        f"WHERE `fake_delete` = 0 AND `id` IN ({ids})"
     ]
     events = _events(engine, redis_client, "Products")
     assert [(e.operation, e.bind) for e in events] == [

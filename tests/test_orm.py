@@ -361,10 +361,11 @@ def test_edit_entity_returns_a_tracked_copy(make_engine, mysql_conn):
     assert orm.get_by_id(UserEntity, user.id) == edited
 
 
-def test_changes_to_the_original_after_edit_entity_are_not_written(
+def test_changes_to_the_original_after_edit_entity_are_refused_not_lost(
     make_engine, mysql_conn
 ):
-    """Only the tracked copy's changes reach MySQL, not changes to the loaded object."""
+    """A change made to the loaded object instead of its tracked copy is never
+    silently dropped: flush() refuses it, names the field, and writes nothing."""
     engine = make_engine(UserEntity)
     orm = engine.new_orm()
     (user,) = _users(orm, "Tom")
@@ -372,12 +373,15 @@ def test_changes_to_the_original_after_edit_entity_are_not_written(
     edited = orm.edit_entity(loaded)
     loaded.name = "Changed on the original"
     edited.email = "copy@example.com"
-    orm.flush()
-    assert _rows(mysql_conn, "UserEntity") == [(user.id, "Tom", "copy@example.com")]
-    loaded.name = "Changed again"
-    with count_queries(engine) as log:
+    with count_queries(engine) as log, pytest.raises(
+        fluxaorm.ValidationError, match=r"UserEntity\.name: .*edit_entity"
+    ):
         orm.flush()
     assert log.count == 0
+    assert _rows(mysql_conn, "UserEntity") == [(user.id, "Tom", "tom@example.com")]
+    loaded.name = "Tom"  # undo the stray change: the copy's edit goes through
+    orm.flush()
+    assert _rows(mysql_conn, "UserEntity") == [(user.id, "Tom", "copy@example.com")]
 
 
 def test_editing_the_same_object_twice_yields_one_tracked_copy(make_engine, mysql_conn):
