@@ -131,13 +131,17 @@ class OutboxStatistics:
         mysql_pool: the pool.
         rows: outbox rows (one per flush and Redis pool).
         entries: stream entries those rows hold.
-        oldest_seconds: age of the oldest row, 0 when empty.
+        oldest_seconds: age of the oldest row still to be relayed (quarantined
+            rows left out), 0 when none; measured in UTC.
+        quarantined: rows the relay set aside because they cannot be read or
+            encoded (counted in ``rows``; see their ``error`` column).
     """
 
     mysql_pool: str
     rows: int
     entries: int
     oldest_seconds: float
+    quarantined: int = 0
 
 
 def _checked(reply: Any, key: str, what: str, missing_ok: bool = False) -> Any:
@@ -226,8 +230,8 @@ class EventBroker:
         )
         out = []
         for name in pools:
-            rows, entries, oldest = backlog(self._engine.mysql_pool(name))
-            out.append(OutboxStatistics(name, rows, entries, oldest))
+            rows, entries, oldest, quarantined = backlog(self._engine.mysql_pool(name))
+            out.append(OutboxStatistics(name, rows, entries, oldest, quarantined))
         return out
 
     def _statistics(self, info: StreamInfo) -> StreamStatistics:

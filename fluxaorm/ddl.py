@@ -16,7 +16,7 @@ import attrs
 from .db import MySQLPool
 from .fields import COLLATION, Column
 from .outbox import CREATE_SQL as OUTBOX_CREATE_SQL
-from .outbox import OUTBOX_TABLE
+from .outbox import OUTBOX_TABLE, upgrade_statements
 from .schema import EntitySchema, Index
 
 __all__ = ["Alter", "create_table_sql", "get_alters", "normalize_type", "run_alters"]
@@ -323,7 +323,8 @@ def get_alters(
     (DROP TABLE, DROP COLUMN, a change that can lose values) are marked. Pools that
     share a database are read separately but share its tables: a table of one is
     never dropped for the other, and the outbox table is created once. The outbox
-    table is never dropped.
+    table is never dropped; an outbox table of an older release gets the columns
+    it lacks (and its times converted to UTC, see ``outbox.upgrade_statements``).
     """
     by_pool: dict[str, list[EntitySchema]] = {}
     for schema in schemas:
@@ -355,6 +356,12 @@ def get_alters(
         done.add(live.location)
         if outbox and live.key(OUTBOX_TABLE) not in live.tables:
             alters.append(Alter(OUTBOX_CREATE_SQL, pool_name, OUTBOX_TABLE))
+        elif outbox:
+            have = live.columns.get(live.key(OUTBOX_TABLE), [])
+            alters.extend(
+                Alter(sql, pool_name, OUTBOX_TABLE)
+                for sql in upgrade_statements(c.name for c in have)
+            )
         for key, (table, _) in sorted(live.tables.items()):
             if key not in known[live.location]:
                 quoted = table.replace("`", "``")

@@ -19,7 +19,7 @@ from . import ddl
 from . import outbox as _outbox
 from .config import MySQLConfig, RedisConfig
 from .db import MySQLPool, StatementListener
-from .errors import ConfigurationError
+from .errors import ConfigurationError, DatabaseError, FluxaORMError
 from .events import STREAM_PREFIX, StreamEncoder
 from .render import Unwirer, compile_unwire
 from .schema import EntitySchema
@@ -246,40 +246,68 @@ class Engine:
 
         Safe to run in many processes at once: rows are locked with
         ``FOR UPDATE SKIP LOCKED`` while published, so two relays never publish
-        the same row. Rows younger than ``outbox_relay_delay`` seconds are left to
-        the process that wrote them, except this process's own failed ones.
+        the same row. Rows younger than ``outbox_relay_delay`` seconds (in UTC,
+        whatever the time zones) are left to the process that wrote them, except
+        this process's own failed ones.
+
+        Every MySQL pool is relayed, whatever happens to another one, and within
+        a pool one unreadable row (quarantined: kept, logged once, counted in
+        ``get_outbox_statistics()``), one refusing stream (its entries retried
+        with a backoff) or one Redis pool that is down delays only its own
+        entries. The first error is raised once every pool has been tried.
 
         Returns:
             The number of stream entries published.
 
         Raises:
-            StreamError: Redis refused entries (they stay in the outbox).
-            DatabaseError: MySQL failed.
+            StreamError: Redis refused entries or could not be reached (they stay
+                in the outbox); the other pools were relayed.
+            DatabaseError: a MySQL pool failed; the other pools were relayed.
         """
         if not self.outbox:
             return 0
         total = 0
+        first: FluxaORMError | None = None
         for name in sorted({s.mysql_pool for s in self._schemas.values() if s.streams}):
             with self._lock:
                 mine = set(self._unpublished.get(name, ()))
-            published, _handled = _outbox.relay(
-                self._mysql[name],
-                self._redis,
-                self.encoder,
-                self.relay_delay,
-                set(mine),
-            )
-            total += published
-            # Every row of `mine` still present was published just now or is being
-            # published by a concurrent relay holding its lock.
+            try:
+                result = _outbox.relay(
+                    self._mysql[name], self._redis, self.encoder, self.relay_delay, mine
+                )
+            except DatabaseError as exc:
+                _log.warning(
+                    "outbox relay of MySQL pool %r failed: %s; the other pools are "
+                    "still relayed",
+                    name,
+                    exc,
+                )
+                first = first or exc
+                continue
+            total += result.published
+            # Without a Redis outage every row of `mine` was seen: published,
+            # quarantined, backed off, gone, or held by a concurrent relay.
             with self._lock:
-                self._unpublished.get(name, set()).difference_update(mine)
+                left = self._unpublished.get(name)
+                if left is not None:
+                    left.difference_update(result.handled if result.waiting else mine)
+            if result.errors and first is None:
+                first = result.errors[0]
+        if first is not None:
+            raise first
         return total
 
     def remember_unpublished(self, pool: str, outbox_id: int) -> None:
-        """Note an outbox row this process failed to publish (the relay takes it at once)."""
+        """Note an outbox row this process failed to publish (the relay takes it at once).
+
+        Only the newest rows are remembered (a bounded number, however long an
+        outage lasts); older ones are relayed once ``outbox_relay_delay`` has passed.
+        """
         with self._lock:
-            self._unpublished.setdefault(pool, set()).add(outbox_id)
+            ids = self._unpublished.setdefault(pool, set())
+            ids.add(outbox_id)
+            if len(ids) > 2 * _outbox.MINE_LIMIT:
+                self._unpublished[pool] = _outbox.newest(ids, _outbox.MINE_LIMIT)
 
     def _xadd_trim(self, name: str) -> tuple[bytes, ...]:
         """XADD options of a stream: MAXLEN ~ N only when it may drop unhandled entries."""
