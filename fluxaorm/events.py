@@ -9,6 +9,7 @@ tuples collected in an :class:`EventBatch`; the batch is written to the outbox
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import time
@@ -271,6 +272,34 @@ class MalformedEntryError(ValueError):
     """A stream entry that is not a valid fluxaorm event (foreign or corrupt)."""
 
 
+# The largest entity id: ids are BIGINT UNSIGNED columns.
+_MAX_ID = 2**64 - 1
+
+
+class _EmptyOld(dict):  # type: ignore[type-arg]
+    """The ``old`` of an event built without one: an empty dict that stays empty.
+
+    One instance is the default of every such event, so it refuses changes
+    instead of leaking them from one event to the next.
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            "DirtyStreamEvent.old of an event without previous values is read-only"
+        )
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_EmptyOld, ())
+
+
+_NO_OLD: dict[str, Any] = _EmptyOld()
+
+
 class DirtyStreamEvent(NamedTuple):
     """One change read from a dirty stream (immutable).
 
@@ -284,7 +313,8 @@ class DirtyStreamEvent(NamedTuple):
         id: the id of the added, edited or deleted entity.
         operation: ``fluxaorm.Insert``, ``fluxaorm.Update`` or ``fluxaorm.Delete``.
         bind: field values as SPEC §4 describes (Python values).
-        old: for an update, the previous values of the changed fields; else ``{}``.
+        old: for an update, the previous values of the changed fields; else ``{}``
+            (a read-only empty dict when the event was built without one).
         event_id: a unique id of the change (stable across republishing), for
             deduplication; ``""`` for entries written by other producers.
         deliveries: how many times Redis has handed this entry out (1 for a
@@ -297,7 +327,7 @@ class DirtyStreamEvent(NamedTuple):
     id: int
     operation: Operation
     bind: dict[str, Any]
-    old: dict[str, Any] = {}
+    old: dict[str, Any] = _NO_OLD
     event_id: str = ""
     deliveries: int = 1
     acker: Callable[[DirtyStreamEvent], None] | None = None
@@ -344,6 +374,10 @@ def decode_entries(
 ) -> tuple[list[DirtyStreamEvent], list[tuple[str, str]]]:
     """Decode a batch of raw entries (the consumers' hot path).
 
+    Never raises for what an entry holds: an entry that is not a valid event
+    (a field missing, of the wrong kind or out of range, an unknown entity) is
+    set aside with its reason and the others are decoded.
+
     Returns:
         The events, and ``(message id, reason)`` for every entry that is not a
         valid event (the reasons :func:`decode_entry` gives).
@@ -356,25 +390,29 @@ def decode_entries(
     new = _NEW
     cls = DirtyStreamEvent
     for ident, fields in entries:
-        get = fields.get
-        entity = get(b"entity")
-        raw_id = get(b"id")
-        raw_bind = get(b"s")
-        operation = by_action.get(get(b"action"))  # type: ignore[arg-type]
-        target = resolved.get(entity) if entity is not None else None
-        if target is None and entity is not None and entity not in resolved:
-            target = resolved[entity] = _resolve(entity, unwire)
-        if (
-            operation is None
-            or target is None
-            or raw_bind is None
-            or raw_id is None
-            or not raw_id.isdigit()
-            or raw_id[0] == 48  # a leading "0"
-        ):
-            bad.append((ident, _reason(stream, ident, fields, unwire)))
-            continue
         try:
+            get = fields.get
+            entity = get(b"entity")
+            raw_id = get(b"id")
+            raw_bind = get(b"s")
+            operation = by_action.get(get(b"action"))  # type: ignore[arg-type]
+            target = resolved.get(entity) if entity is not None else None
+            if target is None and entity is not None and entity not in resolved:
+                target = resolved[entity] = _resolve(entity, unwire)
+            if (
+                operation is None
+                or target is None
+                or raw_bind is None
+                or raw_id is None
+                or not raw_id.isdigit()
+                or raw_id[0] == 48  # a leading "0"
+            ):
+                bad.append((ident, _reason(stream, ident, fields, unwire)))
+                continue
+            # Inside the try: a 5,000-digit id makes int() raise.
+            number = int(raw_id)
+            if number > _MAX_ID:
+                raise ValueError("id out of range")
             bind = unpack(raw_bind)
             if bind.__class__ is not dict:
                 raise TypeError("s is not a msgpack map")
@@ -386,10 +424,11 @@ def decode_entries(
                 if old.__class__ is not dict:
                     raise TypeError("old is not a msgpack map")
                 old = target[1](old)
+            eid = get(b"eid")
+            eid_text = eid.decode("utf-8", "replace") if eid is not None else ""
         except Exception:
             bad.append((ident, _reason(stream, ident, fields, unwire)))
             continue
-        eid = get(b"eid")
         events.append(
             new(
                 cls,
@@ -397,11 +436,11 @@ def decode_entries(
                     stream,
                     ident,
                     target[0],
-                    int(raw_id),
+                    number,
                     operation,
                     bind,
                     old,
-                    eid.decode("utf-8", "replace") if eid is not None else "",
+                    eid_text,
                     1,
                     acker,
                 ),
@@ -415,9 +454,9 @@ def _resolve(
 ) -> tuple[str, Unwire] | None:
     try:
         name = entity.decode()
-    except UnicodeDecodeError:
+        converter = unwire(name)
+    except Exception:  # not UTF-8, not bytes: not an entity name
         return None
-    converter = unwire(name)
     return (name, converter) if converter is not None else None
 
 
@@ -427,10 +466,13 @@ def _reason(
     fields: Mapping[bytes, bytes],
     unwire: Callable[[str], Unwire | None],
 ) -> str:
+    """Say why an entry is not a valid event (never raises)."""
     try:
         decode_entry(stream, ident, fields, unwire)
     except MalformedEntryError as exc:
         return str(exc)
+    except Exception as exc:  # a safety net: the reason must never raise
+        return f"not a valid event ({type(exc).__name__}: {str(exc)[:200]})"
     return "not a valid event"
 
 
@@ -452,26 +494,49 @@ def decode_entry(
         acker: what :meth:`DirtyStreamEvent.ack` calls.
 
     Raises:
-        MalformedEntryError: the entry lacks a field, has bad msgpack or an unknown entity.
+        MalformedEntryError: the entry lacks a field, has a field of the wrong
+            kind or out of range, bad msgpack or an unknown entity; never any
+            other exception for what the entry holds.
     """
     try:
         action = fields[b"action"]
-        entity = fields[b"entity"].decode()
+        raw_entity = fields[b"entity"]
         raw_id = fields[b"id"]
         raw_bind = fields[b"s"]
     except KeyError as exc:
-        raise MalformedEntryError(f"missing field {exc.args[0].decode()!r}") from None
-    except UnicodeDecodeError:
-        raise MalformedEntryError("entity name is not UTF-8") from None
-    operation = _BY_ACTION.get(action)
+        raise MalformedEntryError(f"missing field {_show(exc.args[0])}") from None
+    operation = _BY_ACTION.get(action) if isinstance(action, bytes) else None
     if operation is None:
-        raise MalformedEntryError(f"unknown action {action!r}")
-    if not raw_id.isdigit() or raw_id[:1] == b"0":
-        raise MalformedEntryError(f"id {raw_id!r} is not a positive decimal number")
+        raise MalformedEntryError(f"unknown action {_show(action)}")
+    if not isinstance(raw_entity, bytes):
+        raise MalformedEntryError(f"entity name {_show(raw_entity)} is not bytes")
+    try:
+        entity = raw_entity.decode()
+    except UnicodeDecodeError:
+        raise MalformedEntryError(
+            f"entity name {_show(raw_entity)} is not UTF-8"
+        ) from None
+    if (
+        not isinstance(raw_id, bytes)
+        or not raw_id.isdigit()
+        or raw_id[:1] == b"0"
+        or len(raw_id) > 20
+        or int(raw_id) > _MAX_ID
+    ):
+        raise MalformedEntryError(
+            f"id {_show(raw_id)} is not a decimal number from 1 to {_MAX_ID}"
+        )
     ident = int(raw_id)
-    converter = unwire(entity)
+    try:
+        converter = unwire(entity)
+    except Exception:
+        converter = None
     if converter is None:
-        raise MalformedEntryError(f"unknown entity {entity!r}")
+        raise MalformedEntryError(
+            f"unknown entity {entity!r}: no entity registered in this process has "
+            "that name (register it, and give it the same name= where it is "
+            "written and where it is read)"
+        )
     bind = _unpack_map(raw_bind, "s")
     raw_old = fields.get(b"old")
     old = _unpack_map(raw_old, "old") if raw_old is not None else {}
@@ -481,13 +546,25 @@ def decode_entry(
             old = converter(old)
     except Exception as exc:
         raise MalformedEntryError(f"bind does not decode: {exc}") from None
-    eid = fields.get(b"eid", b"").decode("utf-8", "replace")
+    raw_eid = fields.get(b"eid", b"")
+    eid = raw_eid.decode("utf-8", "replace") if isinstance(raw_eid, bytes) else ""
     return DirtyStreamEvent(
         stream, message_id, entity, ident, operation, bind, old, eid, 1, acker
     )
 
 
-def _unpack_map(data: bytes, name: str) -> dict[str, Any]:
+def _show(value: Any, limit: int = 60) -> str:
+    """A short repr of a field or value for a reason (long values are cut)."""
+    if isinstance(value, bytes):
+        with contextlib.suppress(UnicodeDecodeError):
+            value = value.decode()
+    shown = repr(value)
+    if len(shown) > limit:
+        shown = f"{shown[:limit]}... ({len(value)} long)"
+    return shown
+
+
+def _unpack_map(data: Any, name: str) -> dict[str, Any]:
     try:
         value = msgpack.unpackb(data)
     except Exception as exc:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import fluxaorm
 from fluxaorm import Delete, Insert, Update
-from fluxaorm.events import MalformedEntryError, decode_entry
+from fluxaorm.events import MalformedEntryError, decode_entries, decode_entry
 from tests.models import AllTypes, CategoryEntity, Color, Level, UserEntity
 from tests.stream_reading import raw_entries, read_events
 
@@ -484,3 +484,60 @@ def test_unknown_enum_value_of_the_right_type_decodes_as_the_plain_value(
     event = decode_entry("AllTypesStream", ident, changed, engine.unwirer)
     assert event.bind["color"] == "purple"
     assert event.bind["level"] is Level.LOW
+
+
+# -- entries that must never make decoding raise -------------------------------------
+
+
+def _odd_entries(fields: dict[bytes, bytes]) -> dict[str, dict[bytes, bytes]]:
+    """One entry per hostile kind, each a valid entry with one thing wrong."""
+    return {
+        "5,000-digit id": {**fields, b"id": b"7" * 5000},
+        "id past BIGINT UNSIGNED": {**fields, b"id": b"18446744073709551616"},
+        "entity not UTF-8": {**fields, b"entity": b"\xff\xfe"},
+        "action not UTF-8": {**fields, b"action": b"\xff"},
+        "bind with int keys": {**fields, b"s": msgpack.packb({1: "x"})},
+        "old not a map": {**fields, b"old": msgpack.packb(7)},
+        "bind nested 5,000 deep": {**fields, b"s": b"\x81\xa1a" * 5000 + b"\xc0"},
+    }
+
+
+def test_no_entry_makes_decode_entries_raise_and_valid_ones_still_decode(valid_entry):
+    """decode_entries sets every hostile entry aside with a reason and still decodes its valid batch-mates."""
+    engine, _, fields = valid_entry
+    odd = _odd_entries(fields)
+    batch = [("1-1", fields)]
+    batch += [(f"2-{n}", entry) for n, entry in enumerate(odd.values())]
+    batch += [("3-1", fields)]
+
+    events, bad = decode_entries("AllChanges", batch, engine.unwirer)
+
+    assert [e.message_id for e in events] == ["1-1", "3-1"]
+    assert [i for i, _ in bad] == [f"2-{n}" for n in range(len(odd))]
+    reasons = dict(bad)
+    assert "18446744073709551615" in reasons["2-0"]  # says the allowed range
+    assert len(reasons["2-0"]) < 300  # the 5,000 digits are not repeated
+    for n, entry in enumerate(odd.values()):
+        with pytest.raises(MalformedEntryError):
+            decode_entry("AllChanges", f"2-{n}", entry, engine.unwirer)
+
+
+def test_the_largest_bigint_unsigned_id_is_a_valid_event(valid_entry):
+    """An id of 2**64 - 1 (the largest the id column holds) decodes."""
+    event = _decode(valid_entry, id=b"18446744073709551615")
+    assert event.id == 2**64 - 1
+
+
+def test_an_event_built_without_old_shares_no_mutable_default():
+    """DirtyStreamEvent.old defaults to an empty dict that no event can change for the others."""
+    first = fluxaorm.DirtyStreamEvent("S", "1-0", "e.E", 1, Insert, {})
+    second = fluxaorm.DirtyStreamEvent("S", "2-0", "e.E", 2, Insert, {})
+
+    with pytest.raises(TypeError):
+        first.old["leaked"] = 1
+    with pytest.raises(TypeError):
+        first.old.update(leaked=1)
+
+    assert first.old == {} and second.old == {}
+    assert isinstance(second.old, dict)
+    assert fluxaorm.DirtyStreamEvent._field_defaults["old"] == {}
