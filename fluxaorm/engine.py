@@ -219,6 +219,36 @@ class Engine:
 
     # -- schema ----------------------------------------------------------------------
 
+    def check(self) -> None:
+        """Connect to every pool and raise a clear error for what is wrong.
+
+        Call it at start-up: it returns None when every pool answers and allows
+        what fluxaorm does. It checks, in order, each MySQL pool (by name): that
+        it can be reached, accepts the user and password and has the database;
+        then that the tables match the entities (an extra table or an extra
+        nullable column is fine); then each Redis pool: that it can be reached,
+        accepts the credentials and the DB index, holds no declared stream key
+        of another type, and that its ACL user may run every command fluxaorm
+        sends on each declared stream and its ``:dead`` stream (XADD, XREADGROUP,
+        XACK, XDEL, XAUTOCLAIM, XCLAIM, XPENDING, XINFO, XGROUP, XLEN, XRANGE,
+        XTRIM, MULTI/EXEC, TIME). The probes change nothing. The first problem
+        found is raised.
+
+        Raises:
+            DatabaseError: a MySQL pool's problem (``.pool`` names it). A table
+                that differs from its entity comes with the statements that
+                ``sync_schema()`` would run.
+            StreamError: a Redis pool's problem (``.pool`` names it).
+
+            Either one has ``permanent=True`` when retrying cannot help (bad
+            credentials, unknown database, missing permission, tables out of
+            sync): fix the configuration. Otherwise (a server that cannot be
+            reached) waiting and calling ``check()`` again may.
+        """
+        from .check import check_engine
+
+        check_engine(self)
+
     def get_alters(self) -> list[ddl.Alter]:
         """Return the statements that would make the databases match the entities.
 
