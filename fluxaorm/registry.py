@@ -60,9 +60,11 @@ class Registry:
             url: ``mysql://user:password@host:3306/database?charset=utf8mb4``;
                 query options as below.
             pool: the pool name entities refer to.
-            **options: ``connect_timeout``, ``read_timeout``, ``write_timeout``,
-                ``pool_size``, ``pool_recycle``, ``pool_timeout``, ``charset``,
-                ``unix_socket``, ``ssl`` / ``ssl_ca`` / ``ssl_cert`` / ``ssl_key``
+            **options: ``connect_timeout`` (10 s by default), ``read_timeout``
+                and ``write_timeout`` (60 s: every reply, the server's greeting
+                included, comes within it or the call fails), ``pool_size``,
+                ``pool_recycle``, ``pool_timeout``, ``charset``, ``unix_socket``,
+                ``ssl`` / ``ssl_ca`` / ``ssl_cert`` / ``ssl_key``
                 / ``ssl_verify_cert`` / ``ssl_verify_identity``.
 
         Raises:
