@@ -75,7 +75,8 @@ _RELAY_BATCH = 100
 # At most this many of a process's own failed rows are named in a relay query (and
 # remembered): older ones are relayed by the age rule after outbox_relay_delay.
 MINE_LIMIT = 1000
-# A row whose stream refused its entries waits 1, 2, 4 ... seconds, at most this.
+# A row whose stream refused its entries waits 5, 10, 20 ... seconds, at most 300.
+_BACKOFF_FIRST = 5
 _BACKOFF_MAX = 300
 _ERROR_LIMIT = 2000
 _MULTI = pack_command("MULTI")
@@ -111,10 +112,10 @@ def upgrade_statements(live_columns: Iterable[str]) -> list[str]:
     return out
 
 
-def _upgrade_error(exc: DatabaseError, pool: str) -> DatabaseError:
-    """Turn "unknown column" (1054) on the outbox into a hint to run sync_schema()."""
+def _upgrade_error(exc: DatabaseError, pool: str) -> DatabaseError | None:
+    """A hint to run sync_schema() for "unknown column" (1054) on the outbox, else None."""
     if _code(exc) != 1054:
-        return exc
+        return None
     return DatabaseError(
         _UPGRADE_HINT.format(table=_Q, pool=pool, detail=exc),
         pool=pool,
@@ -185,7 +186,7 @@ def keep_refused(
 
     The entries Redis accepted are never published again. Each record keeps its
     place (its event id ``<event_id>-<n>`` stays the same); only the streams that
-    refused it remain. The row is retried after 1, 2, 4 ... seconds (at most 5
+    refused it remain. The row is retried after 5, 10, 20 ... seconds (at most 5
     minutes), counted in ``attempts``.
 
     Args:
@@ -198,14 +199,15 @@ def keep_refused(
     Returns:
         The number of entries left in the row.
     """
-    rest = remaining(batch, refused)
+    rest = _remaining(batch, refused)
     conn.execute(
         b"UPDATE %b SET `retry_at`=UTC_TIMESTAMP(6) + INTERVAL LEAST(%d, "
-        b"1 << LEAST(`attempts`, 9)) SECOND, `attempts`=`attempts`+1, `payload`=%b, "
+        b"%d << LEAST(`attempts`, 8)) SECOND, `attempts`=`attempts`+1, `payload`=%b, "
         b"`entries`=%d, `error`=%b WHERE `id`=%d"
         % (
             _Q.encode(),
             _BACKOFF_MAX,
+            _BACKOFF_FIRST,
             binary_literal(rest.dumps()),
             rest.entries,
             binary_literal(error[:_ERROR_LIMIT].encode()),
@@ -215,7 +217,7 @@ def keep_refused(
     return rest.entries
 
 
-def remaining(batch: EventBatch, refused: Iterable[tuple[int, str]]) -> EventBatch:
+def _remaining(batch: EventBatch, refused: Iterable[tuple[int, str]]) -> EventBatch:
     """Return ``batch`` reduced to the ``(record index, stream)`` entries in ``refused``.
 
     Records keep their index (so their event ids); an accepted record keeps no
@@ -285,10 +287,12 @@ def publish(
         the pools that failed.
     """
     by_pool: dict[str, list[int]] = {}
+    done: set[int] = set()
     for i, batch in enumerate(batches):
         if batch.records:
             by_pool.setdefault(batch.redis_pool, []).append(i)
-    done: set[int] = set()
+        else:
+            done.add(i)  # nothing to publish
     errors: list[StreamError] = []
     for pool_name, indexes in by_pool.items():
         pool = redis_pools.get(pool_name)
@@ -482,7 +486,10 @@ def relay(
             if _code(exc) in (1205, 1213) and retries < 5:
                 retries += 1  # the pass rolled back: run it again
                 continue
-            raise _upgrade_error(exc, pool.name) from exc
+            hint = _upgrade_error(exc, pool.name)
+            if hint is not None:
+                raise hint from exc
+            raise
         if len(rows) < _RELAY_BATCH:
             break
         after = int(rows[-1][0])
@@ -541,17 +548,21 @@ def _relay_rows(
     for i, why in outcome.broken.items():
         _quarantine(conn, ids[i], why)
         result.handled.add(ids[i])
+    kept = 0
     for i, refused in outcome.refused.items():
         error = next(e for e in errors if e.pool == batches[i].redis_pool)
         left = keep_refused(conn, ids[i], batches[i], refused, str(error))
-        _log.warning(
-            "outbox row %s: %d entries refused (%s); they are retried with a backoff",
-            ids[i],
-            left,
-            error,
-        )
+        kept += left
         result.published += batches[i].entries - left
         result.handled.add(ids[i])
+    if outcome.refused:
+        _log.warning(
+            "outbox relay: %d entries of %d rows refused; only they stay, retried "
+            "with a backoff (see the rows' `error`): %s",
+            kept,
+            len(outcome.refused),
+            "; ".join(str(e) for e in errors if e.pool not in outcome.failed_pools),
+        )
     for name, error in outcome.failed_pools.items():
         down[name] = error
         result.waiting = True
@@ -610,5 +621,8 @@ def backlog(pool: MySQLPool) -> tuple[int, int, float, int]:
     except DatabaseError as exc:
         if _code(exc) == 1146:
             return 0, 0, 0.0, 0
-        raise _upgrade_error(exc, pool.name) from exc
+        hint = _upgrade_error(exc, pool.name)
+        if hint is not None:
+            raise hint from exc
+        raise
     return int(row[0]), int(row[1]), float(row[2]) / 1_000_000, int(row[3])

@@ -298,13 +298,13 @@ def test_flush_of_one_value_over_half_max_allowed_packet_still_commits(
 
 
 def test_relay_gets_past_rows_it_cannot_read(make_engine, redis_client, mysql_conn):
-    """110 unreadable outbox rows (a newer payload version) never stall the relay."""
+    """110 unreadable outbox rows (a newer payload version) never stall the relay: quarantined."""
     engine = make_engine(UserEntity, CategoryEntity)
     future = msgpack.packb((99, "default", "feedbeef", 0, [], [], []))
     cursor = mysql_conn.cursor()
     cursor.executemany(
         "INSERT INTO `_fluxaorm_outbox` (`created_at`, `redis_pool`, `entries`, "
-        "`payload`) VALUES (NOW(6), 'default', 1, %s)",
+        "`payload`) VALUES (UTC_TIMESTAMP(6), 'default', 1, %s)",
         [(future,)] * 110,
     )
     down = make_engine(
@@ -330,6 +330,8 @@ def test_relay_gets_past_rows_it_cannot_read(make_engine, redis_client, mysql_co
     assert int(child.stdout) == 3
     assert outbox_rows(mysql_conn) == (110, 110)
     assert [e.id for e in read_events(redis_client, engine, "NewUsers")] == [user.id]
+    (stats,) = engine.get_event_broker().get_outbox_statistics()
+    assert stats.quarantined == 110
 
 
 # -- 6b/6d. the process dies between COMMIT and the publish ------------------------------
@@ -362,7 +364,7 @@ def test_process_killed_after_commit_is_relayed_exactly_once(
     # ...and takes them once they are old enough.
     cursor = mysql_conn.cursor()
     cursor.execute(
-        "UPDATE `_fluxaorm_outbox` SET `created_at` = NOW(6) - INTERVAL 61 SECOND"
+        "UPDATE `_fluxaorm_outbox` SET `created_at` = UTC_TIMESTAMP(6) - INTERVAL 61 SECOND"
     )
     assert patient.relay_outbox() == 12
     eager = make_engine(UserEntity, CategoryEntity, sync=False, outbox_relay_delay=0)
