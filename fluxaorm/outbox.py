@@ -477,11 +477,12 @@ def relay(
     retries = 0
     while True:
         sql, args = _select(after, delay, mine_sql, down)
+        step = RelayResult()  # counted only once its transaction committed
         try:
             with pool.transaction("READ COMMITTED") as conn:
                 rows = conn.query(sql, args)
                 if rows:
-                    _relay_rows(conn, rows, redis_pools, encoder, down, result)
+                    _relay_rows(conn, rows, redis_pools, encoder, down, step)
         except DatabaseError as exc:
             if _code(exc) in (1205, 1213) and retries < 5:
                 retries += 1  # the pass rolled back: run it again
@@ -490,6 +491,10 @@ def relay(
             if hint is not None:
                 raise hint from exc
             raise
+        result.published += step.published
+        result.handled |= step.handled
+        result.waiting = result.waiting or step.waiting
+        result.errors += step.errors
         if len(rows) < _RELAY_BATCH:
             break
         after = int(rows[-1][0])
