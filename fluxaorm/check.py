@@ -99,7 +99,7 @@ def _compare_tables(alters: Sequence[Alter]) -> None:
         f"{fix} to apply:\n" + "\n".join(lines),
         pool=pool,
     )
-    setattr(error, "permanent", True)  # noqa: B010 - until errors.py declares it
+    error.permanent = True
     raise error
 
 

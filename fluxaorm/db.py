@@ -276,7 +276,7 @@ _PERMANENT_HINTS: dict[int, str] = {
 
 def _mark_permanent(error: DatabaseError) -> None:
     # DatabaseError.permanent, like StreamError.permanent: retrying cannot help.
-    setattr(error, "permanent", True)  # noqa: B010 - until errors.py declares it
+    error.permanent = True
 
 
 class MySQLPool:

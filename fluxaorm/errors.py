@@ -84,9 +84,12 @@ class DatabaseError(FluxaORMError):
         during_commit: True when the connection was lost while COMMIT was in
             flight: the transaction may or may not have committed. Check before
             retrying (with the outbox on, a committed flush's events still come).
+        permanent: True when retrying cannot help (bad credentials, unknown
+            database, missing table or privilege): fix the configuration.
     """
 
     during_commit: bool = False
+    permanent: bool = False
 
     def __init__(
         self, message: str, pool: str | None = None, orig: BaseException | None = None
