@@ -311,23 +311,32 @@ class MySQLPool:
         return self._info
 
     def _open_raw(self) -> pymysql.connections.Connection[Any]:
+        kwargs = self.config.connect_kwargs()
+        read_timeout = kwargs["read_timeout"]
+        # pymysql waits for the server's greeting under read_timeout: wait no
+        # longer than connect_timeout for it, so a port that accepts and never
+        # answers fails as fast as one that refuses.
+        kwargs["read_timeout"] = min(read_timeout, kwargs["connect_timeout"])
         try:
-            return pymysql.connect(
+            raw = pymysql.connect(
                 init_command=f"SET SESSION sql_mode='{_SQL_MODE}'",
                 conv=_CONVERSIONS,
                 # UPDATE reports the rows it matched, not only those it changed:
                 # the flush streams an event only for a row a statement matched.
                 client_flag=CLIENT.FOUND_ROWS,
-                **self.config.connect_kwargs(),
+                **kwargs,
             )
+            # pymysql applies _read_timeout again before each read.
+            raw._read_timeout = read_timeout  # type: ignore[attr-defined]
+            return raw
         except pymysql.err.Error as exc:
             code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
             detail = exc.args[1] if len(exc.args) > 1 else exc
             hint = _PERMANENT_HINTS.get(code)
             if hint is None and "timed out" in str(detail):
                 hint = (
-                    f"; no answer within read_timeout={self.config.read_timeout}s "
-                    f"(connect_timeout={self.config.connect_timeout}s): is "
+                    f"; no answer within {kwargs['read_timeout']}s (connect_timeout, "
+                    f"or read_timeout if lower): is "
                     f"{self.config.address} a MySQL server? Check the host and port "
                     "of the pool's URL, or raise the timeouts"
                 )
