@@ -20,7 +20,14 @@ from .errors import (
     ValidationError,
 )
 from .events import EventBatch, EventRecord, pack_bind
-from .outbox import delete_rows, insert_statements, payload_limit, publish
+from .outbox import (
+    PublishOutcome,
+    delete_rows,
+    insert_statements,
+    keep_refused,
+    payload_limit,
+    publish,
+)
 from .schema import EntitySchema
 from .sql import chunk_rows
 
@@ -783,7 +790,8 @@ def _publish_results(engine: Engine, results: list[FlushResult]) -> StreamError 
             )
     if not batches:
         return None
-    done, errors = publish(engine.redis_pools, engine.encoder, batches)
+    outcome = PublishOutcome()
+    done, errors = publish(engine.redis_pools, engine.encoder, batches, outcome=outcome)
     if not engine.outbox:
         if errors:
             raise StreamError(
@@ -795,13 +803,28 @@ def _publish_results(engine: Engine, results: list[FlushResult]) -> StreamError 
             )
         return None
     published: dict[str, list[int]] = {}
+    refused: dict[str, list[tuple[int, int]]] = {}
     for i, (pool, outbox_id) in enumerate(owners):
         if outbox_id is None:
             continue
         if i in done:
             published.setdefault(pool, []).append(outbox_id)
+        elif i in outcome.refused:
+            refused.setdefault(pool, []).append((i, outbox_id))
         else:
             engine.remember_unpublished(pool, outbox_id)
+    for pool, rows in refused.items():
+        # Some streams refused entries inside EXEC: keep only those in the row,
+        # so the relay never publishes the accepted ones again.
+        reason = str(errors[0]) if errors else "refused inside EXEC"
+        try:
+            with engine.mysql_pool(pool).connection() as conn:
+                for i, outbox_id in rows:
+                    keep_refused(
+                        conn, outbox_id, batches[i], outcome.refused[i], reason
+                    )
+        except DatabaseError as exc:
+            _log.warning("outbox rows %s could not be narrowed: %s", rows, exc)
     permanent: StreamError | None = None
     for error in errors:
         if error.permanent:

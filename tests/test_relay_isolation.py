@@ -363,6 +363,27 @@ def test_refusing_stream_delays_only_its_entries_and_never_duplicates_the_others
     }
 
 
+def test_flush_into_a_refusing_stream_never_republishes_the_accepted_entries(
+    make_engine, redis_client, mysql_conn, caplog
+):
+    """A flush whose one stream refuses (WRONGTYPE) keeps only the refused entry in
+    its outbox row: the relay later publishes that one, never the accepted ones."""
+    caplog.set_level(logging.CRITICAL, logger="fluxaorm.flush")
+    engine = make_engine(UserEntity, outbox_relay_delay=0)
+    redis_client.set("dirty_NewUsers", "not a stream")
+    ids = _flush_users(engine, 3, "w-")
+    for name in ("AllChanges", "EmailAddedOrChanged"):
+        assert [e.id for e in read_events(redis_client, engine, name)] == ids
+    assert outbox_rows(mysql_conn) == (1, 3)  # the three NewUsers entries only
+    redis_client.delete("dirty_NewUsers")
+    cursor = mysql_conn.cursor()
+    cursor.execute(f"UPDATE {OUTBOX} SET `retry_at` = UTC_TIMESTAMP(6)")
+    assert engine.relay_outbox() == 3
+    assert [e.id for e in read_events(redis_client, engine, "NewUsers")] == ids
+    assert set(eid_counts(redis_client, USER_STREAMS).values()) == {1}
+    assert outbox_rows(mysql_conn) == (0, 0)
+
+
 # -- 5. bounded during any outage ------------------------------------------------------------
 
 
