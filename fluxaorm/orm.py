@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 from . import flush as _flush
 from .errors import ConcurrentUseError, StreamError, ValidationError
 from .events import EventBatch, EventRecord, pack_bind
-from .outbox import publish
+from .outbox import PublishOutcome, publish
 from .query import Pager, Where, render_search
 from .sql import chunk_rows
 
@@ -393,16 +393,21 @@ class ORM:
                 batch = batches[schema.redis_pool] = EventBatch(schema.redis_pool)
             batch.records.append(record)
         ordered = list(batches.values())
-        done, errors = publish(self._engine.redis_pools, self._engine.encoder, ordered)
+        outcome = PublishOutcome()
+        done, errors = publish(
+            self._engine.redis_pools, self._engine.encoder, ordered, outcome=outcome
+        )
         published = sum(ordered[i].entries for i in done)
+        published += sum(
+            ordered[i].entries - len(refused) for i, refused in outcome.refused.items()
+        )
         if errors:
             total = sum(b.entries for b in ordered)
             first = errors[0]
             raise StreamError(
                 f"push_dirty: {published} of {total} stream entries were published; "
-                f"Redis pool {first.pool!r} refused the rest (some of its entries may "
-                f"have been written if a command failed inside its transaction): "
-                f"{first}. Handlers are idempotent, so pushing again is safe",
+                f"Redis refused the rest: {first}. Pushing again is safe (handlers "
+                "are idempotent)",
                 pool=first.pool,
                 orig=first.orig,
                 connection_lost=first.connection_lost,

@@ -524,3 +524,28 @@ def test_none_instead_of_an_entity_says_what_happened(
     with pytest.raises(fluxaorm.ValidationError, match="get_by_id returns None") as err:
         getattr(orm, call)(None)
     assert "NoneType" not in str(err.value)
+
+
+@fluxaorm.entity(table="pushed")
+@dataclass
+class Pushed:
+    id: int = field(default=0, metadata={"orm": "dirty=PushA,PushB"})
+    title: str = fluxaorm.column(length=50, default="")
+
+
+def test_push_dirty_says_how_much_was_published_when_a_stream_refuses(
+    make_engine: EngineFactory, redis_client: redis.Redis
+) -> None:
+    """push_dirty into one healthy and one refusing stream reports the entries that
+    were published, instead of claiming nothing was."""
+    engine = make_engine(Pushed)
+    orm = engine.new_orm()
+    rows = [orm.new_entity(Pushed, title=str(i)) for i in range(3)]
+    orm.flush()
+    redis_client.delete("dirty_PushA", "dirty_PushB")
+    redis_client.set("dirty_PushB", "not a stream")
+    with pytest.raises(
+        fluxaorm.StreamError, match="3 of 6 stream entries were published"
+    ):
+        orm.push_dirty(*rows)
+    assert redis_client.xlen("dirty_PushA") == 3
