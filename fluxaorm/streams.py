@@ -26,11 +26,16 @@ __all__ = [
     "pack_ack",
     "pack_command",
     "parse_entries",
+    "permanent_hint",
 ]
 
 _log = logging.getLogger("fluxaorm.redis")
 RoundTripListener = Callable[[str, str, int], None]
 RawEntry = tuple[str, dict[bytes, bytes] | None]
+# Default timeouts (seconds) of every Redis call; register_redis options (or the
+# URL's ?socket_timeout= and ?socket_connect_timeout=) change them.
+DEFAULT_SOCKET_TIMEOUT = 5.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 
@@ -50,8 +55,10 @@ class RedisPool:
         options = dict(config.options)
         # Replies are parsed here as RESP2 arrays, whatever the client's default.
         options["protocol"] = 2
-        # Known without I/O, so blocking reads can stay under it (redis-py 8's default).
-        options.setdefault("socket_timeout", 5.0)
+        # No call waits forever on a server that accepts and never answers; the
+        # read timeout is known without I/O, so blocking reads can stay under it.
+        options.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
+        options.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
         try:
             self._pool = redis.ConnectionPool.from_url(config.secret_url, **options)
         except (ValueError, TypeError) as exc:
@@ -104,15 +111,32 @@ class RedisPool:
             self._pool.release(conn)
 
     def _wrap(self, exc: BaseException, what: str) -> StreamError:
-        lost = isinstance(
+        return self.error(exc, what)
+
+    def error(self, exc: BaseException, what: str) -> StreamError:
+        """Turn a redis-py exception (raised or an error reply) into a StreamError.
+
+        Errors that retrying cannot fix (bad credentials, a missing ACL
+        permission, a DB index the server does not have) come back with
+        ``permanent=True`` and ``connection_lost=False`` and a message saying
+        what to fix; the password is never part of it.
+        """
+        hint = permanent_hint(exc, self.config.db)
+        lost = hint is None and isinstance(
             exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         )
-        return StreamError(
+        message = (
             f"Redis pool {self.name!r} at {self.config.address}: {what} failed: "
-            f"{type(exc).__name__}: {exc}",
+            f"{type(exc).__name__}: {exc}"
+        )
+        if hint is not None:
+            message = f"{message.rstrip('.')}. {hint}"
+        return StreamError(
+            message,
             pool=self.name,
             orig=exc,
             connection_lost=lost,
+            permanent=hint is not None,
         )
 
     def execute(self, *args: Any) -> Any:
@@ -175,6 +199,52 @@ class RedisPool:
     def close(self) -> None:
         """Close every connection of the pool."""
         self._pool.disconnect()
+
+
+_AUTH_HINT = (
+    "Retrying cannot help: check the user name and password of the pool's URL "
+    "(register_redis) against the server's requirepass/ACL users"
+)
+_PERMANENT: tuple[tuple[str, str], ...] = (
+    ("WRONGPASS", _AUTH_HINT),
+    ("NOAUTH", _AUTH_HINT),
+    ("invalid username-password pair", _AUTH_HINT),
+    ("invalid password", _AUTH_HINT),
+    ("Authentication required", _AUTH_HINT),
+    ("called without any password configured", _AUTH_HINT),
+    (
+        "NOPERM",
+        "Retrying cannot help: the pool's ACL user lacks a permission fluxaorm "
+        "needs; grant it +@stream, +@transaction and +time on the keys dirty_*",
+    ),
+    (
+        "DB index is out of range",
+        "Retrying cannot help: the server has no database {db}; use a database "
+        "number below its `databases` setting in the pool's URL",
+    ),
+)
+
+
+def permanent_hint(exc: BaseException, db: int = 0) -> str | None:
+    """Say what to fix when ``exc`` is an error that retrying cannot fix, else None.
+
+    Bad credentials (WRONGPASS, NOAUTH; redis-py's AuthenticationError, which is
+    also a ConnectionError), a missing ACL permission (NOPERM) and a DB index the
+    server does not have are permanent; anything else may pass.
+    """
+    if isinstance(exc, StreamError):
+        exc = exc.orig if exc.orig is not None else exc
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return _AUTH_HINT
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return _PERMANENT[-2][1]
+    if not isinstance(exc, redis.exceptions.ResponseError):
+        return None
+    reply = str(exc)
+    for marker, hint in _PERMANENT:
+        if marker in reply:
+            return hint.format(db=db)
+    return None
 
 
 def _name(args: Sequence[Any]) -> str:
