@@ -40,6 +40,14 @@ DEFAULT_GROUP = "default"
 SINGLE_NAME = "single"
 PARKED_NAME = "parked"
 DEAD_SUFFIX = ":dead"
+# Error replies of a stream or group deleted under a consumer (SPEC §5: recreated).
+_GONE = ("NOGROUP", "UNBLOCKED")
+_RESERVED_NAMES = frozenset({SINGLE_NAME, PARKED_NAME})
+_CLEANUP_PAGE = 1000
+# Fields a dead letter adds to the original entry (an entry's own are replaced).
+DEAD_FIELDS = (b"error", b"deliveries", b"original_id", b"group")
+# A dead letter to write: entry id, its fields, deliveries, the reason.
+_Dead = tuple[str, dict[bytes, bytes], int, str]
 _RETRY_WINDOW = 10.0  # seconds a lost connection is retried before StreamError
 _RUN_SLICE = 0.5  # the run loop checks its stop flag at least this often
 _MAX_BACKOFF = 5.0
@@ -93,6 +101,15 @@ class DirtyStreamConsumer:
                 SINGLE_NAME
                 if single
                 else f"many-{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+            )
+        elif not isinstance(name, str) or not name:
+            raise ConfigurationError(
+                f"{self._key}: a consumer name must be a non-empty string, not {name!r}"
+            )
+        elif not single and name in _RESERVED_NAMES:
+            raise ConfigurationError(
+                f"{self._key}: the consumer name {name!r} is reserved (the single "
+                "consumer's and the parking consumer's); pick another name"
             )
         self._name = name
         self._max_deliveries = max_deliveries
@@ -227,10 +244,11 @@ class DirtyStreamConsumer:
         """
         if not self._group_ready:
             return
-        pending = self._own_pending(1000)
+        pending = self._own_pending(_CLEANUP_PAGE)
         if pending and self._single:
             return
         while pending:
+            before = [ident for ident, _, _ in pending]
             replies = self._pool.pipeline(
                 [
                     (
@@ -248,8 +266,17 @@ class DirtyStreamConsumer:
                 ],
                 "XCLAIM",
             )
-            _raise_first(replies, f"{self._key}: handing pending entries over failed")
-            pending = self._own_pending(1000)
+            self._raise_first(replies, "handing pending entries over")
+            pending = self._own_pending(_CLEANUP_PAGE)
+            if pending and [ident for ident, _, _ in pending] == before:
+                # Nothing moved: keep the consumer rather than drop its entries.
+                _log.error(
+                    "%r: %d pending entries could not be handed over; the consumer "
+                    "stays in the group",
+                    self,
+                    len(pending),
+                )
+                return
         dropped = self._call(
             "XGROUP", "DELCONSUMER", self._key, self._group, self._name
         )
@@ -281,6 +308,11 @@ class DirtyStreamConsumer:
 
         Returns:
             How many events were handed to the handler.
+
+        Raises:
+            StreamError: an error retrying cannot fix (``permanent``: bad
+                credentials, a missing ACL permission, a DB index the server
+                does not have); the loop stops at once instead of retrying.
         """
         stop = stop or threading.Event()
         wait = _seconds(block, "block")
@@ -307,6 +339,9 @@ class DirtyStreamConsumer:
                         handed += self._consume_until(count, wait, stop)
                         failures = 0
                     except (StreamError, DatabaseError) as exc:
+                        if getattr(exc, "permanent", False):
+                            _log.error("%r: %s; stopping", self, exc)
+                            raise
                         failures += 1
                         _log.warning("%r: %s; retrying", self, exc)
                         stop.wait(min(_MAX_BACKOFF, 0.1 * 2**failures))
@@ -338,17 +373,25 @@ class DirtyStreamConsumer:
             raise ConfigurationError(f"count must be 1 or more, not {count!r}")
         return count
 
-    def _call(self, *args: Any) -> Any:
-        """Run one command, retrying a lost connection with backoff for a while."""
+    def _call(self, *args: Any, blocking: bool = False) -> Any:
+        """Run one command, retrying a lost connection with backoff for a while.
+
+        A stream or group deleted meanwhile (NOGROUP, or UNBLOCKED for a blocked
+        read) is created again; a blocking read then returns ``None`` so its
+        caller recomputes how long it may still wait. Permanent errors (bad
+        credentials, missing permissions) are never retried.
+        """
         deadline = time.monotonic() + _RETRY_WINDOW
         delay = 0.05
         while True:
             try:
                 return self._pool.execute(*args)
             except StreamError as exc:
-                if "NOGROUP" in str(exc) and args[0] != "XGROUP":
+                if args[0] != "XGROUP" and str(exc.orig).startswith(_GONE):
                     self._group_ready = False
                     self._ensure_group()
+                    if blocking:
+                        return None
                     continue
                 if not exc.connection_lost or time.monotonic() + delay > deadline:
                     raise
@@ -382,6 +425,7 @@ class DirtyStreamConsumer:
             "STREAMS",
             self._key,
             start,
+            blocking=block_ms is not None,
         )
         return parse_entries(reply[0][1]) if reply else []
 
@@ -417,22 +461,32 @@ class DirtyStreamConsumer:
     # -- delivering -----------------------------------------------------------------------
 
     def _deliver(self, entries: Sequence[RawEntry], redelivered: bool) -> int:
-        """Decode, dead-letter, hand to the handler and acknowledge one batch."""
+        """Decode, dead-letter, hand to the handler and acknowledge one batch.
+
+        Entries that are not valid events, and poison entries, are moved to
+        ``dirty_<Name>:dead`` before the handler runs. When Redis refuses that
+        move they stay pending (moved on a later delivery), the batch's valid
+        events are handled all the same, and the refusal is raised afterwards.
+        """
         drop: list[str] = []
         deliveries = (
             self._deliveries(entries) if redelivered and self._max_deliveries else {}
         )
-        dead: list[tuple[str, dict[bytes, bytes], int]] = []
+        dead: list[_Dead] = []
         live: Sequence[tuple[str, dict[bytes, bytes]]]
         if redelivered:
             live = []
+            limit = self._max_deliveries or 0
             for ident, fields in entries:
                 if fields is None:  # deleted from the stream while pending
                     drop.append(ident)
-                elif deliveries and deliveries.get(ident, 1) - 1 >= (
-                    self._max_deliveries or 0
-                ):
-                    dead.append((ident, fields, deliveries.get(ident, 1) - 1))
+                    continue
+                seen = deliveries.get(ident, 1) - 1 if deliveries else 0
+                if deliveries and seen >= limit:
+                    reason = self._errors.get(
+                        ident, f"not acknowledged after {seen} deliveries"
+                    )
+                    dead.append((ident, fields, seen, reason))
                 else:
                     live.append((ident, fields))
         else:
@@ -440,23 +494,24 @@ class DirtyStreamConsumer:
         events, bad = decode_entries(
             self._stream, live, self._engine.unwirer, self._ack_one
         )
-        for ident, reason in bad:
-            _log.error(
-                "%s: entry %s is not a valid event (%s); acknowledged and dropped",
-                self._key,
-                ident,
-                reason,
-            )
-            drop.append(ident)
+        if bad:
+            fields_of = dict(live)
+            for ident, reason in bad:
+                dead.append(
+                    (ident, fields_of[ident], 0, f"not a valid event: {reason}")
+                )
         if deliveries:
             events = [
                 e._replace(deliveries=deliveries.get(e.message_id, 1)) for e in events
             ]
-        if dead:
-            self._bury(dead)
+        refused = self._bury(dead) if dead else None
+        if refused is not None and self._single:
+            self._may_have_pending = True
         if not events:
             if drop:
                 self._ack(drop)
+            if refused is not None:
+                raise refused
             return 0
         self._acked.clear()
         try:
@@ -481,6 +536,8 @@ class DirtyStreamConsumer:
             raise
         for ident in done:
             self._errors.pop(ident, None)
+        if refused is not None:
+            raise refused
         return len(events)
 
     def _ack(self, ids: Sequence[str]) -> None:
@@ -488,13 +545,7 @@ class DirtyStreamConsumer:
             return
         payload, commands = pack_ack(self._key, self._group, ids, self._delete)
         replies = self._pool.round_trip(payload, commands, "XACK")
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise StreamError(
-                    f"{self._key}: acknowledging failed: {reply}",
-                    pool=self._pool.name,
-                    orig=reply,
-                )
+        self._raise_first(replies, "acknowledging")
 
     def _ack_one(self, event: DirtyStreamEvent) -> None:
         if event.message_id in self._acked:
@@ -513,32 +564,38 @@ class DirtyStreamConsumer:
             "XPENDING",
         )
         # A refused XPENDING must not turn max_deliveries off silently.
-        _raise_first(replies, f"{self._key}: reading delivery counts failed")
+        self._raise_first(replies, "reading delivery counts")
         return {text(r[0][0]): int(r[0][3]) for r in replies if r}
+
+    def _raise_first(self, replies: Sequence[Any], what: str) -> None:
+        """Raise a StreamError for the first error reply of a pipeline, if any."""
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise self._pool.error(reply, f"{self._key}: {what}")
 
     def _remember_error(self, ident: str, reason: str) -> None:
         if len(self._errors) > 10_000:
             self._errors.clear()
         self._errors[ident] = reason[:500]
 
-    def _bury(self, dead: list[tuple[str, dict[bytes, bytes], int]]) -> None:
-        """Move poison entries to ``dirty_<Name>:dead``, then drop them from the stream.
+    def _bury(self, dead: list[_Dead]) -> StreamError | None:
+        """Move entries to ``dirty_<Name>:dead``, then drop them from the stream.
 
-        Two round trips: the XADDs first, then XACK/XDEL of only the entries Redis
+        Used for poison entries and for entries that are not valid events. Two
+        round trips: the XADDs first, then XACK/XDEL of only the entries Redis
         took, so an entry whose move is refused (OOM, WRONGTYPE) stays pending and
-        is buried on a later delivery instead of being lost.
+        is moved on a later delivery instead of being lost.
+
+        Returns:
+            ``None`` when every entry moved, else the StreamError for the caller
+            to raise once the rest of the batch is handled.
         """
         dead_key = self._key + DEAD_SUFFIX
         commands: list[tuple[Any, ...]] = []
-        reasons: list[str] = []
-        for ident, fields, seen in dead:
-            reason = self._errors.get(
-                ident, f"not acknowledged after {seen} deliveries"
-            )
-            reasons.append(reason)
+        for ident, fields, seen, reason in dead:
             flat: list[Any] = []
             for k, v in fields.items():
-                if k not in (b"error", b"deliveries", b"original_id", b"group"):
+                if k not in DEAD_FIELDS:
                     flat += [k, v]
             flat += [
                 b"error",
@@ -552,10 +609,13 @@ class DirtyStreamConsumer:
             ]
             commands.append(("XADD", dead_key, "*", *flat))
         replies = self._pool.pipeline(commands, "XADD")
-        moved = [d[0] for d, r in zip(dead, replies) if not isinstance(r, Exception)]
-        for (ident, _, seen), reason, reply in zip(dead, reasons, replies):
+        moved: list[str] = []
+        refused: list[tuple[str, Exception]] = []
+        for (ident, _, seen, reason), reply in zip(dead, replies):
             if isinstance(reply, Exception):
+                refused.append((ident, reply))
                 continue
+            moved.append(ident)
             self._errors.pop(ident, None)
             _log.error(
                 "%s: entry %s moved to %s after %d deliveries: %s",
@@ -567,21 +627,22 @@ class DirtyStreamConsumer:
             )
         if moved:
             self._ack(moved)
-        refused = [r for r in replies if isinstance(r, Exception)]
-        if refused:
-            raise StreamError(
-                f"{self._key}: {len(refused)} poison entries could not be moved to "
-                f"{dead_key} ({refused[0]}); they stay pending",
-                pool=self._pool.name,
-                orig=refused[0],
-            )
-
-
-def _raise_first(replies: Sequence[Any], what: str) -> None:
-    """Raise a StreamError for the first error reply of a pipeline, if any."""
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise StreamError(f"{what}: {reply}", orig=reply)
+        if not refused:
+            return None
+        ident, first = refused[0]
+        wrapped = self._pool.error(
+            first,
+            f"{self._key}: moving {len(refused)} entries (first {ident}) to {dead_key}",
+        )
+        error = StreamError(
+            f"{wrapped}; they stay pending and are moved on a later delivery",
+            pool=self._pool.name,
+            orig=first,
+            connection_lost=wrapped.connection_lost,
+            permanent=wrapped.permanent,
+        )
+        _log.error("%s", error)
+        return error
 
 
 @contextmanager

@@ -629,7 +629,7 @@ def _add_malformed(client: redis.Redis) -> dict[str, str]:
 def test_malformed_entries_never_reach_the_handler_and_are_logged_and_acked(
     orm, redis_client, caplog
 ):
-    """Foreign or corrupt entries are skipped, logged with their id and acknowledged; valid ones still flow."""
+    """Foreign or corrupt entries are moved to :dead, logged with their id and acknowledged; valid ones still flow."""
     caplog.set_level(logging.INFO, logger="fluxaorm.consumer")
     before = _publish(orm, 1, prefix="before")
     malformed = _add_malformed(redis_client)
@@ -648,6 +648,10 @@ def test_malformed_entries_never_reach_the_handler_and_are_logged_and_acked(
         assert ident in logged, what
     assert _pending(redis_client) == {}
     assert redis_client.xlen(KEY) == 0
+    dead = {
+        _text(d["original_id"]): _text(d["error"]) for d in _dead_entries(redis_client)
+    }
+    assert set(dead) == set(malformed)
 
 
 def test_malformed_entry_alone_in_a_batch_does_not_block_the_stream(orm, redis_client):
@@ -667,7 +671,7 @@ def test_malformed_entry_alone_in_a_batch_does_not_block_the_stream(orm, redis_c
 def test_malformed_pending_entries_met_by_auto_claim_are_logged_and_acked(
     orm, redis_client, caplog
 ):
-    """auto_claim logs and acknowledges malformed entries left pending by a foreign reader."""
+    """auto_claim moves malformed entries left pending by a foreign reader to :dead and acknowledges them."""
     caplog.set_level(logging.INFO, logger="fluxaorm.consumer")
     got = Recorder()
     claimer = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got)
@@ -685,6 +689,8 @@ def test_malformed_pending_entries_met_by_auto_claim_are_logged_and_acked(
     )
     assert all(ident in logged for ident in malformed)
     assert _pending(redis_client) == {}
+    moved = [_text(d["original_id"]) for d in _dead_entries(redis_client)]
+    assert sorted(moved) == sorted(malformed)
 
 
 # -- 6. cleanup ----------------------------------------------------------------------
@@ -1191,3 +1197,216 @@ def test_max_deliveries_is_counted_for_claimed_entries_far_apart_in_the_pending_
     assert got.ids == []  # both idle entries were already delivered once
     dead = _dead_entries(redis_client)
     assert sorted(int(d["id"]) for d in dead) == [ids[0], ids[39]]
+
+
+# -- 10. hostile entries, deleted streams, reserved names --------------------------------
+
+
+def _valid_fields(client: redis.Redis) -> dict[bytes, bytes]:
+    """The fields of the stream's first entry (a genuine event) as a template."""
+    return dict(client.xrange(KEY, count=1)[0][1])
+
+
+def test_entry_with_a_5000_digit_id_goes_to_dead_and_its_batch_mates_are_delivered(
+    orm, redis_client
+):
+    """A 5,000-digit id never reaches the handler: it moves to :dead, its six batch-mates are handled and acked."""
+    before = _publish(orm, 3, prefix="before")
+    bad = _text(
+        redis_client.xadd(KEY, {**_valid_fields(redis_client), b"id": b"7" * 5000})
+    )
+    after = _publish(orm, 3, prefix="after")
+    got = Recorder()
+    consumer = fluxaorm.new_dirty_stream_consumer_single(
+        orm, STREAM, got, max_deliveries=2
+    )
+
+    assert consumer.consume(100, 0) == 6
+
+    assert got.batches and len(got.batches) == 1
+    assert got.ids == before + after
+    assert _pending(redis_client) == {} and redis_client.xlen(KEY) == 0
+    (dead,) = _dead_entries(redis_client)
+    assert dead["original_id"] == bad.encode()
+    assert int(dead["deliveries"]) == 0
+    assert "is not a decimal number from 1 to" in _text(dead["error"])
+    (letter,) = orm.get_event_broker().get_dead_letters(STREAM)
+    assert (letter.original_id, letter.event) == (bad, None)
+
+
+@pytest.mark.parametrize(
+    ("what", "change"),
+    [
+        ("missing s", {b"s": None}),
+        ("bad msgpack", {b"s": b"\xc1\xc1"}),
+        ("id past BIGINT UNSIGNED", {b"id": b"18446744073709551616"}),
+        ("entity not UTF-8", {b"entity": b"\xff\xfe"}),
+        ("unknown action", {b"action": b"upsert"}),
+    ],
+)
+def test_every_invalid_entry_moves_to_dead_with_its_reason_and_original_fields(
+    orm, redis_client, what, change
+):
+    """An invalid entry is moved to dirty_<Name>:dead with its fields, the reason in `error`, and acknowledged."""
+    ids = _publish(orm, 1)
+    fields = {**_valid_fields(redis_client), **change}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    bad = _text(redis_client.xadd(KEY, fields))
+    got = Recorder()
+    consumer = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got)
+
+    assert consumer.consume(10, 0) == 1
+
+    assert got.ids == ids
+    (dead,) = _dead_entries(redis_client)
+    assert {k: dead[_text(k)] for k in fields} == fields, what
+    assert _text(dead["error"]).startswith("not a valid event: "), what
+    assert (dead["original_id"], dead["group"]) == (bad.encode(), b"default")
+    assert _pending(redis_client) == {} and redis_client.xlen(KEY) == 0
+
+
+def test_events_of_an_entity_this_process_does_not_know_wait_in_dead_for_a_requeue(
+    make_engine, redis_client
+):
+    """Events of an entity the reading process lacks go to :dead naming it; requeued, a process knowing it gets them."""
+    writer = make_engine(UserEntity, CategoryEntity)
+    orm = writer.new_orm()
+    category = orm.new_entity(CategoryEntity, code="c1")
+    user = orm.new_entity(UserEntity, name="u", email="u@x.org")
+    orm.flush()
+    reader = make_engine(UserEntity, sync=False)  # CategoryEntity not registered
+    got = Recorder()
+    consumer = fluxaorm.new_dirty_stream_consumer_single(reader.new_orm(), STREAM, got)
+
+    assert consumer.consume(10, 0) == 1
+
+    assert got.ids == [user.id]
+    (dead,) = _dead_entries(redis_client)
+    assert "unknown entity 'tests.models.CategoryEntity'" in _text(dead["error"])
+    assert redis_client.xlen(KEY) == 0
+    assert writer.get_event_broker().requeue_dead_letters(STREAM) == 1
+    fixed = Recorder()
+    knowing = fluxaorm.new_dirty_stream_consumer_single(orm, STREAM, fixed)
+    assert knowing.consume(10, 0) == 1
+    assert [(e.entity_name, e.id) for e in fixed.events] == [
+        ("tests.models.CategoryEntity", category.id)
+    ]
+
+
+def test_refused_move_to_dead_keeps_the_entry_and_still_delivers_its_batch_mates(
+    orm, redis_client
+):
+    """When Redis refuses the move to :dead (WRONGTYPE), the valid events are handled, the bad entry stays pending, and it moves later."""
+    ids = _publish(orm, 2)
+    bad = _text(
+        redis_client.xadd(KEY, {**_valid_fields(redis_client), b"action": b"upsert"})
+    )
+    redis_client.set(DEAD_KEY, "not a stream")
+    got = Recorder()
+    consumer = fluxaorm.new_dirty_stream_consumer_single(orm, STREAM, got)
+
+    with pytest.raises(fluxaorm.StreamError, match="WRONGTYPE") as info:
+        consumer.consume(10, 0)
+
+    assert bad in str(info.value) and DEAD_KEY in str(info.value)
+    assert got.ids == ids
+    assert _pending(redis_client) == {bad: "single"}
+    redis_client.delete(DEAD_KEY)
+    assert consumer.consume(10, 0) == 0
+    assert _pending(redis_client) == {} and redis_client.xlen(KEY) == 0
+    assert [d["original_id"] for d in _dead_entries(redis_client)] == [bad.encode()]
+
+
+@pytest.mark.parametrize("reserved", ["parked", "single"])
+def test_many_consumer_may_not_take_a_reserved_name(orm, reserved):
+    """A "many" consumer named like the parking or the single consumer is a ConfigurationError."""
+    with pytest.raises(fluxaorm.ConfigurationError, match=f"{reserved!r} is reserved"):
+        fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(), name=reserved)
+
+
+def test_cleanup_that_cannot_hand_entries_over_ends_and_keeps_the_consumer(
+    orm, redis_client, caplog
+):
+    """cleanup() never loops forever: when no pending entry moves, it stops and keeps the consumer."""
+    _publish(orm, 2)
+    consumer = fluxaorm.new_dirty_stream_consumer_many(
+        orm, STREAM, Recorder(fail=_boom)
+    )
+    consumer._name = "parked"  # as older versions allowed: its claims go to itself
+    with pytest.raises(RuntimeError):
+        consumer.consume(10, 0)
+
+    done = InThread(consumer.cleanup)
+
+    done.join(10)
+    assert _consumers(redis_client) == {"parked": 2}
+    assert "could not be handed over" in caplog.text
+
+
+@pytest.mark.parametrize("how", ["stream deleted", "group destroyed"])
+def test_stream_or_group_deleted_while_consume_waits_is_created_again(
+    make_engine, throwaway, how
+):
+    """A stream or group deleted during consume(..., 3.0) is recreated; the wait goes on and gets later events."""
+    throwaway.start()
+    engine = make_engine(UserEntity, CategoryEntity, redis_url=throwaway.url)
+    orm = engine.new_orm()
+    got = Recorder()
+    consumer = fluxaorm.new_dirty_stream_consumer_single(orm, STREAM, got)
+    consumer.consume(10, 0)
+    waiting = _blocking_consume(consumer, throwaway, 3.0)
+    admin = throwaway.client()
+
+    if how == "stream deleted":
+        assert admin.delete(KEY) == 1
+    else:
+        assert admin.xgroup_destroy(KEY, "default") == 1
+    _wait_until(
+        lambda: any(g["name"] == b"default" for g in admin.xinfo_groups(KEY)),
+        5,
+        "the group to be created again",
+    )
+    ids = _publish(orm, 1)
+
+    assert waiting.join(10) == 1
+    assert got.ids == ids
+    admin.close()
+
+
+# -- 11. errors that retrying cannot fix -------------------------------------------------
+
+
+def test_consumer_never_retries_a_wrong_password(make_engine, caplog):
+    """A wrong Redis password raises a permanent StreamError at once: no retry, no password in the message."""
+    caplog.set_level(logging.DEBUG, logger="fluxaorm.consumer")
+    with ThrowawayRedis(password="right-secret") as server:
+        url = f"redis://:wrong-secret@127.0.0.1:{server.port}/0"
+        engine = make_engine(UserEntity, CategoryEntity, redis_url=url)
+        consumer = fluxaorm.new_dirty_stream_consumer_single(
+            engine.new_orm(), STREAM, Recorder()
+        )
+
+        with pytest.raises(fluxaorm.StreamError) as info:
+            consumer.consume(10, 0)
+
+    assert info.value.permanent and not info.value.connection_lost
+    assert "password" in str(info.value) and "secret" not in str(info.value)
+    assert _retry_warnings(caplog) == []
+
+
+def test_run_stops_on_a_permanent_error_instead_of_looping(make_engine):
+    """run() raises a permanent StreamError (missing ACL permission) instead of retrying it forever."""
+    users = ["--user", "reader", "on", ">pw", "~*", "+@all", "-xreadgroup"]
+    with ThrowawayRedis(users) as server:
+        url = f"redis://reader:pw@127.0.0.1:{server.port}/0"
+        engine = make_engine(UserEntity, CategoryEntity, redis_url=url)
+        consumer = fluxaorm.new_dirty_stream_consumer_single(
+            engine.new_orm(), STREAM, Recorder()
+        )
+        stop = threading.Event()
+        loop = InThread(lambda: consumer.run(10, 0.2, stop, claim_every=60), stop)
+
+        with pytest.raises(fluxaorm.StreamError, match="'xreadgroup'") as info:
+            loop.join(10)
+
+    assert info.value.permanent
