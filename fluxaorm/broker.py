@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .consumer import DEAD_FIELDS
 from .errors import StreamError
-from .events import DirtyStreamEvent, MalformedEntryError, decode_entry
+from .events import DirtyStreamEvent, decode_entry
 from .outbox import backlog
 from .streams import pairs, parse_entries, text
 
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 _LAG_SCAN_LIMIT = 10_000
+# The most entries one trim reads to find where max_len cuts among handled entries.
+_TRIM_PAGE = 10_000
 
 
 @attrs.frozen
@@ -170,6 +173,10 @@ def _next_id(entry_id: str) -> tuple[int, int]:
     return ms, seq + 1
 
 
+def _format_id(entry_id: tuple[int, int]) -> str:
+    return f"{entry_id[0]}-{entry_id[1]}"
+
+
 def _fill(info: StreamInfo, length: int, oldest: float) -> float | None:
     parts = []
     if info.max_len:
@@ -179,11 +186,41 @@ def _fill(info: StreamInfo, length: int, oldest: float) -> float | None:
     return max(parts) if parts else None
 
 
-_DEAD_FIELDS = (b"error", b"deliveries", b"original_id", b"group")
-
-
 def _original_fields(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    return {k: v for k, v in fields.items() if k not in _DEAD_FIELDS}
+    return {k: v for k, v in fields.items() if k not in DEAD_FIELDS}
+
+
+def _lenient_text(value: Any) -> str:
+    """Decode a field that should be UTF-8 text, replacing what is not."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _dead_letter(
+    stream: str, ident: str, fields: dict[bytes, bytes], engine: Engine
+) -> DeadLetter:
+    """Build a DeadLetter from a ``:dead`` entry, whatever it holds (never raises)."""
+    original = _lenient_text(fields.get(b"original_id"))
+    try:
+        event: DirtyStreamEvent | None = decode_entry(
+            stream, original, fields, engine.unwirer
+        )
+    except Exception:  # never a valid event (or not one this process knows)
+        event = None
+    try:
+        deliveries = int(fields.get(b"deliveries") or 0)
+    except ValueError:
+        deliveries = 0
+    return DeadLetter(
+        message_id=ident,
+        original_id=original,
+        group=_lenient_text(fields.get(b"group")),
+        error=_lenient_text(fields.get(b"error")),
+        deliveries=deliveries,
+        event=event,
+        fields=_original_fields(fields),
+    )
 
 
 def _age(entry_id: str, now_ms: float) -> float:
@@ -344,64 +381,78 @@ class EventBroker:
         raw = self._engine.redis_pool(info.redis_pool).execute(
             "XRANGE", info.dead_key, start, "+", "COUNT", count
         )
-        letters = []
-        for ident, fields in parse_entries(raw):
-            assert fields is not None
-            original = text(fields.get(b"original_id"))
-            try:
-                event: DirtyStreamEvent | None = decode_entry(
-                    info.name, original, fields, self._engine.unwirer
-                )
-            except MalformedEntryError:
-                event = None
-            letters.append(
-                DeadLetter(
-                    message_id=ident,
-                    original_id=original,
-                    group=text(fields.get(b"group")),
-                    error=fields.get(b"error", b"").decode("utf-8", "replace"),
-                    deliveries=int(fields.get(b"deliveries", b"0") or 0),
-                    event=event,
-                    fields=_original_fields(fields),
-                )
-            )
-        return letters
+        return [
+            _dead_letter(info.name, ident, fields, self._engine)
+            for ident, fields in parse_entries(raw)
+            if fields is not None
+        ]
 
     def requeue_dead_letters(
         self, stream: str, ids: Iterable[str] | None = None
     ) -> int:
         """Put dead letters back on their stream as new entries; return how many.
 
+        A dead letter is removed only once the stream has accepted it again: the
+        XADDs go first, then an XDEL of the letters Redis took.
+
         Args:
             stream: the stream name.
             ids: dead-letter ids to requeue; ``None`` requeues all of them.
+
+        Returns:
+            How many dead letters the stream accepted (and left ``:dead``).
+
+        Raises:
+            StreamError: Redis refused some (out of memory, the stream key holds
+                another type...): those stay in ``dirty_<Name>:dead``, the others
+                were requeued; the message says how many of each.
         """
         info = self._engine.stream(stream)
         pool = self._engine.redis_pool(info.redis_pool)
         wanted = set(ids) if ids is not None else None
         moved = 0
+        refused: list[tuple[str, Exception]] = []
         start = "-"
         while True:
             raw = pool.execute("XRANGE", info.dead_key, start, "+", "COUNT", 500)
             entries = parse_entries(raw)
             if not entries:
-                return moved
+                break
             start = "(" + entries[-1][0]
             chosen = [
                 (i, f)
                 for i, f in entries
                 if f is not None and (wanted is None or i in wanted)
             ]
-            if chosen:
-                commands: list[tuple[Any, ...]] = []
-                for _, fields in chosen:
-                    flat: list[Any] = []
-                    for k, v in _original_fields(fields).items():
-                        flat += [k, v]
-                    commands.append(("XADD", info.key, "*", *flat))
-                commands.append(("XDEL", info.dead_key, *[i for i, _ in chosen]))
-                pool.pipeline(commands, "XADD")
-                moved += len(chosen)
+            if not chosen:
+                continue
+            commands: list[tuple[Any, ...]] = []
+            for _, fields in chosen:
+                flat: list[Any] = []
+                for k, v in _original_fields(fields).items():
+                    flat += [k, v]
+                commands.append(("XADD", info.key, "*", *flat))
+            accepted: list[str] = []
+            for (ident, _), reply in zip(chosen, pool.pipeline(commands, "XADD")):
+                if isinstance(reply, Exception):
+                    refused.append((ident, reply))
+                else:
+                    accepted.append(ident)
+            if accepted:
+                pool.execute("XDEL", info.dead_key, *accepted)
+                moved += len(accepted)
+        if refused:
+            ident, first = refused[0]
+            wrapped = pool.error(first, f"{info.key}: requeueing dead letter {ident}")
+            raise StreamError(
+                f"{wrapped}; {len(refused)} dead letters could not be requeued and "
+                f"stay in {info.dead_key}, {moved} were requeued",
+                pool=pool.name,
+                orig=first,
+                connection_lost=wrapped.connection_lost,
+                permanent=wrapped.permanent,
+            )
+        return moved
 
     def purge_dead_letters(self, stream: str, ids: Iterable[str] | None = None) -> int:
         """Delete dead letters for good; return how many were deleted.
@@ -443,6 +494,14 @@ class EventBroker:
         return removed
 
     def _trim(self, info: StreamInfo) -> int:
+        """Apply one stream's retention at a cost that does not grow with its backlog.
+
+        Where every group stands comes from XINFO GROUPS (last delivered id) and
+        one XPENDING summary per group (smallest pending id); the age limit is an
+        id. Only ``max_len`` needs entries read, and only handled ones below
+        that floor, at most ``_TRIM_PAGE``: never the backlog a lagging group
+        has not read.
+        """
         pool = self._engine.redis_pool(info.redis_pool)
         key = info.key
         now_reply, length_reply, groups_reply = pool.pipeline(
@@ -454,36 +513,64 @@ class EventBroker:
         now_reply = _checked(now_reply, key, "TIME")
         groups_reply = _checked(groups_reply, key, "XINFO GROUPS", missing_ok=True)
         now_ms = int(now_reply[0]) * 1000 + int(now_reply[1]) // 1000
-        # The retention threshold: entries with a smaller id are past the limits.
-        threshold = (0, 0)
+        over = length - info.max_len if info.max_len is not None else 0
+        by_age = (0, 0)
         if info.max_age is not None:
-            threshold = max(threshold, (now_ms - int(info.max_age * 1000), 0))
-        if info.max_len is not None and length > info.max_len:
-            excess = pool.execute(
-                "XRANGE", key, "-", "+", "COUNT", length - info.max_len
-            )
-            if excess:
-                threshold = max(threshold, _next_id(text(excess[-1][0])))
-        if threshold == (0, 0):
+            by_age = (now_ms - int(info.max_age * 1000), 0)
+        if over <= 0 and by_age <= (0, 0):
             return 0
-        if not info.drop_unhandled:
-            groups = [pairs(g) for g in groups_reply or ()]
-            if not groups:
-                return 0
-            pending_replies = pool.pipeline(
-                [("XPENDING", key, text(g.get("name"))) for g in groups], "XPENDING"
+        if info.drop_unhandled:
+            commands: list[tuple[Any, ...]] = []
+            if by_age > (0, 0):
+                commands.append(("XTRIM", key, "MINID", _format_id(by_age)))
+            if over > 0:
+                commands.append(("XTRIM", key, "MAXLEN", "=", info.max_len))
+            replies = pool.pipeline(commands, "XTRIM")
+            return sum(int(_checked(r, key, "XTRIM")) for r in replies)
+        floor = self._handled_floor(pool, key, groups_reply)
+        if floor is None:
+            return 0
+        # Entries past retention are older than max_age or among the `over`
+        # oldest; only those below the floor (handled by every group) may go.
+        threshold = min(by_age, floor)
+        if over > 0:
+            below = pool.execute(
+                "XRANGE",
+                key,
+                "-",
+                "(" + _format_id(floor),
+                "COUNT",
+                min(over, _TRIM_PAGE),
             )
-            for group, pending in zip(groups, pending_replies):
-                floor = _next_id(text(group.get("last-delivered-id")) or "0-0")
-                pending = _checked(pending, key, "XPENDING", missing_ok=True)
-                if pending and pending[1]:
-                    floor = min(floor, _parse_id(text(pending[1])))
-                threshold = min(threshold, floor)
+            if below:
+                threshold = max(threshold, _next_id(text(below[-1][0])))
         if threshold <= (0, 0):
             return 0
-        return int(
-            pool.execute("XTRIM", key, "MINID", f"{threshold[0]}-{threshold[1]}")
+        return int(pool.execute("XTRIM", key, "MINID", _format_id(threshold)))
+
+    @staticmethod
+    def _handled_floor(
+        pool: Any, key: str, groups_reply: Any
+    ) -> tuple[int, int] | None:
+        """The smallest id some group has not handled; None when no group reads.
+
+        For each group: the entry after its last delivered id, or its oldest
+        pending entry if smaller (one pipelined XPENDING summary per group).
+        """
+        groups = [pairs(g) for g in groups_reply or ()]
+        if not groups:
+            return None
+        replies = pool.pipeline(
+            [("XPENDING", key, text(g.get("name"))) for g in groups], "XPENDING"
         )
+        floor: tuple[int, int] | None = None
+        for group, pending in zip(groups, replies):
+            own = _next_id(text(group.get("last-delivered-id")) or "0-0")
+            pending = _checked(pending, key, "XPENDING", missing_ok=True)
+            if pending and pending[1]:
+                own = min(own, _parse_id(text(pending[1])))
+            floor = own if floor is None else min(floor, own)
+        return floor
 
     @staticmethod
     def _lag(pool: Any, key: str, last: str, length: int, pending: int) -> int:

@@ -13,7 +13,9 @@ import pytest
 import redis
 
 import fluxaorm
+from fluxaorm.testing import count_round_trips
 from tests.conftest import MYSQL_URL, REDIS_URL
+from tests.servers import ThrowawayRedis
 
 
 @dataclass
@@ -189,3 +191,152 @@ def test_dead_letters_can_be_listed_requeued_and_purged(
     assert broker.purge_dead_letters("Retained", [first.message_id]) == 1
     assert broker.purge_dead_letters("Retained") == 1
     assert redis_client.exists("dirty_Retained:dead") == 0
+
+
+# -- dead letters that must not be lost, retention that must not read the backlog --------
+
+
+def _dead_letters(client: redis.Redis, n: int) -> list[str]:
+    """Add ``n`` dead letters of genuine-looking events; return their ids."""
+    ids = []
+    for i in range(n):
+        ids.append(
+            client.xadd(
+                "dirty_Retained:dead",
+                {
+                    "action": "add",
+                    "entity": "tests.test_retention.RetainedEntity",
+                    "id": str(i + 1),
+                    "s": b"\x82\xa2id\x01\xa4name\xa1x",
+                    "error": "boom",
+                    "deliveries": "3",
+                    "original_id": f"1-{i}",
+                    "group": "default",
+                },
+            ).decode()
+        )
+    return ids
+
+
+def _starve(client: redis.Redis) -> None:
+    """Push a throwaway Redis (noeviction) into OOM: it refuses every XADD."""
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", used - 262_144)
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        client.xadd("probe", {"a": "b"})
+
+
+def _engine_on(redis_url: str, **retention: Any) -> fluxaorm.Engine:
+    registry = fluxaorm.Registry()
+    registry.register_mysql(MYSQL_URL)
+    registry.register_redis(redis_url)
+    registry.register_entity(RetainedEntity)
+    if retention:
+        registry.set_stream_retention("Retained", **retention)
+    return registry.validate()
+
+
+def test_requeue_under_oom_keeps_every_dead_letter(make_engine: Any) -> None:
+    """Redis out of memory: requeue_dead_letters raises, adds nothing and keeps all 5 dead letters."""
+    with ThrowawayRedis(["--maxmemory-policy", "noeviction"]) as server:
+        client = server.client()
+        letters = _dead_letters(client, 5)
+        engine = _engine_on(server.url)
+        _starve(client)
+
+        with pytest.raises(fluxaorm.StreamError, match="5 dead letters could not"):
+            engine.get_event_broker().requeue_dead_letters("Retained")
+
+        assert [i.decode() for i, _ in client.xrange("dirty_Retained:dead")] == letters
+        assert client.xlen("dirty_Retained") == 0
+        client.config_set("maxmemory", 0)
+        assert engine.get_event_broker().requeue_dead_letters("Retained") == 5
+        assert client.xlen("dirty_Retained:dead") == 0
+        assert client.xlen("dirty_Retained") == 5
+        engine.close()
+        client.close()
+
+
+def test_requeue_onto_a_key_of_another_type_keeps_the_dead_letters(
+    make_engine: Any, redis_client: redis.Redis
+) -> None:
+    """WRONGTYPE on the stream key: nothing requeued, nothing deleted, the error says so."""
+    engine = make_engine(RetainedEntity, sync=False)
+    letters = _dead_letters(redis_client, 3)
+    redis_client.set("dirty_Retained", "not a stream")
+
+    with pytest.raises(fluxaorm.StreamError, match="WRONGTYPE") as info:
+        engine.get_event_broker().requeue_dead_letters("Retained")
+
+    assert "0 were requeued" in str(info.value)
+    assert [
+        i.decode() for i, _ in redis_client.xrange("dirty_Retained:dead")
+    ] == letters
+
+
+def test_dead_letters_with_odd_fields_are_listed_never_raise(
+    make_engine: Any, redis_client: redis.Redis
+) -> None:
+    """get_dead_letters lists entries with a 5,000-digit id, non-UTF-8 text or a bad count without raising."""
+    engine = make_engine(RetainedEntity, sync=False)
+    odd = [
+        {"action": "add", "entity": "x", "id": "7" * 5000, "s": b"\x80", "error": "e"},
+        {"original_id": b"\xff\xfe", "group": b"\xff", "error": b"\xff", "a": "b"},
+        {"deliveries": "many", "error": "e"},
+        {"deliveries": "9" * 5000, "error": "e"},
+    ]
+    for fields in odd:
+        redis_client.xadd("dirty_Retained:dead", fields)
+
+    letters = engine.get_event_broker().get_dead_letters("Retained")
+
+    assert len(letters) == len(odd)
+    assert all(letter.event is None for letter in letters)
+    assert [letter.deliveries for letter in letters] == [0, 0, 0, 0]
+    assert letters[1].original_id == "\ufffd\ufffd"
+
+
+def test_trimming_a_lagging_group_never_reads_its_backlog(make_engine: Any) -> None:
+    """max_len trim with 20,000 unread entries reads none of them: its replies stay a few hundred bytes."""
+    with ThrowawayRedis() as server:
+        client = server.client()
+        pipe = client.pipeline(transaction=False)
+        for i in range(20_000):
+            pipe.xadd("dirty_Retained", {"action": "add", "pad": "x" * 100, "n": i})
+        pipe.execute()
+        client.xgroup_create("dirty_Retained", "default", "0")
+        read = client.xreadgroup("default", "c", {"dirty_Retained": ">"}, count=10)
+        client.xack("dirty_Retained", "default", *[i for i, _ in read[0][1]])
+        engine = _engine_on(server.url, max_len=100)
+        broker = engine.get_event_broker()
+        before = int(client.info("stats")["total_net_output_bytes"])
+
+        with count_round_trips(engine) as trips:
+            removed = broker.trim_streams("Retained")
+
+        sent = int(client.info("stats")["total_net_output_bytes"]) - before
+        assert removed == {"dirty_Retained": 10}  # the handled ones, not the backlog
+        assert client.xlen("dirty_Retained") == 19_990
+        assert sent < 5_000, f"{sent} bytes of replies for one trim"
+        assert trips.count <= 4
+        engine.close()
+        client.close()
+
+
+def test_trim_by_max_len_still_removes_exactly_the_handled_excess(
+    make_engine: Any, redis_client: redis.Redis
+) -> None:
+    """With every entry handled and kept, max_len removes exactly the oldest excess entries."""
+    engine = engine_with(make_engine, max_len=10)
+    insert(engine, 25)
+    orm = engine.new_orm()
+    consumer = fluxaorm.new_dirty_stream_consumer_single(
+        orm, "Retained", lambda events: None, delete_acknowledged=False
+    )
+    assert consumer.consume(100, 0) == 25
+    newest = [i for i, _ in redis_client.xrange("dirty_Retained")][-10:]
+
+    assert engine.get_event_broker().trim_streams("Retained") == {"dirty_Retained": 15}
+
+    assert [i for i, _ in redis_client.xrange("dirty_Retained")] == newest
+    engine.close()
