@@ -165,6 +165,10 @@ class DirtyStreamConsumer:
         the stream in one round trip. When it raises, those events stay pending
         (a single consumer gets them again on its next ``consume``; others are
         reclaimed with :meth:`auto_claim`) and the exception reaches the caller.
+        An entry that is not a valid event never reaches the handler: it is
+        moved to ``dirty_<Name>:dead`` with the reason in ``error`` and
+        acknowledged, and the valid events of its batch are handled as usual. A
+        stream or group deleted meanwhile (even during the wait) is created again.
 
         Args:
             count: the most events per handler call (and per read).
@@ -176,7 +180,11 @@ class DirtyStreamConsumer:
             How many events were handed to the handler.
 
         Raises:
-            StreamError: Redis stayed unreachable for the retry window.
+            StreamError: Redis stayed unreachable for the retry window; an error
+                retrying cannot fix (``permanent``: bad credentials, a missing
+                ACL permission), at once; or Redis refused a move to
+                ``dirty_<Name>:dead`` (raised once the batch's valid events were
+                handled; the entry stays pending and moves on a later delivery).
             Exception: whatever the handler raised.
         """
         count = self._count(count)
@@ -726,9 +734,14 @@ def new_dirty_stream_consumer_many(
         stream: the stream name (``AllChanges`` or ``dirty_AllChanges``).
         handler: called with a list of events.
         group: the consumer group (all consumers share ``"default"``).
-        name: the consumer name (default: host, pid and a random suffix).
+        name: the consumer name (default: host, pid and a random suffix);
+            ``"single"`` and ``"parked"`` are reserved.
         max_deliveries: see :func:`new_dirty_stream_consumer_single`.
         delete_acknowledged: see :func:`new_dirty_stream_consumer_single`.
+
+    Raises:
+        ConfigurationError: no entity declares the stream, or ``name`` is empty
+            or reserved.
     """
     return DirtyStreamConsumer(
         orm,
