@@ -311,7 +311,9 @@ class DirtyStreamConsumer:
         ``min_idle`` seconds, and every ``relay_every`` seconds relays the outbox
         (``engine.relay_outbox()``); every ``trim_every`` seconds it applies the
         stream's retention, if it has one. A handler error or a Redis/MySQL outage is
-        logged and retried with backoff; the batch in hand is always finished.
+        logged and retried with backoff; the batch in hand is always finished. A
+        failing relay or trim (another pool down, say) is logged and backed off
+        (up to 30 s) without stopping the consuming.
         On the way out the consumer cleans up.
 
         Returns:
@@ -327,20 +329,23 @@ class DirtyStreamConsumer:
         handed = 0
         failures = 0
         next_claim = 0.0
-        next_relay = 0.0
-        next_trim = 0.0
+        relay = _Chore("relaying the outbox", relay_every, self._engine.relay_outbox)
+        trim = _Chore(
+            "applying the stream's retention",
+            trim_every,
+            lambda: self._engine.get_event_broker().trim_streams(self._stream),
+        )
         retention = self._info.max_len is not None or self._info.max_age is not None
         with _stop_on_signals(stop):
             try:
                 while not stop.is_set():
                     now = time.monotonic()
+                    # Chores never stop consuming: another pool's outage (or its
+                    # misconfiguration) delays only its own entries.
+                    relay.run(self, now)
+                    if retention:
+                        trim.run(self, now)
                     try:
-                        if now >= next_relay:
-                            next_relay = now + relay_every
-                            self._engine.relay_outbox()
-                        if retention and now >= next_trim:
-                            next_trim = now + trim_every
-                            self._engine.get_event_broker().trim_streams(self._stream)
                         if now >= next_claim:
                             next_claim = now + claim_every
                             handed += self.auto_claim(count, min_idle)
@@ -651,6 +656,37 @@ class DirtyStreamConsumer:
         )
         _log.error("%s", error)
         return error
+
+
+class _Chore:
+    """A periodic side job of ``run()`` whose failures are logged and backed off."""
+
+    __slots__ = ("due", "every", "failures", "job", "what")
+
+    def __init__(self, what: str, every: float, job: Callable[[], Any]):
+        self.what = what
+        self.every = every
+        self.job = job
+        self.due = 0.0
+        self.failures = 0
+
+    def run(self, owner: DirtyStreamConsumer, now: float) -> None:
+        if now < self.due:
+            return
+        try:
+            self.job()
+        except (StreamError, DatabaseError) as exc:
+            self.failures += 1
+            level = (
+                logging.ERROR if getattr(exc, "permanent", False) else logging.WARNING
+            )
+            _log.log(
+                level, "%r: %s failed: %s; consuming goes on", owner, self.what, exc
+            )
+            self.due = now + min(30.0, self.every * 2**self.failures)
+            return
+        self.failures = 0
+        self.due = now + self.every
 
 
 @contextmanager

@@ -286,7 +286,7 @@ def test_outbox_statistics_count_rows_entries_and_age(make_engine, mysql_conn):
     assert 0 <= stats.oldest_seconds < 5
     cursor = mysql_conn.cursor()
     cursor.execute(
-        "UPDATE `_fluxaorm_outbox` SET `created_at` = NOW(6) - INTERVAL 90 SECOND "
+        "UPDATE `_fluxaorm_outbox` SET `created_at` = UTC_TIMESTAMP(6) - INTERVAL 90 SECOND "
         "ORDER BY `id` LIMIT 1"
     )
     (stats,) = broker.get_outbox_statistics()

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -1410,3 +1411,52 @@ def test_run_stops_on_a_permanent_error_instead_of_looping(make_engine):
             loop.join(10)
 
     assert info.value.permanent
+
+
+@fluxaorm.entity(table="elsewhere_rows", redis_pool="elsewhere")
+@dataclass
+class ElsewhereRow:
+    id: int = field(default=0, metadata={"orm": "dirty=Elsewhere"})
+    note: str = ""
+
+
+def test_run_keeps_consuming_while_the_relay_fails_for_another_pool(
+    clean: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A relay failing for another Redis pool (down, or refusing a wrong password)
+    is logged and backed off; run() goes on consuming its own stream."""
+    from tests.conftest import MYSQL_URL, REDIS_URL
+
+    caplog.set_level(logging.WARNING)
+    registry = fluxaorm.Registry(outbox_relay_delay=0)
+    registry.register_mysql(MYSQL_URL)
+    registry.register_redis(REDIS_URL)
+    registry.register_redis("redis://127.0.0.1:1/0", pool="elsewhere")
+    registry.register_entity(UserEntity, CategoryEntity, ElsewhereRow)
+    engine = registry.validate()
+    engine.sync_schema()
+    orm = engine.new_orm()
+    orm.new_entity(ElsewhereRow, note="waits in the outbox")
+    orm.flush()  # its Redis is down: the row stays for the relay
+    recorder = Recorder()
+    consumer = fluxaorm.new_dirty_stream_consumer_single(
+        engine.new_orm(), STREAM, recorder
+    )
+    stop = threading.Event()
+    loop = InThread(lambda: consumer.run(10, 0.1, stop, relay_every=0.05), stop)
+    writer = engine.new_orm()
+    for n in range(3):
+        writer.new_entity(UserEntity, name=f"u{n}", email=f"u{n}@example.com")
+        writer.flush()
+    deadline = time.monotonic() + 10
+    while len(recorder.events) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    loop.join(10)
+    assert [e.bind["name"] for e in recorder.events] == ["u0", "u1", "u2"]
+    relay_logs = [
+        r for r in caplog.records if "relaying the outbox failed" in r.getMessage()
+    ]
+    assert relay_logs, "the failing relay is logged"
+    assert len(relay_logs) < 40  # backed off, not retried every 50 ms
+    engine.close()
