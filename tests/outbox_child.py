@@ -32,7 +32,7 @@ def die_after_commit(mysql_url: str, redis_url: str, count: int) -> None:
     """Flush ``count`` users; the process dies between COMMIT and the publish."""
     engine = _engine(mysql_url, redis_url, 5.0)
 
-    def killed(*args: Any) -> Any:
+    def killed(*args: Any, **kwargs: Any) -> Any:
         os.kill(os.getpid(), signal.SIGKILL)
 
     fluxaorm.flush.publish = killed  # type: ignore[assignment]
