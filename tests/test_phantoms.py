@@ -495,6 +495,9 @@ def test_versioned_stale_object_of_a_deleted_and_reinserted_row_raises_stale(
 
 # -- the property: random sequences from several ORMs ------------------------------
 
+# Deterministic for CI (derandomize: the same sequences every run) and bounded:
+# no shrink phase, since shrinking 40-step runs against live servers can outlast
+# the 300 s test timeout; the failing sequence is printed unshrunk.
 MACHINE_SETTINGS = settings(
     max_examples=60,
     stateful_step_count=40,
@@ -768,6 +771,8 @@ def test_processes_racing_on_twelve_rows_stream_exactly_what_mysql_did(
         f"\n[phantoms] {PROCESSES} processes, {kind}: {dict(outcomes)} "
         f"events={len(found)} journal={len(changes)} {result.counts()}"
     )
+    # Out of place is reported, not asserted: SPEC §7 lets two processes' commits
+    # of one row reach the stream in either order.
     assert (len(result.phantom), len(result.lost)) == (0, 0), result.describe()
     eids = Counter(e.event_id for e in found)
     assert len(eids) == len(changes)
