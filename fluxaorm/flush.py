@@ -403,6 +403,9 @@ class _Statements:
         deletes only those that exist. With a version field it is stale.
         """
         vi = schema.version_index
+        # Rows in id order: concurrent flushes lock them in one order, which
+        # keeps deadlocks between them rare.
+        rows = sorted(rows, key=_row_id)
         if self.careful and vi is None:
             rows = self.existing(schema, rows, fake)
             if not rows:
@@ -504,6 +507,7 @@ class _Statements:
         table = schema.quoted_table
         vi = schema.version_index
         vq = schema.columns[vi].quoted if vi is not None else ""
+        rows = sorted(rows, key=_update_id)  # one lock order, as for deletes
         matched = 0
         if len(rows) == 1:
             row = rows[0]
@@ -645,6 +649,14 @@ class _Statements:
             f"SELECT `id` FROM {table} WHERE `id` >= {first} ORDER BY `id` LIMIT {count}"
         )
         return [int(r[0]) for r in rows]
+
+
+def _row_id(row: _Delete) -> int:
+    return row[2]
+
+
+def _update_id(row: _Update) -> int:
+    return row.id
 
 
 class _ShortCountError(Exception):

@@ -64,14 +64,18 @@ class ORM:
     def __init__(self, engine: Engine):
         self._engine = engine
         self._pending = _flush.Pending()
-        # id(loaded entity) -> its tracked copy and row, while the copy is
-        # pending: editing the same object twice yields one copy.
-        self._copies: dict[int, tuple[Any, _flush.RowKey]] = {}
+        # id(object) -> (that object, its tracked copy, row) while the copy is
+        # pending: editing the same object twice yields one copy. The object is
+        # held so that its id() cannot be reused by another one meanwhile.
+        self._copies: dict[int, tuple[Any, Any, _flush.RowKey]] = {}
         # id(entity) -> (weak or strong reference, schema, values as loaded or
         # last flushed): flush() refuses changes made without edit_entity().
         self._loaded: dict[
             int, tuple[Callable[[], Any], EntitySchema, tuple[Any, ...]]
         ] = {}
+        # id(tracked copy) -> (reference, values when edited): what a delete of the
+        # copy streams, even after clear_flush() dropped its edit.
+        self._edited_from: dict[int, tuple[Callable[[], Any], tuple[Any, ...]]] = {}
         self._sweep_at = _SWEEP_EVERY
         self._guard = threading.RLock()
 
@@ -83,17 +87,10 @@ class ORM:
         self, schema: EntitySchema, entity: Any, values: tuple[Any, ...]
     ) -> None:
         """Remember an entity's values, to catch changes made without edit_entity()."""
-        try:
-            ref: Callable[[], Any] = weakref.ref(entity)
-        except TypeError:
-            # No __weakref__ slot: hold it until the next flush or clear_flush().
-            ref = _Strong(entity)
         loaded = self._loaded
-        loaded[id(entity)] = (ref, schema, values)
+        loaded[id(entity)] = (_reference(entity), schema, values)
         if len(loaded) >= self._sweep_at:
-            for key in [k for k, v in loaded.items() if v[0]() is None]:
-                del loaded[key]
-            self._sweep_at = len(loaded) + _SWEEP_EVERY
+            self._sweep()
 
     def _loaded_changes(self) -> None:
         """Raise for a tracked entity changed in place instead of through edit_entity()."""
@@ -209,8 +206,8 @@ class ORM:
         if key in pending.inserts:
             return entity
         known = self._copies.get(key)
-        if known is not None:
-            tracked_before: E = known[0]
+        if known is not None and known[0] is entity:
+            tracked_before: E = known[1]
             return tracked_before
         ident = _flush._saved_id(schema, entity, "edit")
         row = (schema, ident)
@@ -226,8 +223,9 @@ class ORM:
         tracked = copy.copy(entity)
         snapshot = self._loaded_values(schema, entity)
         pending.updates.setdefault(row, []).append((tracked, snapshot))
-        self._copies[key] = (tracked, row)
-        self._copies[id(tracked)] = (tracked, row)
+        self._copies[key] = (entity, tracked, row)
+        self._edited_from[id(tracked)] = (_reference(tracked), snapshot)
+        self._copies[id(tracked)] = (tracked, tracked, row)
         return tracked
 
     @_exclusive
@@ -258,7 +256,7 @@ class ORM:
                 values = snapshot
         if values is None:
             values = self._loaded_values(schema, entity)
-        self._copies = {k: v for k, v in self._copies.items() if v[1] != row}
+        self._copies = {k: v for k, v in self._copies.items() if v[2] != row}
         pending.deletes[row] = (schema, entity, values)
         if force:
             pending.forced.add(row)
@@ -270,6 +268,9 @@ class ORM:
         known = self._loaded.get(id(entity))
         if known is not None and known[0]() is entity:
             return known[2]
+        edited = self._edited_from.get(id(entity))
+        if edited is not None and edited[0]() is entity:
+            return edited[1]
         return schema.get_values(entity)
 
     def _schema_of(self, entity: Any, what: str) -> EntitySchema:
@@ -343,14 +344,14 @@ class ORM:
                     self._loaded.pop(id(entity), None)
             if self._copies:
                 self._copies = {
-                    k: v for k, v in self._copies.items() if v[1] in pending.updates
+                    k: v for k, v in self._copies.items() if v[2] in pending.updates
                 }
             self._drop_strong()
 
     def _drop_strong(self) -> None:
-        strong = [k for k, v in self._loaded.items() if type(v[0]) is _Strong]
-        for key in strong:
-            del self._loaded[key]
+        for table in (self._loaded, self._edited_from):
+            for key in [k for k, v in table.items() if type(v[0]) is _Strong]:
+                del table[key]
 
     @_exclusive
     def clear_flush(self) -> None:
@@ -498,10 +499,15 @@ class ORM:
                 self._track(schema, entity, values(entity))
             out.append(entity)
         if len(loaded) >= self._sweep_at:
-            for key in [k for k, v in loaded.items() if v[0]() is None]:
-                del loaded[key]
-            self._sweep_at = len(loaded) + _SWEEP_EVERY
+            self._sweep()
         return out
+
+    def _sweep(self) -> None:
+        """Forget the entries of collected entities."""
+        for table in (self._loaded, self._edited_from):
+            for key in [k for k, v in table.items() if v[0]() is None]:
+                del table[key]
+        self._sweep_at = len(self._loaded) + len(self._edited_from) + _SWEEP_EVERY
 
     @_exclusive
     def search_one(
@@ -593,6 +599,15 @@ class ORM:
     def get_event_broker(self) -> EventBroker:
         """Return the broker that reports stream statistics (SPEC §6)."""
         return self._engine.get_event_broker()
+
+
+def _reference(entity: Any) -> Callable[[], Any]:
+    """A weak reference to ``entity``, or a strong one when it has no weakref slot."""
+    try:
+        return weakref.ref(entity)
+    except TypeError:
+        # No __weakref__ slot: held until the next flush or clear_flush().
+        return _Strong(entity)
 
 
 class _Strong:

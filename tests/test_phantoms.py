@@ -468,11 +468,18 @@ def test_versioned_update_or_delete_after_another_flush_raises_stale(
 def test_versioned_stale_object_of_a_deleted_and_reinserted_row_raises_stale(
     make_engine, mysql_conn, redis_client
 ):
-    """An object loaded before its row was deleted and inserted again (same id,
-    version 1 again) is stale: updating or deleting it raises StaleEntityError."""
+    """An object loaded (at version 2) before its row was deleted and inserted again
+    under the same id (version 1 again) is stale: updating or deleting it raises
+    StaleEntityError. (A row reborn under its id restarts at version 1, so an object
+    loaded at version 1 of its previous life cannot be told apart: a documented
+    limit of optimistic locking.)"""
     engine = setup(make_engine, mysql_conn, Versioned, 1)
+    first = engine.new_orm()
+    first.edit_entity(first.get_by_id(Versioned, 1)).tag = "v2"
+    first.flush()
     orm = engine.new_orm()
     stale = orm.get_by_id(Versioned, 1)
+    assert stale.version == 2
     other = engine.new_orm()
     other.delete_entity(other.get_by_id(Versioned, 1))
     other.flush()

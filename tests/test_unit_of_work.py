@@ -549,3 +549,40 @@ def test_push_dirty_says_how_much_was_published_when_a_stream_refuses(
     ):
         orm.push_dirty(*rows)
     assert redis_client.xlen("dirty_PushA") == 3
+
+
+def test_temporary_objects_of_one_row_are_never_mistaken_for_each_other(
+    make_engine: EngineFactory,
+) -> None:
+    """Editing objects that the caller drops at once (``edit_entity(get_by_id(...))``)
+    never hands back another object's copy when CPython reuses their id()."""
+    engine = make_engine(Note)
+    orm = engine.new_orm()
+    orm.new_entity(Note, title="a")
+    orm.flush()
+    for _ in range(30):
+        orm.edit_entity(orm.get_by_id(Note, 1)).title = "one"
+        orm.edit_entity(orm.get_by_id(Note, 1)).title = "two"
+        with pytest.raises(fluxaorm.ValidationError, match="different values"):
+            orm.flush()
+        orm.clear_flush()
+
+
+def test_delete_of_a_copy_after_clear_flush_streams_the_values_it_was_edited_from(
+    make_engine: EngineFactory, redis_client: redis.Redis
+) -> None:
+    """clear_flush() drops a copy's edit; deleting that copy later streams the
+    values as loaded, never the dropped edit MySQL never had."""
+    engine = make_engine(Note)
+    orm = engine.new_orm()
+    orm.new_entity(Note, title="a", body="b")
+    orm.flush()
+    redis_client.delete("dirty_Notes")
+    copy = orm.edit_entity(orm.get_by_id(Note, 1))
+    copy.title = "dropped"
+    orm.clear_flush()
+    orm.delete_entity(copy)
+    orm.flush()
+    assert _ops(engine, redis_client, "Notes") == [
+        ("delete", 1, {"id": 1, "title": "a", "body": "b"})
+    ]
