@@ -339,6 +339,7 @@ class ORM:
             for row, tracked in updates:
                 if row not in pending.updates:
                     self._track(row[0], tracked, row[0].get_values(tracked))
+                    self._edited_from.pop(id(tracked), None)
             for row, entity in deletes:
                 if row not in pending.deletes:
                     self._loaded.pop(id(entity), None)
@@ -355,10 +356,14 @@ class ORM:
 
     @_exclusive
     def clear_flush(self) -> None:
-        """Forget every pending change (and stop checking loaded entities)."""
+        """Forget every pending change.
+
+        Entities loaded or flushed before stay known: changing one of them without
+        :meth:`edit_entity` is still refused at the next flush, and deleting one
+        still streams its values as loaded.
+        """
         self._pending.clear()
         self._copies.clear()
-        self._loaded.clear()
 
     @_exclusive
     def push_dirty(self, *entities: Any) -> int:

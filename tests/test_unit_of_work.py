@@ -586,3 +586,28 @@ def test_delete_of_a_copy_after_clear_flush_streams_the_values_it_was_edited_fro
     assert _ops(engine, redis_client, "Notes") == [
         ("delete", 1, {"id": 1, "title": "a", "body": "b"})
     ]
+
+
+def test_delete_after_clear_flush_streams_the_values_last_flushed(
+    make_engine: EngineFactory, redis_client: redis.Redis
+) -> None:
+    """A copy flushed (version 2), then a failed flush cleared with clear_flush(),
+    then the copy deleted: the Delete carries the flushed values (version 3 = 2 + 1),
+    not those it was edited from."""
+    engine = make_engine(Doc)
+    orm = engine.new_orm()
+    orm.new_entity(Doc, title="a")
+    orm.flush()
+    copy = orm.edit_entity(orm.get_by_id(Doc, 1))
+    copy.title = "b"
+    orm.flush()
+    orm.new_entity(Doc, id=1, title="clash")
+    with pytest.raises(fluxaorm.DuplicateKeyError):
+        orm.flush()
+    orm.clear_flush()
+    redis_client.delete("dirty_Docs")
+    orm.delete_entity(copy)
+    orm.flush()
+    assert _ops(engine, redis_client, "Docs") == [
+        ("delete", 1, {"id": 1, "title": "b", "version": 3})
+    ]
