@@ -19,10 +19,10 @@ and kept as ``.orig``; nothing else raises them.
 from __future__ import annotations
 
 __all__ = [
+    "ConcurrentUseError",
     "ConfigurationError",
     "DatabaseError",
     "DuplicateKeyError",
-    "ConcurrentUseError",
     "FluxaORMError",
     "SchemaError",
     "StaleEntityError",

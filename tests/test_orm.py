@@ -373,8 +373,11 @@ def test_changes_to_the_original_after_edit_entity_are_refused_not_lost(
     edited = orm.edit_entity(loaded)
     loaded.name = "Changed on the original"
     edited.email = "copy@example.com"
-    with count_queries(engine) as log, pytest.raises(
-        fluxaorm.ValidationError, match=r"UserEntity\.name: .*edit_entity"
+    with (
+        count_queries(engine) as log,
+        pytest.raises(
+            fluxaorm.ValidationError, match=r"UserEntity\.name: .*edit_entity"
+        ),
     ):
         orm.flush()
     assert log.count == 0
