@@ -107,17 +107,27 @@ def write(
 ) -> Counter[str]:
     """Run ``flushes`` random flushes of updates, deletes and explicit-id inserts.
 
-    Each flush loads one to three of the rows ``1..rows`` in a fresh ORM and, per
-    row, re-inserts it when it is missing, deletes it (one time in four) or edits
+    Each flush loads one to three of the rows ``1..rows`` (versioned: of the rows
+    that exist, topped up with new ids) in a fresh ORM and, per row, inserts it
+    when it is missing, deletes it (one time in four) or edits
     it. Every written ``note`` is unique (``label`` and a serial number), so each
     update and insert event names the one journal row it stands for. A flush that
     fails is counted by its error and cleared.
     """
     counts: Counter[str] = Counter()
     serial = 0
+    # A versioned row re-inserted under its old id restarts at version 1, which
+    # optimistic locking cannot tell from its previous life (a documented limit):
+    # versioned rows are re-born under new ids, so every racing update is checked.
+    reborn = cls is Versioned
+    fresh = 1_000_000 * (1 + sum(map(ord, label)))
     for _ in range(flushes):
         orm = engine.new_orm()
-        ids = rng.sample(range(1, rows + 1), rng.randint(1, 3))
+        pool = orm.search_ids(cls) if reborn else []
+        while reborn and len(pool) < rows:
+            fresh += 1  # never an id used before
+            pool.append(fresh)
+        ids = rng.sample(pool if reborn else range(1, rows + 1), rng.randint(1, 3))
         for ident, entity in zip(ids, orm.get_by_ids(cls, ids)):
             serial += 1
             note = f"{label}-{serial}"
