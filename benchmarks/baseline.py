@@ -2,27 +2,32 @@
 
 What a competent user writes without an ORM, one flush per batch: a multi-row
 INSERT (ids from ``lastrowid``), one ``UPDATE ... CASE`` or ``DELETE ... IN``, then
-COMMIT and one redis-py pipeline of XADDs in fluxaorm's entry layout; consuming is
-XREADGROUP, then XACK + XDEL in one pipeline. Run by ``harness.py``.
+COMMIT and one redis-py pipeline of XADDs in fluxaorm's entry layout. The
+consumer (:class:`PipelinedConsumer`) sends the batch's XACK and XDEL with the
+next XREADGROUP in one pipeline: one round trip per batch. Run by ``harness.py``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from decimal import Decimal
+from typing import Any, NamedTuple
 
+import msgpack
 import redis
 
 from . import wire
 from .counting import WireCounter
 from .workload import ALL_STREAM, Config, Counts, Event, Values, chunks, updated_email
 
-__all__ = ["Baseline"]
+__all__ = ["Baseline", "PipelinedConsumer", "Received"]
 
 _COLUMNS = "`id`,`name`,`email`,`age`,`balance`,`created_at`,`active`"
 _GROUP = "default"
 _CONSUMER = "baseline"
+_ALL = ALL_STREAM.encode()
 
 
 class Baseline:
@@ -31,7 +36,6 @@ class Baseline:
     key = "baseline"
     label = "baseline (pymysql + redis-py)"
     table = "bench_base"
-    consumes = True
 
     def __init__(self, config: Config):
         self._counter = WireCounter()
@@ -137,38 +141,6 @@ class Baseline:
                 ]
             )
 
-    def consume(self, count: int, batch: int) -> list[Any]:
-        """XREADGROUP ``batch`` entries, decode, handle, then XACK + XDEL in one pipeline."""
-        received: list[wire.StreamEvent] = []
-        handle: Callable[[list[wire.StreamEvent]], None] = received.extend
-        try:
-            self._redis.xgroup_create(ALL_STREAM, _GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        total = 0
-        while total < count:
-            reply: Any = self._redis.xreadgroup(
-                _GROUP, _CONSUMER, {ALL_STREAM: ">"}, count=batch
-            )
-            if not reply:
-                raise RuntimeError(
-                    f"{ALL_STREAM} ran dry after {total} of {count} events"
-                )
-            entries = reply[0][1]
-            handle([wire.decode(ident, fields) for ident, fields in entries])
-            done = [ident for ident, _ in entries]
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.xack(ALL_STREAM, _GROUP, *done)
-            pipe.xdel(ALL_STREAM, *done)
-            pipe.execute()
-            total += len(entries)
-        return received
-
-    def events(self, consumed: list[Any]) -> list[Event]:
-        """Return the consumed events for the checks."""
-        return [Event(e.action, e.id, e.bind) for e in consumed]
-
     def counting(self) -> AbstractContextManager[list[Counts]]:
         """Count statements and round trips at the wire (``counting.py``)."""
         return self._counter.measure()
@@ -176,4 +148,86 @@ class Baseline:
     def close(self) -> None:
         """Close the MySQL and Redis connections."""
         self._db.close()
+        self._redis.close()
+
+
+class Received(NamedTuple):
+    """One event as the hand-written consumer hands it over: typed values in ``bind``."""
+
+    message_id: bytes
+    action: str
+    id: int
+    bind: dict[str, Any]
+
+
+_unpack = msgpack.unpackb  # str keys and values (raw=False is msgpack's default)
+_parse_datetime = dt.datetime.fromisoformat
+
+
+def _decode(message_id: bytes, fields: dict[bytes, bytes]) -> Received:
+    """Decode one entry: ``s`` unpacked once, its Decimal and datetime typed by hand."""
+    bind = _unpack(fields[b"s"])
+    bind["balance"] = Decimal(bind["balance"])
+    bind["created_at"] = _parse_datetime(bind["created_at"])
+    return Received(message_id, fields[b"action"].decode(), bind["id"], bind)
+
+
+class PipelinedConsumer:
+    """A consumer written by hand with redis-py: one round trip per batch.
+
+    XREADGROUP reads a batch; each entry's ``s`` is unpacked with msgpack and
+    its Decimal and datetime fields typed; the handler gets the batch; then the
+    batch's XACK and XDEL travel in one pipeline with the next XREADGROUP. Once
+    ``count`` events came, the last XACK + XDEL goes alone.
+    """
+
+    key = "baseline-consumer"
+    label = "hand-written redis-py consumer (pipelined)"
+
+    def __init__(self, config: Config):
+        self._counter = WireCounter()
+        self._redis = self._counter.redis_client(config.redis_url)
+
+    def consume(self, count: int, batch: int) -> list[Any]:
+        """Read, decode, handle, then XACK + XDEL + the next XREADGROUP in one pipeline."""
+        received: list[Received] = []
+        handle: Callable[[list[Received]], None] = received.extend
+        decode = _decode
+        client = self._redis
+        try:
+            client.xgroup_create(ALL_STREAM, _GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        streams = {_ALL: b">"}
+        reply: Any = client.xreadgroup(_GROUP, _CONSUMER, streams, count=batch)  # type: ignore[arg-type]
+        total = 0
+        while True:
+            if not reply:
+                raise RuntimeError(
+                    f"{ALL_STREAM} ran dry after {total} of {count} events"
+                )
+            entries = reply[0][1]
+            handle([decode(ident, fields) for ident, fields in entries])
+            done = [ident for ident, _ in entries]
+            total += len(done)
+            pipe = client.pipeline(transaction=False)
+            pipe.xack(_ALL, _GROUP, *done)
+            pipe.xdel(_ALL, *done)
+            if total >= count:
+                pipe.execute()
+                return received
+            pipe.xreadgroup(_GROUP, _CONSUMER, streams, count=batch)  # type: ignore[arg-type]
+            reply = pipe.execute()[2]
+
+    def events(self, consumed: list[Any]) -> list[Event]:
+        """Return the consumed events for the checks."""
+        return [Event(e.action, e.id, e.bind) for e in consumed]
+
+    def counting(self) -> AbstractContextManager[list[Counts]]:
+        """Count round trips at the wire (``counting.py``)."""
+        return self._counter.measure()
+
+    def close(self) -> None:
+        """Close the Redis connection."""
         self._redis.close()

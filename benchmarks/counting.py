@@ -1,8 +1,9 @@
 """Wire-level counters for the competitors that talk to pymysql and redis-py directly.
 
 ``baseline.py`` and ``sqla.py`` open their connections through :class:`WireCounter`,
-which counts every statement a pymysql connection sends (COMMIT included) and
-every request redis-py writes to a socket (a pipeline is one). fluxaorm is counted
+which counts every statement a pymysql connection sends (COMMIT included; each
+is one MySQL round trip) and every request redis-py writes to a socket (a
+pipeline is one). fluxaorm is counted
 by ``fluxaorm.testing`` instead (``fluxa.py``).
 """
 
@@ -72,4 +73,6 @@ class WireCounter:
         try:
             yield out
         finally:
-            out.append(Counts(self.statements - statements, self.round_trips - trips))
+            sent = self.statements - statements
+            # pymysql sends every statement in a packet of its own: one round trip.
+            out.append(Counts(sent, sent, self.round_trips - trips))

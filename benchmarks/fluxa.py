@@ -2,13 +2,15 @@
 
 Everything goes through the public API as a user would write it: one ORM and one
 ``flush()`` per batch, ``get_by_ids`` to load, ``new_dirty_stream_consumer_single``
-to consume. Statements and round trips are counted with ``fluxaorm.testing``.
+to consume, either through repeated ``consume(batch, 0)`` calls or through
+``run()``. Statements and round trips are counted with ``fluxaorm.testing``.
 Run by ``harness.py``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +22,26 @@ from fluxaorm.testing import count_queries, count_round_trips
 
 from .workload import ENTITY_NAME, Config, Counts, Event, Values, chunks, updated_email
 
-__all__ = ["BenchEntity", "Fluxa"]
+__all__ = ["BenchEntity", "Fluxa", "FluxaConsumer"]
+
+# How long run() may take to hand over every event before the benchmark gives up.
+_RUN_TIMEOUT = 120.0
+
+
+@contextmanager
+def _counting(engine: fluxaorm.Engine) -> Iterator[list[Counts]]:
+    """Count statements, MySQL round trips and Redis round trips of ``engine``."""
+    out: list[Counts] = []
+    with ExitStack() as stack:
+        queries = stack.enter_context(count_queries(engine))
+        trips = stack.enter_context(count_round_trips(engine))
+        try:
+            yield out
+        finally:
+            # ``round_trips`` counts packets where several statements share one;
+            # a fluxaorm without it sends one statement per round trip.
+            mysql = int(getattr(queries, "round_trips", queries.count))
+            out.append(Counts(queries.count, mysql, trips.count))
 
 
 @fluxaorm.entity(table="bench_flux")
@@ -41,7 +62,6 @@ class Fluxa:
     """fluxaorm through its public API (see the module docstring)."""
 
     table = "bench_flux"
-    consumes = True
 
     def __init__(self, config: Config, *, outbox: bool):
         self.key = "fluxaorm" if outbox else "fluxaorm-no-outbox"
@@ -98,44 +118,81 @@ class Fluxa:
                 orm.delete_entity(entity)
             orm.flush()
 
-    def consume(self, count: int, batch: int) -> list[Any]:
-        """``consume(batch, 0)`` of the single consumer until ``count`` events came.
+    def counting(self) -> AbstractContextManager[list[Counts]]:
+        """Count with ``fluxaorm.testing.count_queries`` / ``count_round_trips``."""
+        return _counting(self.engine)
 
-        No ``cleanup()``: the harness deletes the stream (and its group) next.
+    def close(self) -> None:
+        """Close the engine's connections."""
+        self.engine.close()
+
+
+class FluxaConsumer:
+    """fluxaorm's single consumer of ``dirty_BenchAll``, by ``consume()`` or by ``run()``.
+
+    ``mode="consume"`` calls ``consume(batch, 0)`` until every event came;
+    ``mode="run"`` calls ``run(batch)`` with a handler that sets the stop event
+    once every event came (run() also relays the outbox, claims idle events and
+    cleans up, as it does in an application).
+    """
+
+    def __init__(self, engine: fluxaorm.Engine, *, mode: str):
+        if mode not in ("consume", "run"):
+            raise ValueError(f"mode must be 'consume' or 'run', not {mode!r}")
+        self.engine = engine
+        self._mode = mode
+        self.key = f"fluxaorm-{mode}"
+        self.label = f"fluxaorm {mode}()"
+
+    def consume(self, count: int, batch: int) -> list[Any]:
+        """Hand over ``count`` events, ``batch`` per handler call; return them.
+
+        No ``cleanup()`` after ``consume()`` calls: the harness deletes the stream
+        (and its group) next. ``run()`` cleans up on its way out.
         """
         received: list[fluxaorm.DirtyStreamEvent] = []
-        consumer = fluxaorm.new_dirty_stream_consumer_single(
-            self.engine.new_orm(), "BenchAll", received.extend
-        )
-        total = 0
-        while total < count:
-            handed = consumer.consume(batch, 0)
-            if not handed:
-                raise RuntimeError(
-                    f"dirty_BenchAll ran dry after {total} of {count} events"
-                )
-            total += handed
+        orm = self.engine.new_orm()
+        if self._mode == "consume":
+            consumer = fluxaorm.new_dirty_stream_consumer_single(
+                orm, "BenchAll", received.extend
+            )
+            total = 0
+            while total < count:
+                handed = consumer.consume(batch, 0)
+                if not handed:
+                    raise RuntimeError(
+                        f"dirty_BenchAll ran dry after {total} of {count} events"
+                    )
+                total += handed
+            return received
+        stop = threading.Event()
+
+        def handle(events: list[fluxaorm.DirtyStreamEvent]) -> None:
+            received.extend(events)
+            if len(received) >= count:
+                stop.set()
+
+        consumer = fluxaorm.new_dirty_stream_consumer_single(orm, "BenchAll", handle)
+        timer = threading.Timer(_RUN_TIMEOUT, stop.set)
+        timer.start()
+        try:
+            consumer.run(batch, stop=stop)
+        finally:
+            timer.cancel()
+        if len(received) < count:
+            raise RuntimeError(
+                f"run() handed over {len(received)} of {count} events of "
+                f"dirty_BenchAll in {_RUN_TIMEOUT:.0f} s"
+            )
         return received
 
     def events(self, consumed: list[Any]) -> list[Event]:
         """Return the consumed events for the checks."""
         return [Event(e.operation.value, e.id, e.bind) for e in consumed]
 
-    @contextmanager
-    def _counting(self) -> Iterator[list[Counts]]:
-        out: list[Counts] = []
-        with ExitStack() as stack:
-            queries = stack.enter_context(count_queries(self.engine))
-            trips = stack.enter_context(count_round_trips(self.engine))
-            try:
-                yield out
-            finally:
-                out.append(Counts(queries.count, trips.count))
-
     def counting(self) -> AbstractContextManager[list[Counts]]:
         """Count with ``fluxaorm.testing.count_queries`` / ``count_round_trips``."""
-        return self._counting()
+        return _counting(self.engine)
 
     def close(self) -> None:
-        """Close the engine's connections."""
-        self.engine.close()
+        """Nothing: the engine belongs to the flushing competitor (``Fluxa``)."""

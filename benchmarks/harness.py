@@ -1,9 +1,15 @@
 """The race: runs every competitor through the workload, times it, checks it, counts it.
 
 ``run.py`` builds the competitors and calls :func:`race`; ``report.py`` turns the
-returned results into JSON, a table and a chart. One *lifecycle* is insert N,
-consume N (when the competitor has a consumer), update N, delete N, each step
-checked by ``verify.Checker`` before its figure counts.
+returned results into JSON, tables and a chart. Two kinds of steps run:
+
+- a *lifecycle* of a flushing competitor: insert N, update N, delete N at one
+  size (rows per flush), each step checked by ``verify.Checker`` before its
+  figure counts;
+- a *consume* step of a consumer: ``dirty_BenchAll`` is put back as one
+  fluxaorm insert step left it (N ``add`` entries, ``DUMP``/``RESTORE``), then
+  the consumer reads every entry, ``batch`` per call; its events are checked
+  against the rows and the stream must be left empty, nothing pending.
 """
 
 from __future__ import annotations
@@ -18,14 +24,16 @@ from typing import Any
 
 import attrs
 
-from .verify import Checker
-from .workload import ALL_STREAM, Competitor, Values, make_values
+from .verify import Checker, Row
+from .workload import ALL_STREAM, Competitor, Consumer, Values, make_values
 
-__all__ = ["OPERATIONS", "Plan", "race"]
+__all__ = ["CONSUME", "FLUSH_OPERATIONS", "Plan", "race"]
 
-OPERATIONS = ("insert", "update", "delete", "consume")
+FLUSH_OPERATIONS = ("insert", "update", "delete")
+CONSUME = "consume"
 Step = Callable[[str], AbstractContextManager[None]]
-_WARMUP_ROWS = 200
+_WARMUP = ((200, 100), (20, 1))  # (rows, rows per flush) of the untimed warm-up
+_SOURCE_BATCH = 1000  # rows per flush of the insert that fills the consumed stream
 
 
 @attrs.frozen
@@ -33,17 +41,19 @@ class Plan:
     """What to run.
 
     Attributes:
-        rows: N, the rows each step handles.
-        batches: rows per flush (and events per consume call), largest first.
-        runs: timed repetitions of every competitor at every batch size.
+        sizes: ``(rows per flush, N)`` pairs of the flushing steps.
+        consume_sizes: events per consume call of the consume steps.
+        consume_rows: N of the consume steps (events in the stream).
+        runs: timed repetitions of every competitor at every size.
         profile: also run an untimed pass that counts and traces memory.
-        pyinstrument: keys of competitors to profile with pyinstrument (largest
-            batch, one untimed lifecycle), written to ``pyinstrument_dir``.
+        pyinstrument: keys of competitors (or consumers) to profile with
+            pyinstrument at the largest size, written to ``pyinstrument_dir``.
         pyinstrument_dir: where the pyinstrument reports go.
     """
 
-    rows: int
-    batches: tuple[int, ...]
+    sizes: tuple[tuple[int, int], ...]
+    consume_sizes: tuple[int, ...]
+    consume_rows: int
     runs: int
     profile: bool = True
     pyinstrument: tuple[str, ...] = ()
@@ -57,22 +67,17 @@ def lifecycle(
     batch: int,
     step: Step,
 ) -> float:
-    """Run insert, consume, update and delete once, checking each step.
+    """Run insert, update and delete once, checking each step.
 
     Returns:
         Redis bytes per entry of ``dirty_BenchAll`` after the insert step.
     """
-    who = f"{competitor.key} (batch {batch})"
+    who = f"{competitor.key} ({batch} per flush)"
     checker.reset(competitor.table)
     with step("insert"):
         ids = competitor.insert(values, batch)
     rows = checker.after_insert(who, competitor.table, ids, values)
     per_entry = checker.bytes_per_entry(ALL_STREAM)
-    if competitor.consumes:
-        with step("consume"):
-            consumed = competitor.consume(len(values), batch)
-        checker.after_consume(who, competitor.events(consumed), rows)
-        del consumed
     checker.clear_streams()
     with step("update"):
         competitor.update(ids, batch)
@@ -83,6 +88,42 @@ def lifecycle(
     checker.after_delete(who, competitor.table, rows)
     checker.clear_streams()
     return per_entry
+
+
+@attrs.frozen
+class Stream:
+    """The entries every consumer reads: a ``DUMP`` of ``dirty_BenchAll`` and its rows."""
+
+    dumped: bytes
+    rows: list[Row]
+
+
+def fill_stream(
+    source: Competitor, checker: Checker, values: Sequence[Values]
+) -> Stream:
+    """Insert ``values`` with ``source`` (checked) and keep what ``dirty_BenchAll`` got."""
+    checker.reset(source.table)
+    ids = source.insert(values, _SOURCE_BATCH)
+    rows = checker.after_insert(
+        f"{source.key} (filling the consumed stream)", source.table, ids, values
+    )
+    dumped = checker.dump_stream(ALL_STREAM)
+    checker.reset(source.table)
+    return Stream(dumped, rows)
+
+
+def consume_step(
+    consumer: Consumer, checker: Checker, stream: Stream, batch: int, step: Step
+) -> None:
+    """Put the stream back, consume every entry ``batch`` per call, check the events."""
+    checker.restore_stream(ALL_STREAM, stream.dumped)
+    with step(CONSUME):
+        consumed = consumer.consume(len(stream.rows), batch)
+    checker.after_consume(
+        f"{consumer.key} ({batch} per call)", consumer.events(consumed), stream.rows
+    )
+    del consumed
+    checker.clear_streams()
 
 
 def _timer(out: dict[str, float], settle: Callable[[], None] = lambda: None) -> Step:
@@ -97,7 +138,9 @@ def _timer(out: dict[str, float], settle: Callable[[], None] = lambda: None) -> 
     return step
 
 
-def _profiler(competitor: Competitor, out: dict[str, dict[str, Any]]) -> Step:
+def _profiler(
+    competitor: Competitor | Consumer, out: dict[str, dict[str, Any]]
+) -> Step:
     """Count statements/round trips and trace the Python heap's peak per step."""
 
     def executes() -> int | None:
@@ -115,7 +158,8 @@ def _profiler(competitor: Competitor, out: dict[str, dict[str, Any]]) -> Step:
             yield
             peak = tracemalloc.get_traced_memory()[1] - start
         out[operation] = {
-            "sql": counts[0].sql,
+            "statements": counts[0].statements,
+            "mysql": counts[0].mysql,
             "redis": counts[0].redis,
             "peak_bytes": peak,
         }
@@ -126,13 +170,8 @@ def _profiler(competitor: Competitor, out: dict[str, dict[str, Any]]) -> Step:
     return step
 
 
-def _pyinstrument(
-    competitor: Competitor, checker: Checker, values: list[Values], plan: Plan
-) -> Path:
+def _pyinstrument_step(sections: list[str]) -> Step:
     from pyinstrument import Profiler
-
-    batch = plan.batches[0]
-    sections: list[str] = []
 
     @contextmanager
     def step(operation: str) -> Iterator[None]:
@@ -142,77 +181,143 @@ def _pyinstrument(
         profiler.stop()
         sections.append(f"### {operation}\n\n{profiler.output_text(unicode=True)}")
 
-    lifecycle(competitor, checker, values, batch, step)
-    path = plan.pyinstrument_dir / f"pyinstrument-{competitor.key}-batch{batch}.txt"
-    path.write_text("\n".join(sections))
-    return path
+    return step
+
+
+def _rotated(items: Sequence[Any], run: int) -> list[Any]:
+    shift = run % len(items) if items else 0
+    return [*items[shift:], *items[:shift]]
 
 
 def race(
     competitors: Sequence[Competitor],
+    consumers: Sequence[Consumer],
+    source: Competitor | None,
     checker: Checker,
     plan: Plan,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Warm up, profile (untimed), then time ``plan.runs`` interleaved rounds.
 
-    Each round runs every batch size and, within it, every competitor once; the
-    competitors' order rotates from round to round so none always goes first.
+    Each round runs every flush size and, within it, every competitor once, then
+    every consume size and, within it, every consumer once; the order of the
+    competitors (and of the consumers) rotates from round to round so none
+    always goes first.
+
+    Args:
+        competitors: the flushing competitors.
+        consumers: the consumers.
+        source: the competitor whose insert step fills the consumed stream
+            (fluxaorm, so every consumer reads what fluxaorm writes); needed
+            when ``consumers`` is not empty.
+        checker: checks every step.
+        plan: what to run.
+        log: where progress lines go.
 
     Returns:
-        ``{"runs": [...], "profile": {...}, "pyinstrument": [...]}`` (see report.py).
+        ``{"runs": [...], "profile": {"flush": ..., "consume": ...},
+        "pyinstrument": [...]}`` (see report.py).
     """
     started = time.perf_counter()
 
     def note(message: str) -> None:
         log(f"[{time.perf_counter() - started:6.1f}s] {message}")
 
-    values = make_values(plan.rows)
-    warm = make_values(_WARMUP_ROWS)
-    for competitor in competitors:
-        lifecycle(competitor, checker, warm, _WARMUP_ROWS // 2, _timer({}))
-    note(f"warmed up {len(competitors)} competitors")
+    values_of: dict[int, list[Values]] = {}
 
-    reports = []
+    def values(n: int) -> list[Values]:
+        if n not in values_of:
+            values_of[n] = make_values(n)
+        return values_of[n]
+
+    for competitor in competitors:
+        for rows, batch in _WARMUP:
+            lifecycle(competitor, checker, values(rows), batch, _timer({}))
+    stream: Stream | None = None
+    if consumers:
+        if source is None:
+            raise ValueError("consumers need a source competitor to fill the stream")
+        stream = fill_stream(source, checker, values(plan.consume_rows))
+        for consumer in consumers:
+            consume_step(consumer, checker, stream, max(plan.consume_sizes), _timer({}))
+    note(f"warmed up {len(competitors)} competitors and {len(consumers)} consumers")
+
+    reports: list[str] = []
+
+    def keep(key: str, batch: int, sections: list[str]) -> None:
+        path = plan.pyinstrument_dir / f"pyinstrument-{key}-batch{batch}.txt"
+        path.write_text("\n".join(sections))
+        reports.append(str(path))
+        note(f"pyinstrument report: {path}")
+
     for competitor in competitors:
         if competitor.key in plan.pyinstrument:
-            path = _pyinstrument(competitor, checker, values, plan)
-            reports.append(str(path))
-            note(f"pyinstrument report: {path}")
+            sections: list[str] = []
+            batch, n = max(plan.sizes)
+            step = _pyinstrument_step(sections)
+            lifecycle(competitor, checker, values(n), batch, step)
+            keep(competitor.key, batch, sections)
+    for consumer in consumers:
+        if consumer.key in plan.pyinstrument and stream is not None:
+            sections = []
+            batch = max(plan.consume_sizes)
+            consume_step(consumer, checker, stream, batch, _pyinstrument_step(sections))
+            keep(consumer.key, batch, sections)
 
-    profile: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    profile: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
+        "flush": {},
+        "consume": {},
+    }
     if plan.profile:
         tracemalloc.start()
         try:
-            for batch in plan.batches:
-                by_competitor = profile.setdefault(str(batch), {})
+            for batch, n in plan.sizes:
+                by_competitor = profile["flush"].setdefault(str(batch), {})
                 for competitor in competitors:
                     steps: dict[str, dict[str, Any]] = {}
                     lifecycle(
-                        competitor, checker, values, batch, _profiler(competitor, steps)
+                        competitor,
+                        checker,
+                        values(n),
+                        batch,
+                        _profiler(competitor, steps),
                     )
                     by_competitor[competitor.key] = steps
-                note(f"profiled batch {batch}: counts and peak memory")
+            if stream is not None:
+                for batch in plan.consume_sizes:
+                    by_consumer = profile["consume"].setdefault(str(batch), {})
+                    for consumer in consumers:
+                        steps = {}
+                        consume_step(
+                            consumer, checker, stream, batch, _profiler(consumer, steps)
+                        )
+                        by_consumer[consumer.key] = steps
+            note("profiled every size: counts and peak memory")
         finally:
             tracemalloc.stop()
 
     runs: list[dict[str, Any]] = []
     for run in range(plan.runs):
-        shift = run % len(competitors)
-        order = [*competitors[shift:], *competitors[:shift]]
-        for batch in plan.batches:
+        for batch, n in plan.sizes:
+            order = _rotated(competitors, run)
             seconds: dict[str, dict[str, float]] = {}
             per_entry: dict[str, float] = {}
             for competitor in order:
                 times: dict[str, float] = {}
                 per_entry[competitor.key] = lifecycle(
-                    competitor, checker, values, batch, _timer(times, checker.settle)
+                    competitor,
+                    checker,
+                    values(n),
+                    batch,
+                    _timer(times, checker.settle),
                 )
                 seconds[competitor.key] = times
             runs.append(
                 {
                     "run": run,
+                    "kind": "flush",
                     "batch": batch,
+                    "rows": n,
                     "order": [c.key for c in order],
                     "seconds": seconds,
                     "redis_bytes_per_entry": per_entry,
@@ -221,5 +326,28 @@ def race(
             shown = "  ".join(
                 f"{key} {sum(t.values()):.2f}s" for key, t in seconds.items()
             )
-            note(f"run {run + 1}/{plan.runs} batch {batch}: {shown}")
+            note(f"run {run + 1}/{plan.runs}, {batch} per flush: {shown}")
+        if stream is None:
+            continue
+        for batch in plan.consume_sizes:
+            order = _rotated(consumers, run)
+            seconds = {}
+            for consumer in order:
+                times = {}
+                consume_step(
+                    consumer, checker, stream, batch, _timer(times, checker.settle)
+                )
+                seconds[consumer.key] = times
+            runs.append(
+                {
+                    "run": run,
+                    "kind": CONSUME,
+                    "batch": batch,
+                    "rows": len(stream.rows),
+                    "order": [c.key for c in order],
+                    "seconds": seconds,
+                }
+            )
+            shown = "  ".join(f"{key} {t[CONSUME]:.3f}s" for key, t in seconds.items())
+            note(f"run {run + 1}/{plan.runs}, consume {batch} per call: {shown}")
     return {"runs": runs, "profile": profile, "pyinstrument": reports}

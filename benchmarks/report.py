@@ -1,7 +1,7 @@
-"""The results: statistics, JSON, the Markdown table, the chart and the stdout summary.
+"""The results: statistics, JSON, the Markdown tables, the chart and the stdout summary.
 
 ``run.py`` passes the output of ``harness.race`` here. Every ratio is computed per
-run (competitor time / baseline time of the same run and batch size) and then
+run (competitor time / baseline time of the same run and size) and then
 summarised by its median, so slow phases of a noisy machine hit both sides.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -17,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .harness import OPERATIONS
+from .harness import CONSUME, FLUSH_OPERATIONS
 
 __all__ = [
     "chart",
@@ -29,12 +30,34 @@ __all__ = [
 ]
 
 BASELINE = "baseline"
+BASELINE_CONSUMER = "baseline-consumer"
 SQLALCHEMY = "sqlalchemy"
 FLUXA = ("fluxaorm", "fluxaorm-no-outbox")
-# Typographic signs of the table and chart (escaped: ruff flags them as look-alikes).
+# Typographic signs of the tables and chart (escaped: ruff flags them as look-alikes).
 X = "\u00d7"
 DASH = "\u2013"
 _PACKAGES = ("fluxaorm", "sqlalchemy", "pymysql", "redis", "hiredis", "msgpack")
+_COUNTS = ("statements", "mysql", "redis")
+_RATIO_TICKS = (
+    0.25,
+    0.35,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    1,
+    1.25,
+    1.5,
+    2,
+    3,
+    4,
+    5,
+    7,
+    10,
+    15,
+    20,
+)
 
 
 def machine_info(servers: dict[str, str]) -> dict[str, Any]:
@@ -74,60 +97,103 @@ def _spread(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def summarize(data: dict[str, Any]) -> dict[str, Any]:
-    """Return ``{batch: {operation: {competitor: figures}}}`` from the raw runs.
+def _figures(
+    runs: list[dict[str, Any]],
+    operation: str,
+    key: str,
+    references: Sequence[tuple[str, str]],
+    counted: dict[str, Any] | None,
+    per: int,
+) -> dict[str, Any] | None:
+    """Times, per-run ratios against ``references`` and counts per flush (or call)."""
+    times = [
+        r["seconds"][key][operation]
+        for r in runs
+        if operation in r["seconds"].get(key, {})
+    ]
+    if not times:
+        return None
+    figures: dict[str, Any] = {
+        "ms": _spread([t * 1000 for t in times]),
+        "runs": len(times),
+    }
+    for name, other in references:
+        if key == other:
+            continue
+        ratios = [
+            r["seconds"][key][operation] / r["seconds"][other][operation]
+            for r in runs
+            if operation in r["seconds"].get(other, {})
+            and operation in r["seconds"].get(key, {})
+        ]
+        if ratios:
+            figures[name] = _spread(ratios)
+    if counted:
+        figures["counts"] = {name: counted[name] for name in _COUNTS}
+        figures["per"] = {name: counted[name] / per for name in _COUNTS}
+        figures["peak_mb"] = counted["peak_bytes"] / 1_000_000
+        if "cursor_executes" in counted:
+            figures["cursor_executes"] = counted["cursor_executes"]
+    return figures
 
-    Figures: ``ms`` (median/min/max), ``vs_baseline`` and, for fluxaorm,
-    ``vs_sqlalchemy`` (median/min/max of per-run ratios), the profile pass's
-    ``sql``, ``redis`` and ``peak_mb``, and ``redis_bytes_per_entry``.
+
+def summarize(data: dict[str, Any]) -> dict[str, Any]:
+    """Return ``{"flush": {batch: {op: {key: ...}}}, "consume": {batch: {key: ...}}}``.
+
+    Figures: ``ms`` (median/min/max), ``vs_baseline`` (and, for fluxaorm,
+    ``vs_sqlalchemy``): median/min/max of per-run ratios; from the profile pass
+    ``counts`` (``statements``, ``mysql`` and ``redis`` round trips of the
+    step), ``per`` (the same per flush, or per consume call) and ``peak_mb``;
+    for inserts ``redis_bytes_per_entry``.
     """
-    out: dict[str, Any] = {}
-    for batch in data["plan"]["batches"]:
-        runs = [r for r in data["runs"] if r["batch"] == batch]
-        profile = data["profile"].get(str(batch), {})
+    flush: dict[str, Any] = {}
+    for batch, rows in data["plan"]["sizes"]:
+        runs = [
+            r for r in data["runs"] if r.get("kind") == "flush" and r["batch"] == batch
+        ]
+        profile = data["profile"]["flush"].get(str(batch), {})
+        flushes = math.ceil(rows / batch)
         by_op: dict[str, Any] = {}
-        for operation in OPERATIONS:
+        for operation in FLUSH_OPERATIONS:
             by_comp: dict[str, Any] = {}
             for key in data["competitors"]:
-                times = [
-                    r["seconds"][key][operation]
-                    for r in runs
-                    if operation in r["seconds"].get(key, {})
-                ]
-                if not times:
-                    continue
-                figures: dict[str, Any] = {
-                    "ms": _spread([t * 1000 for t in times]),
-                    "runs": len(times),
-                }
-                for name, other in (
-                    ("vs_baseline", BASELINE),
-                    ("vs_sqlalchemy", SQLALCHEMY),
-                ):
-                    if key == other or (other == SQLALCHEMY and key not in FLUXA):
-                        continue
-                    ratios = [
-                        r["seconds"][key][operation] / r["seconds"][other][operation]
-                        for r in runs
-                        if operation in r["seconds"].get(other, {})
-                    ]
-                    if ratios:
-                        figures[name] = _spread(ratios)
+                references = [("vs_baseline", BASELINE)]
+                if key in FLUXA:
+                    references.append(("vs_sqlalchemy", SQLALCHEMY))
                 counted = profile.get(key, {}).get(operation)
-                if counted:
-                    figures["sql"] = counted["sql"]
-                    figures["redis"] = counted["redis"]
-                    figures["peak_mb"] = counted["peak_bytes"] / 1_000_000
-                    if "cursor_executes" in counted:
-                        figures["cursor_executes"] = counted["cursor_executes"]
+                figures = _figures(runs, operation, key, references, counted, flushes)
+                if figures is None:
+                    continue
                 if operation == "insert":
                     figures["redis_bytes_per_entry"] = statistics.median(
                         r["redis_bytes_per_entry"][key] for r in runs
                     )
                 by_comp[key] = figures
             by_op[operation] = by_comp
-        out[str(batch)] = by_op
-    return out
+        flush[str(batch)] = by_op
+    consume: dict[str, Any] = {}
+    rows = data["plan"]["consume_rows"]
+    for batch in data["plan"]["consume_sizes"]:
+        runs = [
+            r for r in data["runs"] if r.get("kind") == CONSUME and r["batch"] == batch
+        ]
+        profile = data["profile"]["consume"].get(str(batch), {})
+        calls = math.ceil(rows / batch)
+        by_consumer: dict[str, Any] = {}
+        for key in data["consumers"]:
+            counted = profile.get(key, {}).get(CONSUME)
+            figures = _figures(
+                runs,
+                CONSUME,
+                key,
+                [("vs_baseline", BASELINE_CONSUMER)],
+                counted,
+                calls,
+            )
+            if figures is not None:
+                by_consumer[key] = figures
+        consume[str(batch)] = by_consumer
+    return {"flush": flush, "consume": consume}
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -136,182 +202,336 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
-def _ratio(figures: dict[str, Any] | None) -> str:
+def _ratio(figures: dict[str, Any] | None, *, spread: bool = True) -> str:
     if not figures:
         return "-"
+    median = f"{figures['median']:.2f}{X}"
+    if not spread:
+        return median
+    return f"{median} ({figures['min']:.2f}{DASH}{figures['max']:.2f})"
+
+
+def _number(value: float) -> str:
+    """``3``, ``2.5`` or ``1.02``: counts per flush, exact where they are whole."""
+    return f"{value:,.0f}" if abs(value - round(value)) < 0.005 else f"{value:,.2f}"
+
+
+def _trips(figures: dict[str, Any] | None) -> str:
+    """``MySQL round trips (statements) / Redis round trips`` per flush or call."""
+    if not figures or "per" not in figures:
+        return "-"
+    per = figures["per"]
     return (
-        f"{figures['median']:.2f}{X} ({figures['min']:.2f}{DASH}{figures['max']:.2f})"
+        f"{_number(per['mysql'])} ({_number(per['statements'])}) / "
+        f"{_number(per['redis'])}"
     )
 
 
-def _table_row(
-    operation: str, batch: int, key: str, label: str, f: dict[str, Any]
+def _flush_ratio_columns(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """The competitors compared with the baseline: fluxaorm first, then SQLAlchemy."""
+    labels = data["competitors"]
+    return [(k, labels[k]) for k in (*FLUXA, SQLALCHEMY) if k in labels]
+
+
+def ratio_table(data: dict[str, Any], *, spread: bool = True) -> list[str]:
+    """Time / hand-written baseline, per size and operation (the headline table)."""
+    columns = _flush_ratio_columns(data)
+    summary = data["summary"]["flush"]
+    lines = [
+        "| rows per flush | N | operation | "
+        + " | ".join(f"{label} / baseline" for _, label in columns)
+        + " |",
+        "|---:|---:|---|" + "---:|" * len(columns),
+    ]
+    for batch, rows in data["plan"]["sizes"]:
+        for operation in FLUSH_OPERATIONS:
+            by_comp = summary[str(batch)][operation]
+            cells = [
+                _ratio(by_comp.get(k, {}).get("vs_baseline"), spread=spread)
+                for k, _ in columns
+            ]
+            lines.append(
+                f"| {batch:,} | {rows:,} | {operation} | " + " | ".join(cells) + " |"
+            )
+    return lines
+
+
+def trips_table(data: dict[str, Any]) -> list[str]:
+    """Round trips and statements per flush, per size, operation and competitor."""
+    labels = data["competitors"]
+    summary = data["summary"]["flush"]
+    lines = [
+        "| rows per flush | operation | " + " | ".join(labels.values()) + " |",
+        "|---:|---|" + "---:|" * len(labels),
+    ]
+    for batch, _ in data["plan"]["sizes"]:
+        for operation in FLUSH_OPERATIONS:
+            by_comp = summary[str(batch)][operation]
+            cells = [_trips(by_comp.get(k)) for k in labels]
+            lines.append(f"| {batch:,} | {operation} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def consume_table(data: dict[str, Any], *, spread: bool = True) -> list[str]:
+    """Consuming: time, ratio to the hand-written consumer, round trips per call."""
+    labels = data["consumers"]
+    summary = data["summary"]["consume"]
+    lines = [
+        "| events per call | consumer | median ms | "
+        f"{X} hand-written | Redis round trips per call | MySQL round trips in all |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for batch in data["plan"]["consume_sizes"]:
+        for key, label in labels.items():
+            f = summary[str(batch)].get(key)
+            if f is None:
+                lines.append(f"| {batch:,} | {label} | n/a | | | |")
+                continue
+            ratio = "1" if key == BASELINE_CONSUMER else _ratio(f.get("vs_baseline"))
+            if not spread and key != BASELINE_CONSUMER:
+                ratio = _ratio(f.get("vs_baseline"), spread=False)
+            redis = _number(f["per"]["redis"]) if "per" in f else "-"
+            mysql = str(f["counts"]["mysql"]) if "counts" in f else "-"
+            lines.append(
+                f"| {batch:,} | {label} | {f['ms']['median']:,.1f} | {ratio} "
+                f"| {redis} | {mysql} |"
+            )
+    return lines
+
+
+def _detail_row(
+    operation: str, batch: int, key: str, label: str, f: dict[str, Any], base: str
 ) -> str:
     ms = f["ms"]
-    ratio = "1" if key == BASELINE else _ratio(f.get("vs_baseline"))
+    ratio = "1" if key == base else _ratio(f.get("vs_baseline"))
     peak = f"{f['peak_mb']:.1f}" if "peak_mb" in f else "-"
     return (
         f"| {operation} | {batch:,} | {label} | {ms['median']:,.1f} "
         f"| {ms['min']:,.1f}{DASH}{ms['max']:,.1f} | {ratio} "
-        f"| {f.get('sql', '-')} | {f.get('redis', '-')} | {peak} |"
+        f"| {_trips(f)} | {peak} |"
     )
 
 
 def markdown_table(data: dict[str, Any]) -> str:
-    """Render the results table and the machine description as Markdown."""
+    """Render the results tables and the machine description as Markdown."""
     plan = data["plan"]
-    labels = data["competitors"]
+    sizes = ", ".join(f"{b:,} per flush: N = {n:,}" for b, n in plan["sizes"])
     lines = [
-        f"N = {plan['rows']:,} rows per operation, batch = rows per flush (events per "
-        f"consume call), {plan['runs']} interleaved runs; median time, spread "
-        f"min{DASH}max; the ratio is taken per run against the baseline of the same run, "
-        f"then its median (min{DASH}max) is shown.",
+        f"Sizes: {sizes}; consuming: {plan['consume_rows']:,} events, "
+        f"{', '.join(f'{b:,}' for b in plan['consume_sizes'])} per call. "
+        f"{plan['runs']} interleaved runs, the order rotating from run to run; each "
+        f"ratio is taken per run against the hand-written baseline of the same run "
+        f"and size, then its median (min{DASH}max) is shown. Below 1{X} is faster "
+        "than the hand-written code.",
+        "",
+        "### Time against the hand-written baseline",
+        "",
+        *ratio_table(data),
+        "",
+        "### Round trips per flush",
+        "",
+        "MySQL round trips (SQL statements) / Redis round trips, per flush; the "
+        "update and delete steps load each batch with one SELECT first.",
+        "",
+        *trips_table(data),
+        "",
+    ]
+    if data["consumers"]:
+        lines += [
+            "### Consuming",
+            "",
+            f"{plan['consume_rows']:,} `add` events written by fluxaorm's flush, "
+            "read, decoded to typed values, handed to a handler, acknowledged and "
+            "deleted.",
+            "",
+            *consume_table(data),
+            "",
+        ]
+    lines += [
+        "### Every figure",
         "",
         f"| operation | batch | competitor | median ms | spread ms | {X} baseline "
-        "| MySQL statements | Redis round trips | peak MB |",
-        "|---|---:|---|---:|---:|---|---:|---:|---:|",
+        "| MySQL round trips (statements) / Redis round trips per flush or call "
+        "| peak MB |",
+        "|---|---:|---|---:|---:|---|---:|---:|",
     ]
-    summary = data["summary"]
-    for operation in OPERATIONS:
-        for batch in plan["batches"]:
-            for key, label in labels.items():
-                f = summary[str(batch)][operation].get(key)
-                if f is None:
-                    lines.append(
-                        f"| {operation} | {batch:,} | {label} | n/a | | | | | |"
-                    )
-                    continue
-                lines.append(_table_row(operation, batch, key, label, f))
+    flush = data["summary"]["flush"]
+    for operation in FLUSH_OPERATIONS:
+        for batch, _ in plan["sizes"]:
+            for key, label in data["competitors"].items():
+                f = flush[str(batch)][operation].get(key)
+                if f is not None:
+                    lines.append(_detail_row(operation, batch, key, label, f, BASELINE))
+    consume = data["summary"]["consume"]
+    for batch in plan["consume_sizes"]:
+        for key, label in data["consumers"].items():
+            f = consume[str(batch)].get(key)
+            if f is not None:
+                lines.append(
+                    _detail_row(CONSUME, batch, key, label, f, BASELINE_CONSUMER)
+                )
+    labels = data["competitors"]
     lines += [
         "",
         "Redis memory per stream entry (`MEMORY USAGE dirty_BenchAll SAMPLES 0` / "
         "`XLEN`, after the insert step; median over runs):",
         "",
-        "| batch | " + " | ".join(labels.values()) + " |",
+        "| rows per flush | " + " | ".join(labels.values()) + " |",
         "|---:|" + "---:|" * len(labels),
     ]
-    for batch in plan["batches"]:
+    for batch, _ in plan["sizes"]:
         cells = []
         for key in labels:
-            f = summary[str(batch)]["insert"].get(key)
+            f = flush[str(batch)]["insert"].get(key)
             cells.append(f"{f['redis_bytes_per_entry']:.0f} B" if f else "-")
         lines.append(f"| {batch:,} | " + " | ".join(cells) + " |")
     m = data["machine"]
     packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    wall = plan.get("wall_seconds")
     lines += [
         "",
         "Counts come from one extra, untimed pass: fluxaorm's through "
-        "`fluxaorm.testing.count_queries` / `count_round_trips`, the others' at the "
-        "wire (every statement a pymysql connection sends, COMMIT included; every "
-        "request redis-py writes, a pipeline being one; SQLAlchemy's "
-        "`before_cursor_execute` sees one call per `executemany()`, while pymysql "
-        "sends an UPDATE or DELETE per row: latest.json keeps both). The update and "
-        "delete steps load each batch with one SELECT first. Peak MB is the peak of "
-        "Python allocations traced by `tracemalloc` during the step, above the "
-        "step's starting point (same untimed pass).",
+        "`fluxaorm.testing.count_queries` (statements, and MySQL round trips) and "
+        "`count_round_trips` (Redis), the others' at the wire (every statement a "
+        "pymysql connection sends, COMMIT and SQLAlchemy's ROLLBACK on returning a "
+        "connection included, each one round trip; every request redis-py writes, "
+        "a pipeline being one; SQLAlchemy's `before_cursor_execute` sees one call "
+        "per `executemany()`, while pymysql sends an UPDATE or DELETE per row: "
+        "latest.json keeps both). Consumers' MySQL round trips are `run()`'s outbox "
+        "relay. Peak MB is the peak of Python allocations traced by `tracemalloc` "
+        "during the step, above the step's starting point (same untimed pass).",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; {m['python']}; "
         f"MariaDB/MySQL {m['mysql']}; Redis {m['redis']}; {packages}; "
-        f"load average at start {m['load_average']}; {m['date']}.",
+        f"load average at start {m['load_average']}; {m['date']}"
+        + (f"; the whole run took {wall / 60:.1f} minutes." if wall else ".")
+        + "",
         "",
     ]
     return "\n".join(lines)
 
 
 def chart(data: dict[str, Any], paths: Sequence[Path]) -> None:
-    """Draw median time per operation and competitor, one panel per batch size."""
+    """Draw the ratio to the hand-written baseline against the size, one panel per step.
+
+    Insert, update and delete put rows per flush on the x axis, consume puts
+    events per call; each competitor is a line of median per-run ratios with
+    min-max error bars, and the baseline is the line at 1.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     plan = data["plan"]
-    labels = data["competitors"]
-    summary = data["summary"]
-    colors = ["#7f7f7f", "#1f77b4", "#6baed6", "#ff7f0e", "#2ca02c"]
-    batches = plan["batches"]
+    colors = {
+        "fluxaorm": "#1f77b4",
+        "fluxaorm-no-outbox": "#6baed6",
+        SQLALCHEMY: "#ff7f0e",
+        "fluxaorm-consume": "#1f77b4",
+        "fluxaorm-run": "#2ca02c",
+    }
+    panels: list[tuple[str, str, list[int], dict[str, str]]] = [
+        (
+            operation,
+            "rows per flush",
+            [b for b, _ in plan["sizes"]],
+            dict(_flush_ratio_columns(data)),
+        )
+        for operation in FLUSH_OPERATIONS
+    ]
+    consumers = {k: v for k, v in data["consumers"].items() if k != BASELINE_CONSUMER}
+    if consumers:
+        panels.append((CONSUME, "events per call", plan["consume_sizes"], consumers))
+    columns = 2 if len(panels) > 2 else len(panels)
+    rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(
-        1, len(batches), figsize=(6.5 * len(batches), 5.2), squeeze=False
+        rows,
+        columns,
+        figsize=(5.4 * columns, 4.2 * rows),
+        squeeze=False,
+        sharey=True,
     )
-    width = 0.8 / len(labels)
-    for ax, batch in zip(axes[0], batches):
-        for k, (key, label) in enumerate(labels.items()):
-            xs, heights, lows, highs, notes = [], [], [], [], []
-            for i, operation in enumerate(OPERATIONS):
-                f = summary[str(batch)][operation].get(key)
-                x = i + (k - (len(labels) - 1) / 2) * width
-                if f is None:
-                    ax.text(
-                        x,
-                        0.02,
-                        "n/a",
-                        transform=ax.get_xaxis_transform(),
-                        ha="center",
-                        va="bottom",
-                        fontsize=7,
-                        rotation=90,
-                    )
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(panels) :]:
+        ax.set_visible(False)
+    shown: list[float] = [1.0]
+    for ax, (operation, xlabel, sizes, lines) in zip(flat, panels):
+        for key, label in lines.items():
+            xs, ys, lows, highs = [], [], [], []
+            for size in sizes:
+                if operation == CONSUME:
+                    f = data["summary"]["consume"][str(size)].get(key)
+                else:
+                    f = data["summary"]["flush"][str(size)][operation].get(key)
+                ratio = (f or {}).get("vs_baseline")
+                if not ratio:
                     continue
-                ms = f["ms"]
-                xs.append(x)
-                heights.append(ms["median"])
-                lows.append(ms["median"] - ms["min"])
-                highs.append(ms["max"] - ms["median"])
-                ratio = f.get("vs_baseline")
-                notes.append(f"{ratio['median']:.2f}{X}" if ratio else "")
-            bars = ax.bar(
+                xs.append(size)
+                ys.append(ratio["median"])
+                lows.append(ratio["median"] - ratio["min"])
+                highs.append(ratio["max"] - ratio["median"])
+            if not xs:
+                continue
+            ax.errorbar(
                 xs,
-                heights,
-                width,
-                label=label,
-                color=colors[k % len(colors)],
+                ys,
                 yerr=[lows, highs],
-                capsize=2,
-                error_kw={"elinewidth": 0.8},
+                label=label,
+                color=colors.get(key),
+                marker="o",
+                capsize=3,
+                elinewidth=0.8,
             )
-            ax.bar_label(bars, labels=notes, fontsize=7, rotation=90, padding=3)
-        ax.set_xticks(range(len(OPERATIONS)), OPERATIONS)
+            shown += [y - low for y, low in zip(ys, lows)]
+            shown += [y + high for y, high in zip(ys, highs)]
+            for x, y in zip(xs, ys):
+                ax.annotate(
+                    f"{y:.2f}",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                )
+        ax.axhline(1.0, color="#555555", linewidth=1, linestyle="--")
+        ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_ylabel("median ms per operation (log scale)")
-        ax.set_title(f"N = {plan['rows']:,}, batch {batch:,}")
-        ax.margins(y=0.25)
-    axes[0][0].legend(fontsize=8, loc="upper left")
+        ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel(xlabel)
+        ax.set_title(operation)
+        ax.legend(fontsize=7, loc="best")
+    low, high = min(shown) / 1.15, max(shown) * 1.15
+    ticks = [t for t in _RATIO_TICKS if low <= t <= high]
+    for ax in flat[: len(panels)]:
+        ax.set_ylim(low, high)
+        ax.set_yticks(ticks, [f"{t:g}{X}" for t in ticks])
+        ax.minorticks_off()
+    for row in axes:
+        row[0].set_ylabel(f"time {X} hand-written (log scale)")
     fig.suptitle(
-        "fluxaorm vs a hand-written baseline and SQLAlchemy\n"
-        f"labels: time {X} baseline (median of {plan['runs']} per-run ratios); "
+        "fluxaorm and SQLAlchemy against hand-written pymysql + redis-py "
+        f"(dashed line = 1{X})\nmedian of {plan['runs']} per-run ratios; "
         f"error bars: min{DASH}max",
         fontsize=10,
     )
     fig.tight_layout()
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def summary_text(data: dict[str, Any]) -> str:
-    """Return the compact stdout summary: headline ratios at the largest batch."""
-    batch = data["plan"]["batches"][0]
-    by_op = data["summary"][str(batch)]
-    present = [k for k in FLUXA if k in data["competitors"]]
-    head = "outbox on", "outbox off"
-    names = dict(zip(FLUXA, head))
-    out = [
-        f"fluxaorm / baseline at batch {batch:,} (N={data['plan']['rows']:,}, "
-        f"median of {data['plan']['runs']} per-run ratios, min{DASH}max):",
-        "  " + "operation".ljust(10) + "".join(names[k].ljust(24) for k in present),
+    """Return the compact stdout summary: every ratio's median."""
+    lines = [
+        f"time / hand-written baseline (median of {data['plan']['runs']} per-run "
+        "ratios):",
+        *ratio_table(data, spread=False),
+        "",
+        "MySQL round trips (statements) / Redis round trips per flush:",
+        *trips_table(data),
     ]
-    for operation in OPERATIONS:
-        cells = [
-            _ratio(by_op[operation].get(k, {}).get("vs_baseline")) for k in present
-        ]
-        out.append("  " + operation.ljust(10) + "".join(c.ljust(24) for c in cells))
-    if SQLALCHEMY in data["competitors"]:
-        out.append(f"fluxaorm / SQLAlchemy at batch {batch:,}:")
-        for operation in ("insert", "update", "delete"):
-            cells = [
-                _ratio(by_op[operation].get(k, {}).get("vs_sqlalchemy"))
-                for k in present
-            ]
-            out.append("  " + operation.ljust(10) + "".join(c.ljust(24) for c in cells))
-    return "\n".join(out)
+    if data["consumers"]:
+        lines += ["", "consuming:", *consume_table(data, spread=False)]
+    return "\n".join(lines)

@@ -4,8 +4,9 @@ A declarative mapping of the same table, one ``Session`` per batch, and session
 events: ``before_flush`` records updates (attribute history) and deletes,
 ``after_flush`` records inserts (their ids are known by then), and
 ``after_commit`` sends everything in one redis-py pipeline in fluxaorm's entry
-layout. SQLAlchemy users consume with redis-py directly, so there is no consume
-step. Run by ``harness.py``.
+layout. SQLAlchemy users consume with redis-py directly (the hand-written
+consumer of ``baseline.py``), so it has no consumer of its own. Run by
+``harness.py``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from .workload import (
     FIELDS,
     Config,
     Counts,
-    Event,
     Values,
     chunks,
     updated_email,
@@ -160,7 +160,6 @@ class SQLAlchemyORM:
     key = "sqlalchemy"
     label = "SQLAlchemy 2 ORM"
     table = "bench_sqla"
-    consumes = False
 
     def __init__(self, config: Config):
         self._counter = WireCounter()
@@ -223,14 +222,6 @@ class SQLAlchemyORM:
                 for row in self._load(session, chunk):
                     session.delete(row)
                 session.commit()
-
-    def consume(self, count: int, batch: int) -> list[Any]:
-        """Not applicable: SQLAlchemy has no consumer (its users call redis-py)."""
-        raise NotImplementedError("SQLAlchemy has no stream consumer")
-
-    def events(self, consumed: list[Any]) -> list[Event]:
-        """Not applicable (see :meth:`consume`)."""
-        raise NotImplementedError("SQLAlchemy has no stream consumer")
 
     def counting(self) -> AbstractContextManager[list[Counts]]:
         """Count statements and round trips at the wire (``counting.py``)."""

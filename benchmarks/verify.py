@@ -120,6 +120,19 @@ class Checker:
         """Delete both streams (and their consumer groups)."""
         self._redis.delete(*STREAMS)
 
+    def dump_stream(self, stream: str) -> bytes:
+        """Return ``DUMP stream``: the entries one insert step left, for every consumer."""
+        dumped: Any = self._redis.dump(stream)
+        if not dumped:
+            raise VerificationError(f"{stream} is empty: nothing to consume")
+        return bytes(dumped)
+
+    def restore_stream(self, stream: str, dumped: bytes) -> None:
+        """Put back the stream :meth:`dump_stream` saved (no consumer group yet)."""
+        self.clear_streams()
+        self._redis.delete(f"{stream}:dead")
+        self._redis.restore(stream, 0, dumped)
+
     def bytes_per_entry(self, stream: str) -> float:
         """Return ``MEMORY USAGE stream SAMPLES 0`` / ``XLEN stream``."""
         length = int(self._redis.xlen(stream))
@@ -244,6 +257,19 @@ class Checker:
         left = int(self._redis.xlen(ALL_STREAM))
         if left:
             raise self._fail(who, "consume", f"{left} entries left in {ALL_STREAM}")
+        dead = int(self._redis.xlen(f"{ALL_STREAM}:dead"))
+        if dead:
+            raise self._fail(who, "consume", f"{dead} entries in {ALL_STREAM}:dead")
+        pending = self._pending(ALL_STREAM)
+        if pending:
+            raise self._fail(who, "consume", f"{pending} entries left pending")
+
+    def _pending(self, stream: str) -> int:
+        try:
+            groups: Any = self._redis.xinfo_groups(stream)
+        except redis.ResponseError:  # no such key: nothing can be pending
+            return 0
+        return sum(int(g["pending"]) for g in groups)
 
     def after_update(self, who: str, table: str, rows: Sequence[Row]) -> list[Row]:
         """Check every email changed and both streams got one ``edit`` per row."""

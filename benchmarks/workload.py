@@ -1,8 +1,9 @@
 """The benchmark's workload: the entity, its rows, its streams and what a competitor is.
 
 Every competitor module (``baseline.py``, ``fluxa.py``, ``sqla.py``) implements
-:class:`Competitor` for the same job; ``harness.py`` drives them and ``verify.py``
-checks what they wrote against the values made here.
+:class:`Competitor` (flushing) and, where it reads the streams, :class:`Consumer`
+for the same job; ``harness.py`` drives them and ``verify.py`` checks what they
+wrote and read against the values made here.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "STREAMS",
     "Competitor",
     "Config",
+    "Consumer",
     "Counts",
     "Event",
     "Values",
@@ -95,38 +97,35 @@ class Event(NamedTuple):
 
 
 class Counts(NamedTuple):
-    """What one operation sent over the wire."""
+    """What one step sent over the wire.
 
-    sql: int
+    Attributes:
+        statements: SQL statements sent (COMMIT included).
+        mysql: MySQL round trips (equal to ``statements`` unless several
+            statements travel in one packet).
+        redis: Redis round trips (a pipeline or MULTI/EXEC being one).
+    """
+
+    statements: int
+    mysql: int
     redis: int
 
 
 class Competitor(Protocol):
-    """One way of doing the workload; every step handles ``batch`` rows at a time.
+    """One way of flushing the workload; every step handles ``batch`` rows at a time.
 
     Attributes:
         key: short identifier used in results (``baseline``, ``fluxaorm``...).
         label: the name shown in tables and charts.
         table: the MySQL table the competitor writes.
-        consumes: whether it has a consume step (SQLAlchemy users read the
-            streams with redis-py, so for SQLAlchemy it is not applicable).
     """
 
     key: str
     label: str
     table: str
-    consumes: bool
 
     def insert(self, rows: Sequence[Values], batch: int) -> list[int]:
         """Insert the rows (one flush per batch) and return their ids in order."""
-        ...
-
-    def consume(self, count: int, batch: int) -> list[Any]:
-        """Consume ``count`` events of ``dirty_BenchAll``, ``batch`` per read."""
-        ...
-
-    def events(self, consumed: list[Any]) -> list[Event]:
-        """Turn what :meth:`consume` returned into :class:`Event` (untimed)."""
         ...
 
     def update(self, ids: Sequence[int], batch: int) -> None:
@@ -135,6 +134,34 @@ class Competitor(Protocol):
 
     def delete(self, ids: Sequence[int], batch: int) -> None:
         """Load the entities by id and delete them, one flush per batch."""
+        ...
+
+    def counting(self) -> AbstractContextManager[list[Counts]]:
+        """Count statements and round trips in the block; the list gets one item."""
+        ...
+
+    def close(self) -> None:
+        """Close connections."""
+        ...
+
+
+class Consumer(Protocol):
+    """One way of reading ``dirty_BenchAll``: every event handled, acknowledged, deleted.
+
+    Attributes:
+        key: short identifier used in results (``baseline-consumer``...).
+        label: the name shown in tables and charts.
+    """
+
+    key: str
+    label: str
+
+    def consume(self, count: int, batch: int) -> list[Any]:
+        """Consume ``count`` events of ``dirty_BenchAll``, ``batch`` per read."""
+        ...
+
+    def events(self, consumed: list[Any]) -> list[Event]:
+        """Turn what :meth:`consume` returned into :class:`Event` (untimed)."""
         ...
 
     def counting(self) -> AbstractContextManager[list[Counts]]:
@@ -162,13 +189,21 @@ class Config(NamedTuple):
     redis_url: str
 
     @classmethod
-    def from_env(cls) -> Config:
-        """Read ``FLUXAORM_BENCH_MYSQL_URL`` / ``FLUXAORM_BENCH_REDIS_URL``."""
+    def from_env(
+        cls, mysql_url: str | None = None, redis_url: str | None = None
+    ) -> Config:
+        """Take the URLs given, else ``FLUXAORM_BENCH_MYSQL_URL`` / ``FLUXAORM_BENCH_REDIS_URL``.
+
+        The defaults are the database ``bench`` and the Redis DB 8 of the local
+        servers.
+        """
         return cls(
-            os.environ.get(
+            mysql_url
+            or os.environ.get(
                 "FLUXAORM_BENCH_MYSQL_URL", "mysql://root@127.0.0.1:3306/bench"
             ),
-            os.environ.get("FLUXAORM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/8"),
+            redis_url
+            or os.environ.get("FLUXAORM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/8"),
         )
 
     def __repr__(self) -> str:
