@@ -122,6 +122,11 @@ class Fluxa:
         """Count with ``fluxaorm.testing.count_queries`` / ``count_round_trips``."""
         return _counting(self.engine)
 
+    def unpublished(self) -> int:
+        """Return the outbox rows still to be published (the outbox statistics)."""
+        broker = self.engine.get_event_broker()
+        return sum(found.rows for found in broker.get_outbox_statistics())
+
     def close(self) -> None:
         """Close the engine's connections."""
         self.engine.close()

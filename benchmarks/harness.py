@@ -46,6 +46,9 @@ class Plan:
         consume_rows: N of the consume steps (events in the stream).
         runs: timed repetitions of every competitor at every size.
         profile: also run an untimed pass that counts and traces memory.
+        profile_flushes: how many flushes the untimed pass makes at each size
+            (``min(N, profile_flushes x rows per flush)`` rows): counts per
+            flush do not depend on N, and tracing memory slows Python down.
         pyinstrument: keys of competitors (or consumers) to profile with
             pyinstrument at the largest size, written to ``pyinstrument_dir``.
         pyinstrument_dir: where the pyinstrument reports go.
@@ -56,6 +59,7 @@ class Plan:
     consume_rows: int
     runs: int
     profile: bool = True
+    profile_flushes: int = 10
     pyinstrument: tuple[str, ...] = ()
     pyinstrument_dir: Path = Path(".")
 
@@ -278,7 +282,7 @@ def race(
                     lifecycle(
                         competitor,
                         checker,
-                        values(n),
+                        values(min(n, batch * plan.profile_flushes)),
                         batch,
                         _profiler(competitor, steps),
                     )

@@ -152,7 +152,8 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             r for r in data["runs"] if r.get("kind") == "flush" and r["batch"] == batch
         ]
         profile = data["profile"]["flush"].get(str(batch), {})
-        flushes = math.ceil(rows / batch)
+        profiled = min(rows, batch * data["plan"]["profile_flushes"])
+        flushes = math.ceil(profiled / batch)
         by_op: dict[str, Any] = {}
         for operation in FLUSH_OPERATIONS:
             by_comp: dict[str, Any] = {}
@@ -390,7 +391,9 @@ def markdown_table(data: dict[str, Any]) -> str:
     wall = plan.get("wall_seconds")
     lines += [
         "",
-        "Counts come from one extra, untimed pass: fluxaorm's through "
+        "Counts come from one extra, untimed pass of "
+        f"{plan['profile_flushes']} flushes at each size (all of the consumed "
+        "events): fluxaorm's through "
         "`fluxaorm.testing.count_queries` (statements, and MySQL round trips) and "
         "`count_round_trips` (Redis), the others' at the wire (every statement a "
         "pymysql connection sends, COMMIT and SQLAlchemy's ROLLBACK on returning a "
@@ -399,7 +402,8 @@ def markdown_table(data: dict[str, Any]) -> str:
         "per `executemany()`, while pymysql sends an UPDATE or DELETE per row: "
         "latest.json keeps both). Consumers' MySQL round trips are `run()`'s outbox "
         "relay. Peak MB is the peak of Python allocations traced by `tracemalloc` "
-        "during the step, above the step's starting point (same untimed pass).",
+        "during the step, above the step's starting point (same untimed pass, so "
+        "for those flushes only).",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; {m['python']}; "
         f"MariaDB/MySQL {m['mysql']}; Redis {m['redis']}; {packages}; "

@@ -146,7 +146,9 @@ def _build(keys: list[str], config: Config, checker: Checker) -> _Built:
         raise SystemExit(
             f"unknown competitor {unknown[0]!r}; choose from {', '.join(KEYS)}"
         )
+    checker.clear_outbox()
     source = Fluxa(config, outbox=True)
+    checker.unpublished = source.unpublished
     built: dict[str, Competitor] = {"fluxaorm": source}
     if "fluxaorm-no-outbox" in keys:
         built["fluxaorm-no-outbox"] = Fluxa(config, outbox=False)
@@ -230,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             "consume_sizes": list(plan.consume_sizes),
             "consume_rows": plan.consume_rows,
             "runs": plan.runs,
+            "profile_flushes": plan.profile_flushes,
             "quick": args.quick,
             "wall_seconds": round(seconds, 1),
         },
