@@ -3,8 +3,8 @@
 ``baseline.py`` and ``sqla.py`` open their connections through :class:`WireCounter`,
 which counts every statement a pymysql connection sends (COMMIT included; each
 is one MySQL round trip) and every request redis-py writes to a socket (a
-pipeline is one). fluxaorm is counted
-by ``fluxaorm.testing`` instead (``fluxa.py``).
+pipeline is one). fluxaorm is counted by ``fluxaorm.testing`` instead
+(``fluxa.py``).
 """
 
 from __future__ import annotations

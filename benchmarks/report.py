@@ -461,7 +461,7 @@ def chart(data: dict[str, Any], paths: Sequence[Path]) -> None:
         ax.set_visible(False)
     shown: list[float] = [1.0]
     for ax, (operation, xlabel, sizes, lines) in zip(flat, panels):
-        for key, label in lines.items():
+        for k, (key, label) in enumerate(lines.items()):
             xs, ys, lows, highs = [], [], [], []
             for size in sizes:
                 if operation == CONSUME:
@@ -494,7 +494,8 @@ def chart(data: dict[str, Any], paths: Sequence[Path]) -> None:
                     f"{y:.2f}",
                     (x, y),
                     textcoords="offset points",
-                    xytext=(4, 4),
+                    # Alternate above and below so close lines keep readable labels.
+                    xytext=(4, 4) if k % 2 == 0 else (4, -11),
                     fontsize=7,
                 )
         ax.axhline(1.0, color="#555555", linewidth=1, linestyle="--")

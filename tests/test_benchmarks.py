@@ -21,7 +21,7 @@ from benchmarks.baseline import Baseline, PipelinedConsumer
 from benchmarks.fluxa import Fluxa, FluxaConsumer
 from benchmarks.harness import Plan, Stream, consume_step, fill_stream, race
 from benchmarks.verify import Checker
-from benchmarks.workload import Config, make_values
+from benchmarks.workload import Config, Consumer, make_values
 from tests.conftest import MYSQL_URL, REDIS_URL
 
 
@@ -110,7 +110,7 @@ def test_race_reports_ratios_and_counts_per_flush(
 ) -> None:
     """A tiny race gives per-run ratios and the baseline's 2 MySQL + 1 Redis trips per insert."""
     baseline = Baseline(config)
-    consumers = [
+    consumers: list[Consumer] = [
         PipelinedConsumer(config),
         FluxaConsumer(source.engine, mode="consume"),
         FluxaConsumer(source.engine, mode="run"),
