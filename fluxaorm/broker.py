@@ -15,7 +15,7 @@ import attrs
 from .consumer import DEAD_FIELDS
 from .errors import StreamError
 from .events import DirtyStreamEvent, decode_entry
-from .outbox import backlog
+from .relay import backlog
 from .streams import pairs, parse_entries, text
 
 if TYPE_CHECKING:
@@ -267,7 +267,9 @@ class EventBroker:
         )
         out = []
         for name in pools:
-            rows, entries, oldest, quarantined = backlog(self._engine.mysql_pool(name))
+            rows, entries, oldest, quarantined = backlog(
+                self._engine.mysql_pool(name), self._engine.redis_pools
+            )
             out.append(OutboxStatistics(name, rows, entries, oldest, quarantined))
         return out
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .db import MySQLPool
 from .ddl import Alter
 from .errors import DatabaseError, StreamError
+from .outbox import record_key
 from .streams import RedisPool
 
 if TYPE_CHECKING:
@@ -137,6 +138,16 @@ def _probes(streams: Sequence[StreamInfo]) -> list[_Probe]:
             ("XTRIM", ("XTRIM", key, "MINID", "0")),
         ):
             probes.append((what, key, args))
+        record = record_key(info.name).decode()
+        record_probes: tuple[tuple[str, tuple[Any, ...]], ...] = (
+            # XX: only members that exist are updated, and this one does not.
+            ("ZADD", ("ZADD", record, "XX", 0, "fluxaorm-check")),
+            ("ZMSCORE", ("ZMSCORE", record, "fluxaorm-check")),
+            ("ZREM", ("ZREM", record, "fluxaorm-check")),
+            ("ZREMRANGEBYSCORE", ("ZREMRANGEBYSCORE", record, "-inf", "(-inf")),
+        )
+        for what, args in record_probes:
+            probes.append((what, record, args))
         for what, args in (
             ("XADD", ("XADD", dead, "NOMKSTREAM", "0-0", "f", "v")),
             ("XLEN", ("XLEN", dead)),
@@ -214,7 +225,8 @@ def _denied(
         f"{where}: the ACL user {user!r} may not {' nor '.join(parts)}, which "
         f"fluxaorm needs (first refusal: {what}{' ' + key if key else ''}: {first}). "
         f"Retrying cannot help: grant it, e.g. ACL SETUSER {user} "
-        "+@stream +@transaction +time ~dirty_*",
+        "+@stream +@transaction +time +zadd +zrem +zmscore +zremrangebyscore "
+        "~dirty_*",
         pool=pool.name,
         orig=first,
         permanent=True,

@@ -12,6 +12,7 @@ import datetime as _dt
 import logging
 import os
 import re
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +28,15 @@ from pymysql.constants import CLIENT, ER, FIELD_TYPE
 from .config import MySQLConfig
 from .errors import DatabaseError, DuplicateKeyError
 
-__all__ = ["Connection", "MySQLPool", "ServerInfo", "StatementListener"]
+__all__ = [
+    "Connection",
+    "MySQLPool",
+    "PacketError",
+    "Result",
+    "RoundTripListener",
+    "ServerInfo",
+    "StatementListener",
+]
 
 _log = logging.getLogger("fluxaorm.sql")
 # Backslash escapes on, strict values: what fluxaorm's literal rendering relies on.
@@ -45,6 +54,41 @@ _REPLAYABLE = ("SELECT", "SHOW", "BEGIN", "START TRANSACTION")
 _LOG_LIMIT = 2000
 
 StatementListener = Callable[[str, str], None]
+# Called as listener(pool, statements) once per MySQL round trip.
+RoundTripListener = Callable[[str, int], None]
+# Connection character sets in which no multi-byte character can end in a
+# backslash or a quote byte: with them, backslash escaping cannot be bypassed,
+# so several statements may travel in one packet (utf8mb4 is the default).
+_PACKET_SAFE_CHARSETS = frozenset(
+    {"utf8mb4", "utf8", "utf8mb3", "latin1", "ascii", "binary"}
+)
+
+
+@attrs.frozen
+class Result:
+    """What one statement of a packet returned."""
+
+    rowcount: int
+    lastrowid: int
+    rows: tuple[tuple[Any, ...], ...] | None
+
+
+class PacketError(DatabaseError):
+    """Internal: statement ``index`` of a packet failed; the later ones did not run."""
+
+    def __init__(
+        self,
+        error: DatabaseError,
+        index: int,
+        results: list[Result],
+        sent: int | None = None,
+    ):
+        super().__init__(str(error), pool=error.pool, orig=error.orig)
+        self.error = error
+        self.index = index
+        self.results = results
+        # How many statements had been sent (the failing packet's included).
+        self.sent = sent if sent is not None else index + 1
 
 
 def _datetime(value: Any) -> Any:
@@ -104,6 +148,7 @@ class Connection:
         "_cursor",
         "_listeners",
         "_reconnect",
+        "_trips",
         "broken",
         "last_used",
         "pool",
@@ -117,11 +162,13 @@ class Connection:
         pool: str,
         listeners: list[StatementListener],
         reconnect: Reconnect | None = None,
+        trips: list[RoundTripListener] | None = None,
     ):
         self.raw = raw
         self.pool = pool
         self._cursor: pymysql.cursors.Cursor = raw.cursor()
         self._listeners = listeners
+        self._trips: list[RoundTripListener] = trips if trips is not None else []
         self._reconnect = reconnect
         self.broken = False
         self.reused = False
@@ -146,6 +193,7 @@ class Connection:
         """
         reused, self.reused = self.reused, False
         self._announce(sql)
+        self._trip(1)
         try:
             self._send(sql, args)
         except pymysql.err.Error as exc:
@@ -155,11 +203,70 @@ class Connection:
             _log.info("[%s] %s; reconnecting", self.pool, error)
             self._replace()
             self._announce(sql)
+            self._trip(1)
             try:
                 self._send(sql, args)
             except pymysql.err.Error as again:
                 raise self._wrap(again) from again
         return self._cursor
+
+    def packet(self, statements: Sequence[str | bytes]) -> list[Result]:
+        """Send several statements in one packet (one round trip); return each result.
+
+        The server runs them in order and stops at the first that fails. Listeners
+        hear of every statement and of one round trip. A packet is never sent
+        again on another connection (it may hold a COMMIT): instead, a reused
+        connection whose socket the server has already closed (the socket is
+        readable before anything was sent) is replaced first.
+
+        Raises:
+            PacketError: statement ``index`` failed (``.error`` is the wrapped
+                error, a ``DuplicateKeyError`` for a duplicate); the statements
+                before it ran, the later ones did not.
+        """
+        if self.reused:
+            self.reused = False
+            if self._closed_by_server():
+                _log.info(
+                    "[%s] the server closed this idle connection; reconnecting",
+                    self.pool,
+                )
+                self._replace()
+        for statement in statements:
+            self._announce(statement)
+        self._trip(len(statements))
+        payload = b";".join(
+            s if isinstance(s, bytes) else s.encode("utf-8") for s in statements
+        )
+        cursor: Any = self._cursor
+        results: list[Result] = []
+        try:
+            cursor.execute(payload)
+            while True:
+                rows = cursor.fetchall() if cursor.description is not None else None
+                results.append(Result(cursor.rowcount, cursor.lastrowid or 0, rows))
+                if not cursor.nextset():
+                    break
+        except pymysql.err.Error as exc:
+            raise PacketError(
+                self._wrap(exc), len(results), results, len(statements)
+            ) from exc
+        return results
+
+    def _closed_by_server(self) -> bool:
+        """Whether the idle socket is readable: the server closed or killed it."""
+        sock = getattr(self.raw, "_sock", None)
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def _trip(self, statements: int) -> None:
+        for listener in self._trips:
+            listener(self.pool, statements)
 
     def _send(self, sql: str | bytes, args: Sequence[Any] | None) -> None:
         # pymysql sends a bytes statement as is (its stubs say str only).
@@ -288,10 +395,19 @@ class MySQLPool:
     child never touches the parent's sockets.
     """
 
-    def __init__(self, config: MySQLConfig, listeners: list[StatementListener]):
+    def __init__(
+        self,
+        config: MySQLConfig,
+        listeners: list[StatementListener],
+        trips: list[RoundTripListener] | None = None,
+    ):
         self.config = config
         self.name = config.pool
         self._listeners = listeners
+        self._trips: list[RoundTripListener] = trips if trips is not None else []
+        # Several statements per packet (one round trip per flush) only where
+        # backslash escaping cannot be bypassed by the connection's charset.
+        self.packets = config.charset.lower() in _PACKET_SAFE_CHARSETS
         self._idle: list[Connection] = []
         self._open = 0
         self._cond = threading.Condition()
@@ -323,7 +439,8 @@ class MySQLPool:
                 conv=_CONVERSIONS,
                 # UPDATE reports the rows it matched, not only those it changed:
                 # the flush streams an event only for a row a statement matched.
-                client_flag=CLIENT.FOUND_ROWS,
+                client_flag=CLIENT.FOUND_ROWS
+                | (CLIENT.MULTI_STATEMENTS if self.packets else 0),
                 **kwargs,
             )
             # pymysql applies _read_timeout again before each read.
@@ -351,7 +468,9 @@ class MySQLPool:
             raise error from None
 
     def _connect(self) -> Connection:
-        conn = Connection(self._open_raw(), self.name, self._listeners, self._open_raw)
+        conn = Connection(
+            self._open_raw(), self.name, self._listeners, self._open_raw, self._trips
+        )
         if self._info is None:
             try:
                 row = conn.query(

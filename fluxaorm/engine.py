@@ -17,10 +17,12 @@ import attrs
 
 from . import ddl
 from . import outbox as _outbox
+from . import relay as _relay
 from .config import MySQLConfig, RedisConfig
 from .db import MySQLPool, StatementListener
+from .db import RoundTripListener as MySQLRoundTripListener
 from .errors import ConfigurationError, DatabaseError, FluxaORMError
-from .events import STREAM_PREFIX, StreamEncoder
+from .events import STREAM_PREFIX, EventBatch, StreamEncoder
 from .render import Unwirer, compile_unwire
 from .schema import EntitySchema
 from .streams import RedisPool, RoundTripListener
@@ -81,9 +83,11 @@ class Engine:
         relay_delay: float,
     ):
         self._sql_listeners: list[StatementListener] = []
+        self._sql_trips: list[MySQLRoundTripListener] = []
         self._redis_listeners: list[RoundTripListener] = []
         self._mysql = {
-            name: MySQLPool(cfg, self._sql_listeners) for name, cfg in mysql.items()
+            name: MySQLPool(cfg, self._sql_listeners, self._sql_trips)
+            for name, cfg in mysql.items()
         }
         self._redis = {
             name: RedisPool(cfg, self._redis_listeners) for name, cfg in redis.items()
@@ -97,6 +101,10 @@ class Engine:
         # Tests force the id-assignment strategy of the flush; None picks per server.
         self.id_strategy: str | None = None
         self._unpublished: dict[str, set[int]] = {}
+        # MySQL pool -> outbox id -> (Redis pool, streams, batch event id) of rows
+        # this process published and has not deleted yet: the next flush on that
+        # pool deletes them in its packet, then forgets their Redis records.
+        self._published: dict[str, dict[int, tuple[str, tuple[str, ...], str]]] = {}
         self._lock = threading.Lock()
         self._unwire: dict[str, Unwirer] = {}
         for schema in self._schemas.values():
@@ -302,7 +310,7 @@ class Engine:
             with self._lock:
                 mine = set(self._unpublished.get(name, ()))
             try:
-                result = _outbox.relay(
+                result = _relay.relay(
                     self._mysql[name], self._redis, self.encoder, self.relay_delay, mine
                 )
             except DatabaseError as exc:
@@ -337,7 +345,49 @@ class Engine:
             ids = self._unpublished.setdefault(pool, set())
             ids.add(outbox_id)
             if len(ids) > 2 * _outbox.MINE_LIMIT:
-                self._unpublished[pool] = _outbox.newest(ids, _outbox.MINE_LIMIT)
+                self._unpublished[pool] = _relay.newest(ids, _outbox.MINE_LIMIT)
+
+    def published(self, pool: str, outbox_id: int, batch: EventBatch) -> None:
+        """Note an outbox row this process published; a later flush deletes it."""
+        streams = tuple(dict.fromkeys(s for r in batch.records for s in r.streams))
+        with self._lock:
+            rows = self._published.setdefault(pool, {})
+            rows[outbox_id] = (batch.redis_pool, streams, batch.event_id)
+            if len(rows) > _CLEANUP_LIMIT:
+                # An outage of the cleanup: the oldest are left to the relay, which
+                # finds them recorded as published and deletes them.
+                for ident in sorted(rows)[: len(rows) - _CLEANUP_LIMIT]:
+                    del rows[ident]
+
+    def take_cleanup(self, pool: str) -> list[int]:
+        """The published rows of ``pool`` a flush should delete (at most 500).
+
+        They stay noted until :meth:`forget_records` (their cleanup committed);
+        two threads deleting the same rows is harmless.
+        """
+        with self._lock:
+            rows = self._published.get(pool)
+            if not rows:
+                return []
+            return sorted(rows)[:_CLEANUP_PER_FLUSH]
+
+    def forget_records(
+        self, cleaned: list[tuple[str, int]]
+    ) -> dict[str, list[tuple[str, str]]]:
+        """Forget rows whose cleanup committed; return their Redis records to remove.
+
+        Returns:
+            Redis pool -> ``(stream, batch event id)`` pairs.
+        """
+        out: dict[str, list[tuple[str, str]]] = {}
+        with self._lock:
+            for pool, ident in cleaned:
+                found = self._published.get(pool, {}).pop(ident, None)
+                if found is None:
+                    continue
+                redis_pool, streams, event_id = found
+                out.setdefault(redis_pool, []).extend((s, event_id) for s in streams)
+        return out
 
     def _xadd_trim(self, name: str) -> tuple[bytes, ...]:
         """XADD options of a stream: MAXLEN ~ N only when it may drop unhandled entries."""
@@ -356,6 +406,16 @@ class Engine:
         """Stop calling ``listener`` for SQL statements."""
         self._sql_listeners.remove(listener)
 
+    def add_mysql_round_trip_listener(self, listener: MySQLRoundTripListener) -> None:
+        """Call ``listener(pool, statements)`` for every MySQL round trip from now on."""
+        self._sql_trips.append(listener)
+
+    def remove_mysql_round_trip_listener(
+        self, listener: MySQLRoundTripListener
+    ) -> None:
+        """Stop calling ``listener`` for MySQL round trips."""
+        self._sql_trips.remove(listener)
+
     def add_round_trip_listener(self, listener: RoundTripListener) -> None:
         """Call ``listener(pool, what, commands)`` for every Redis round trip from now on."""
         self._redis_listeners.append(listener)
@@ -366,6 +426,9 @@ class Engine:
 
 
 P = TypeVar("P")
+# Published outbox rows a process remembers for cleanup, and deletes per flush.
+_CLEANUP_LIMIT = 10_000
+_CLEANUP_PER_FLUSH = 500
 
 
 def _pool(kind: str, pools: Mapping[str, P], name: str) -> P:

@@ -1,17 +1,28 @@
 """The flush: turn an ORM's pending changes into SQL and stream entries.
 
-Called only by ``ORM.flush()`` (``orm.py``). :func:`plan` validates every value and
-renders every data statement before any I/O; :func:`execute` then runs one
-transaction per MySQL pool (data statements, then the outbox row), commits, and
-publishes each Redis pool's entries in one MULTI/EXEC round trip.
+Called only by ``ORM.flush()`` (``orm.py``). ``changes.plan`` validates every
+value before any I/O; :func:`execute` then runs one transaction per MySQL pool
+and publishes each Redis pool's entries in one MULTI/EXEC round trip.
+
+A pool's transaction travels as **one packet** of statements (one round trip):
+start, data statements each followed by a guard that fails the packet when the
+statement matched fewer rows than it named, the outbox row, COMMIT, and the
+cleanup of outbox rows this process published earlier (autocommitted after the
+COMMIT). Inserts whose ids MySQL assigns need their ids before the outbox row is
+written: their transaction takes two packets (the data, then outbox and COMMIT).
+A shortfall, a connection charset that makes packets unsafe, or the careful pass
+after a short delete run the same statements one round trip each.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .db import Connection, MySQLPool
+from .changes import Delete, Pending, PoolPlan, RowKey, Update, plan
+from .db import Connection, MySQLPool, PacketError, Result
 from .errors import (
     DatabaseError,
     DuplicateKeyError,
@@ -21,308 +32,88 @@ from .errors import (
 )
 from .events import EventBatch, EventRecord, pack_bind
 from .outbox import (
+    OUTBOX_Q,
     PublishOutcome,
-    delete_rows,
     insert_statements,
     keep_refused,
     payload_limit,
     publish,
 )
 from .schema import EntitySchema
-from .sql import chunk_rows
+from .sql import chunk_rows, packet_budget
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["FlushResult", "Pending", "execute", "plan"]
+__all__ = ["GUARD", "FlushResult", "execute"]
 
 _log = logging.getLogger("fluxaorm.flush")
 
-# id strategies (see _assign_ids)
+# id strategies (see _Statements.auto_ids)
 _CONSECUTIVE = "consecutive"
 _RETURNING = "returning"
 _SNAPSHOT = "snapshot"
-
-
-RowKey = tuple[EntitySchema, int]
-
-
-class Pending:
-    """What an ORM holds between flushes (owned by ``ORM``, read here).
-
-    ``inserts`` maps ``id(entity)`` to ``(schema, entity)``. Updates and deletes
-    are keyed by row, ``(schema, id)``, so a row has at most one pending change
-    whatever number of objects hold it: ``updates`` maps a row to the tracked
-    copies edited for it, each with the values it had when edited; ``deletes``
-    maps a row to ``(schema, entity, values as loaded)``; ``forced`` holds the
-    rows deleted with ``force=True``.
-    """
-
-    __slots__ = ("deletes", "forced", "inserts", "updates")
-
-    def __init__(self) -> None:
-        self.inserts: dict[int, tuple[EntitySchema, Any]] = {}
-        self.updates: dict[RowKey, list[tuple[Any, tuple[Any, ...]]]] = {}
-        self.deletes: dict[RowKey, tuple[EntitySchema, Any, tuple[Any, ...]]] = {}
-        self.forced: set[RowKey] = set()
-
-    def __bool__(self) -> bool:
-        return bool(self.inserts or self.updates or self.deletes)
-
-    def clear(self) -> None:
-        self.inserts.clear()
-        self.updates.clear()
-        self.deletes.clear()
-        self.forced.clear()
-
-
-class _Update:
-    """One row's update: the merged change of every object edited for it."""
-
-    __slots__ = ("entities", "id", "literals", "new", "old", "version")
-
-    def __init__(
-        self,
-        entities: list[Any],
-        ident: int,
-        literals: list[str],
-        new: list[Any],
-        old: list[Any],
-        version: int | None,
-    ):
-        self.entities = entities
-        self.id = ident
-        self.literals = literals
-        self.new = new
-        self.old = old
-        # The version the row was loaded with (versioned entities only).
-        self.version = version
-
-
-# A pending delete as planned: (row key, entity, id, values as loaded).
-_Delete = tuple[RowKey, Any, int, tuple[Any, ...]]
-
-
-class _PoolPlan:
-    """The validated, rendered work of one MySQL pool."""
-
-    __slots__ = (
-        "deletes",
-        "fake_deletes",
-        "insert_keys",
-        "inserts",
-        "name",
-        "update_keys",
-        "updates",
-    )
-
-    def __init__(self, name: str):
-        self.name = name
-        self.deletes: dict[EntitySchema, list[_Delete]] = {}
-        self.fake_deletes: dict[EntitySchema, list[_Delete]] = {}
-        self.updates: dict[tuple[EntitySchema, tuple[int, ...]], list[_Update]] = {}
-        self.update_keys: list[RowKey] = []
-        # schema -> (auto-id rows, explicit-id rows); each row is (key, entity, values, literal)
-        self.inserts: dict[
-            EntitySchema,
-            tuple[
-                list[tuple[int, Any, dict[str, Any], str]],
-                list[tuple[int, Any, dict[str, Any], str]],
-            ],
-        ] = {}
-        self.insert_keys: list[int] = []
+# Fails with "Subquery returns more than 1 row" (1242) unless the statement
+# before it matched {n} rows: the packet stops there, before COMMIT.
+GUARD = "SELECT IF(ROW_COUNT()="
+_GUARD = GUARD + "{n},0,(SELECT 1 UNION ALL SELECT 1))"
+_GUARD_FAILED = 1242
 
 
 class FlushResult:
     """What one pool's transaction did, for the steps after COMMIT."""
 
-    __slots__ = ("assign", "batches", "keys", "new_ids", "outbox_ids", "pool")
+    __slots__ = ("assign", "batches", "cleaned", "new_ids", "outbox_ids", "pool")
 
     def __init__(self, pool: str):
         self.pool = pool
         self.batches: list[EventBatch] = []
         self.outbox_ids: list[int] = []
         self.new_ids: list[tuple[EntitySchema, Any, int]] = []
-        self.keys: list[tuple[str, int]] = []
         # (entity, attribute, value) to set once committed: fake_delete, version.
         self.assign: list[tuple[Any, str, Any]] = []
+        # Published outbox rows whose cleanup committed with this transaction.
+        self.cleaned: list[int] = []
 
 
-def plan(pending: Pending) -> tuple[dict[str, _PoolPlan], list[RowKey]]:
-    """Validate every pending value and group the work by MySQL pool.
+class _Step:
+    """One statement of a pool's transaction.
 
-    Returns:
-        The work of each MySQL pool, and the rows whose tracked copies did not
-        change (they need nothing).
-
-    Raises:
-        ValidationError: a value does not fit its column, or two objects of one
-            row change a field to different values; nothing was sent.
-        StaleEntityError: objects of one versioned row were loaded at different
-            versions; nothing was sent.
+    Attributes:
+        sql: the statement.
+        schema: the entity it writes (for error messages), if any.
+        expect: how many rows it must match, or ``None`` when not counted.
+        short: what a shortfall means: ``"update"``/``"delete"`` (stale) or
+            ``"gone"`` (a delete whose rows may be gone: rerun carefully).
+        ids: the ids it names, for the stale error.
+        then: called with its result once it ran (ids of new rows, outbox ids).
     """
-    plans: dict[str, _PoolPlan] = {}
-    clean: list[RowKey] = []
 
-    def pool_plan(schema: EntitySchema) -> _PoolPlan:
-        found = plans.get(schema.mysql_pool)
-        if found is None:
-            found = plans[schema.mysql_pool] = _PoolPlan(schema.mysql_pool)
-        return found
+    __slots__ = ("expect", "ids", "schema", "short", "sql", "then")
 
-    for row_key, (schema, entity, values) in pending.deletes.items():
-        target = pool_plan(schema)
-        fake = schema.has_fake_delete and row_key not in pending.forced
-        (target.fake_deletes if fake else target.deletes).setdefault(schema, []).append(
-            (row_key, entity, row_key[1], values)
-        )
-
-    for row_key, copies in pending.updates.items():
-        schema = row_key[0]
-        update = _merge(schema, row_key[1], copies)
-        if update is None:
-            clean.append(row_key)
-            continue
-        changed, change = update
-        target = pool_plan(schema)
-        target.updates.setdefault((schema, changed), []).append(change)
-        target.update_keys.append(row_key)
-
-    for key, (schema, entity) in pending.inserts.items():
-        if schema.version_index is not None:
-            object.__setattr__(entity, schema.names[schema.version_index], 1)
-        values = schema.get_values(entity)
-        explicit = values[0] != 0
-        if explicit:
-            schema.id_column.literal(values[0])
-            if values[0] < 1:
-                raise ValidationError(
-                    f"{values[0]} is not a valid id (ids start at 1)",
-                    schema.label,
-                    "id",
-                )
-            row, wires = schema.render_row_with_id(values)
-        else:
-            row, wires = schema.render_row(values)
-        target = pool_plan(schema)
-        auto_rows, explicit_rows = target.inserts.setdefault(schema, ([], []))
-        (explicit_rows if explicit else auto_rows).append((key, entity, wires, row))
-        target.insert_keys.append(key)
-    return plans, clean
+    def __init__(
+        self,
+        sql: str | bytes,
+        schema: EntitySchema | None,
+        expect: int | None = None,
+        short: str = "",
+        ids: Sequence[int] = (),
+        then: Callable[[Result], None] | None = None,
+    ):
+        self.sql = sql
+        self.schema = schema
+        self.expect = expect
+        self.short = short
+        self.ids = ids
+        self.then = then
 
 
-def _saved_id(schema: EntitySchema, entity: Any, what: str) -> int:
-    ident = entity.id
-    if type(ident) is not int or ident < 1:
-        raise ValidationError(
-            f"cannot {what} an entity that was never saved (id={ident!r}); flush it first",
-            schema.label,
-            "id",
-        )
-    return ident
+class _Short(Exception):  # noqa: N818 - internal control flow, never raised to users
+    """A counted statement matched fewer rows than it named."""
 
-
-def _merge(
-    schema: EntitySchema, ident: int, copies: list[tuple[Any, tuple[Any, ...]]]
-) -> tuple[tuple[int, ...], _Update] | None:
-    """Merge the changes of every object edited for one row into one update."""
-    if len(copies) == 1:
-        entity, snapshot = copies[0]
-        return _diff(schema, entity, snapshot)
-    merged: dict[int, tuple[str, Any, Any]] = {}
-    version: int | None = None
-    for n, (entity, snapshot) in enumerate(copies):
-        found = _diff(schema, entity, snapshot)
-        vi = schema.version_index
-        if vi is not None:
-            if n and snapshot[vi] != version:
-                raise StaleEntityError(
-                    f"{schema.label} id={ident}: edited through objects loaded at "
-                    f"versions {version} and {snapshot[vi]}; reload it and edit once",
-                    schema.label,
-                    [ident],
-                    pool=schema.mysql_pool,
-                )
-            version = snapshot[vi]
-        if found is None:
-            continue
-        changed, change = found
-        for i, literal, new, old in zip(
-            changed, change.literals, change.new, change.old
-        ):
-            known = merged.get(i)
-            if known is not None and known[0] != literal:
-                raise ValidationError(
-                    f"two objects of row id={ident} set it to different values "
-                    f"({known[1]!r} and {new!r}); edit one object per row",
-                    schema.label,
-                    schema.names[i],
-                )
-            if known is None:
-                merged[i] = (literal, new, old)
-    if not merged:
-        return None
-    changed = tuple(sorted(merged))
-    return changed, _Update(
-        [entity for entity, _ in copies],
-        ident,
-        [merged[i][0] for i in changed],
-        [merged[i][1] for i in changed],
-        [merged[i][2] for i in changed],
-        version,
-    )
-
-
-def _diff(
-    schema: EntitySchema, entity: Any, snapshot: tuple[Any, ...]
-) -> tuple[tuple[int, ...], _Update] | None:
-    current = schema.get_values(entity)
-    if current[0] != snapshot[0]:
-        raise ValidationError(
-            f"the id changed from {snapshot[0]} to {current[0]}; ids cannot be edited",
-            schema.label,
-            "id",
-        )
-    vi = schema.version_index
-    if vi is not None and current[vi] != snapshot[vi]:
-        raise ValidationError(
-            f"the version changed from {snapshot[vi]} to {current[vi]}; fluxaorm "
-            "manages the version field, leave it as loaded",
-            schema.label,
-            schema.names[vi],
-        )
-    changed: list[int] = []
-    literals: list[str] = []
-    new: list[Any] = []
-    old: list[Any] = []
-    columns = schema.columns
-    for i in range(1, len(current)):
-        value = current[i]
-        before = snapshot[i]
-        if value is before or (type(value) is type(before) and value == before):
-            continue
-        literal = columns[i].literal(value)
-        if type(value) is not type(before):
-            # 1 and 1.0, an enum member and its value: equal when stored the same.
-            try:
-                if columns[i].literal(before) == literal:
-                    continue
-            except ValidationError:
-                pass
-        changed.append(i)
-        literals.append(literal)
-        new.append(value)
-        old.append(before)
-    if not changed:
-        return None
-    return tuple(changed), _Update(
-        [entity],
-        current[0],
-        literals,
-        new,
-        old,
-        snapshot[vi] if vi is not None else None,
-    )
+    def __init__(self, step: _Step):
+        super().__init__(step.short)
+        self.step = step
 
 
 def _assign_strategy(pool: MySQLPool) -> str:
@@ -335,26 +126,48 @@ def _assign_strategy(pool: MySQLPool) -> str:
 
 
 class _Statements:
-    """Runs one pool's statements and collects its events, inside its transaction."""
+    """Renders one pool's statements and collects its events.
+
+    In packet mode the statements are collected and sent by :func:`_run_packets`;
+    otherwise (``conn`` given) each runs at once, one round trip each.
+    """
 
     def __init__(
         self,
-        engine: Engine,
-        conn: Connection,
         pool: MySQLPool,
         strategy: str,
+        result: FlushResult,
+        conn: Connection | None = None,
         careful: bool = False,
     ):
-        self.engine = engine
-        self.conn = conn
         self.pool = pool
         self.strategy = strategy
+        self.result = result
+        self.conn = conn
         self.max_packet = pool.info.max_allowed_packet
         # Careful pass: lock rows before deleting them (after a shortfall).
         self.careful = careful
+        self.steps: list[_Step] = []
+        # Steps whose results the events need (ids MySQL assigns).
+        self.waits_for_ids = False
         self.records: dict[str, list[EventRecord]] = {}
         # Rough outbox payload size per Redis pool, so most flushes skip split().
         self.sizes: dict[str, int] = {}
+
+    # -- statements ----------------------------------------------------------------------
+
+    def add(self, step: _Step) -> None:
+        """Queue a statement (packet mode) or run it now and check it."""
+        if self.conn is None:
+            self.steps.append(step)
+            return
+        cursor = _run(self.conn, step.sql, step.schema)
+        rows = cursor.fetchall() if cursor.description is not None else None
+        done = Result(cursor.rowcount, cursor.lastrowid or 0, rows)
+        if step.expect is not None and done.rowcount < step.expect:
+            raise _Short(step)
+        if step.then is not None:
+            step.then(done)
 
     def event(
         self,
@@ -374,33 +187,13 @@ class _Statements:
                 self.sizes.get(pool, 0) + len(bind) + 48 + (len(old) if old else 0)
             )
 
-    def run(self, sql: str | bytes, schema: EntitySchema | None) -> Any:
-        try:
-            return self.conn.execute(sql)
-        except DuplicateKeyError as exc:
-            if schema is None:
-                raise
-            raise DuplicateKeyError(
-                f"{schema.label}: {exc}",
-                index=exc.index,
-                table=schema.table,
-                pool=exc.pool,
-                orig=exc.orig,
-            ) from exc.orig
-
-    def deletes(
-        self,
-        schema: EntitySchema,
-        rows: list[_Delete],
-        fake: bool,
-        result: FlushResult,
-    ) -> None:
+    def deletes(self, schema: EntitySchema, rows: list[Delete], fake: bool) -> None:
         """Delete (or fake-delete) rows; stream only the rows a statement matched.
 
         A shortfall in the matched-row count of an entity without a version field
-        means some rows were already gone: the fast pass gives up
-        (:class:`_ShortCountError`) and the careful pass locks the rows first and
-        deletes only those that exist. With a version field it is stale.
+        means some rows were already gone: the fast pass gives up and the careful
+        pass locks the rows first and deletes only those that exist. With a
+        version field it is stale.
         """
         vi = schema.version_index
         # Rows in id order: concurrent flushes lock them in one order, which
@@ -412,11 +205,11 @@ class _Statements:
                 return
         table = schema.quoted_table
         alive = "`fake_delete` = 0 AND " if fake else ""
+        vq = schema.columns[vi].quoted if vi is not None else ""
         if vi is None:
             keys = [str(r[2]) for r in rows]
             where = f"{alive}`id` IN ("
         else:
-            vq = schema.columns[vi].quoted
             keys = [f"({r[2]},{int(r[3][vi])})" for r in rows]
             where = f"{alive}(`id`,{vq}) IN ("
         head = (
@@ -426,19 +219,26 @@ class _Statements:
             if fake
             else f"DELETE FROM {table} WHERE {where}"
         )
-        matched = 0
+        start = 0
         for chunk in chunk_rows(keys, self.max_packet, len(head)):
-            matched += self.run(head + ",".join(chunk) + ")", schema).rowcount
-        if matched < len(rows):
-            if vi is None:
-                raise _ShortCountError()
-            raise self.stale(schema, [r[2] for r in rows], "delete")
+            ids = [r[2] for r in rows[start : start + len(chunk)]]
+            start += len(chunk)
+            self.add(
+                _Step(
+                    head + ",".join(chunk) + ")",
+                    schema,
+                    len(chunk),
+                    "gone" if vi is None else "delete",
+                    ids,
+                )
+            )
+        assign = self.result.assign
         if fake or vi is not None:
             for _, entity, _, values in rows:
                 if fake:
-                    result.assign.append((entity, "fake_delete", True))
+                    assign.append((entity, "fake_delete", True))
                 if vi is not None:
-                    result.assign.append((entity, schema.names[vi], values[vi] + 1))
+                    assign.append((entity, schema.names[vi], values[vi] + 1))
         streams = schema.delete_streams
         if not streams:
             return
@@ -454,9 +254,10 @@ class _Statements:
             self.event(schema, streams, "delete", ident, pack_bind(bind))
 
     def existing(
-        self, schema: EntitySchema, rows: list[_Delete], fake: bool
-    ) -> list[_Delete]:
+        self, schema: EntitySchema, rows: list[Delete], fake: bool
+    ) -> list[Delete]:
         """Lock the rows of ``rows`` that still exist (alive, for a fake delete)."""
+        assert self.conn is not None  # the careful pass runs statement by statement
         head = f"SELECT `id` FROM {schema.quoted_table} WHERE `id` IN ("
         tail = ")" + (" AND `fake_delete` = 0" if fake else "") + " FOR UPDATE"
         found: set[int] = set()
@@ -467,48 +268,14 @@ class _Statements:
             )
         return [r for r in rows if r[2] in found]
 
-    def stale(
-        self, schema: EntitySchema, ids: list[int], what: str
-    ) -> StaleEntityError:
-        """The error for a statement that matched fewer rows than it was sent for."""
-        vi = schema.version_index
-        head = f"SELECT `id` FROM {schema.quoted_table} WHERE `id` IN ("
-        present: set[int] = set()
-        for chunk in chunk_rows([str(i) for i in ids], self.max_packet, len(head)):
-            present.update(
-                int(r[0]) for r in self.conn.query(head + ",".join(chunk) + ")")
-            )
-        if what == "update" and vi is None:
-            gone = [i for i in ids if i not in present]
-            reason = "the rows were deleted by another flush first"
-        else:
-            gone = ids
-            reason = "another flush changed or deleted the rows first"
-        shown = ", ".join(str(i) for i in gone[:20]) + (
-            ", ..." if len(gone) > 20 else ""
-        )
-        return StaleEntityError(
-            f"{schema.label}: cannot {what} id {shown}: {reason}; nothing of MySQL "
-            f"pool {self.pool.name!r} was written. Reload the entities and edit them "
-            "again, or orm.clear_flush() to drop the changes",
-            schema.label,
-            gone,
-            pool=self.pool.name,
-        )
-
     def updates(
-        self,
-        schema: EntitySchema,
-        changed: tuple[int, ...],
-        rows: list[_Update],
-        result: FlushResult,
+        self, schema: EntitySchema, changed: tuple[int, ...], rows: list[Update]
     ) -> None:
         columns = [schema.columns[i] for i in changed]
         table = schema.quoted_table
         vi = schema.version_index
         vq = schema.columns[vi].quoted if vi is not None else ""
         rows = sorted(rows, key=_update_id)  # one lock order, as for deletes
-        matched = 0
         if len(rows) == 1:
             row = rows[0]
             sets = ",".join(
@@ -518,55 +285,22 @@ class _Statements:
             if vi is not None:
                 sets += f",{vq}={vq}+1"
                 where += f" AND {vq}={int(row.version or 0)}"
-            matched = self.run(
-                f"UPDATE {table} SET {sets} WHERE {where}", schema
-            ).rowcount
-        else:
-            # One multi-table UPDATE joined to a derived table of the new values:
-            # several times faster on the server than CASE id WHEN ... per column.
-            selects = [
-                f"SELECT {r.id},"
-                + ",".join(r.literals)
-                + (f",{int(r.version or 0)}" if vi is not None else "")
-                for r in rows
-            ]
-            aliases = "".join(f" AS {c.quoted}" for c in columns)
-            sets = ",".join(f"t.{c.quoted}=v.{c.quoted}" for c in columns)
-            on = "t.`id`=v.`id`"
-            if vi is not None:
-                sets += f",t.{vq}=t.{vq}+1"
-                on += f" AND t.{vq}=v.`_fluxaorm_version`"
-            fixed = len(table) + len(sets) + len(aliases) + len(on) + 96
-            start = 0
-            for chunk in chunk_rows(selects, self.max_packet, fixed):
-                group = rows[start : start + len(chunk)]
-                start += len(chunk)
-                first = group[0]
-                values = [
-                    f"SELECT {first.id} AS `id`,"
-                    + ",".join(
-                        f"{lit} AS {c.quoted}"
-                        for lit, c in zip(first.literals, columns)
-                    )
-                    + (
-                        f",{int(first.version or 0)} AS `_fluxaorm_version`"
-                        if vi is not None
-                        else ""
-                    )
-                ]
-                values.extend(chunk[1:])
-                matched += self.run(
-                    f"UPDATE {table} t JOIN ({' UNION ALL '.join(values)}) v "
-                    f"ON {on} SET {sets}",
+            self.add(
+                _Step(
+                    f"UPDATE {table} SET {sets} WHERE {where}",
                     schema,
-                ).rowcount
-        if matched < len(rows):
-            raise self.stale(schema, [r.id for r in rows], "update")
+                    1,
+                    "update",
+                    [row.id],
+                )
+            )
+        else:
+            self._joined_updates(schema, columns, rows)
         if vi is not None:
             vname = schema.names[vi]
             for row in rows:
                 for entity in row.entities:
-                    result.assign.append((entity, vname, (row.version or 0) + 1))
+                    self.result.assign.append((entity, vname, (row.version or 0) + 1))
         streams = schema.update_streams(tuple(c.name for c in columns))
         if not streams:
             return
@@ -578,27 +312,91 @@ class _Statements:
                 old[vname] = row.version
             self.event(schema, streams, "edit", row.id, pack_bind(bind), pack_bind(old))
 
+    def _joined_updates(
+        self, schema: EntitySchema, columns: list[Any], rows: list[Update]
+    ) -> None:
+        """One multi-table UPDATE joined to a derived table of the new values.
+
+        Several times faster on the server than CASE id WHEN ... per column.
+        """
+        table = schema.quoted_table
+        vi = schema.version_index
+        vq = schema.columns[vi].quoted if vi is not None else ""
+        selects = [
+            f"SELECT {r.id},"
+            + ",".join(r.literals)
+            + (f",{int(r.version or 0)}" if vi is not None else "")
+            for r in rows
+        ]
+        aliases = "".join(f" AS {c.quoted}" for c in columns)
+        sets = ",".join(f"t.{c.quoted}=v.{c.quoted}" for c in columns)
+        on = "t.`id`=v.`id`"
+        if vi is not None:
+            sets += f",t.{vq}=t.{vq}+1"
+            on += f" AND t.{vq}=v.`_fluxaorm_version`"
+        fixed = len(table) + len(sets) + len(aliases) + len(on) + 96
+        start = 0
+        for chunk in chunk_rows(selects, self.max_packet, fixed):
+            group = rows[start : start + len(chunk)]
+            start += len(chunk)
+            first = group[0]
+            values = [
+                f"SELECT {first.id} AS `id`,"
+                + ",".join(
+                    f"{lit} AS {c.quoted}" for lit, c in zip(first.literals, columns)
+                )
+                + (
+                    f",{int(first.version or 0)} AS `_fluxaorm_version`"
+                    if vi is not None
+                    else ""
+                )
+            ]
+            values.extend(chunk[1:])
+            self.add(
+                _Step(
+                    f"UPDATE {table} t JOIN ({' UNION ALL '.join(values)}) v "
+                    f"ON {on} SET {sets}",
+                    schema,
+                    len(group),
+                    "update",
+                    [r.id for r in group],
+                )
+            )
+
     def inserts(
         self,
         schema: EntitySchema,
         rows: list[tuple[int, Any, dict[str, Any], str]],
         explicit: bool,
-        result: FlushResult,
     ) -> None:
         prefix = schema.insert_prefix_with_id if explicit else schema.insert_prefix
         literals = [r[3] for r in rows]
-        ids: list[int] = []
+        start = 0
         for chunk in chunk_rows(literals, self.max_packet, len(prefix) + 16):
+            part = rows[start : start + len(chunk)]
+            start += len(chunk)
             sql = prefix + ",".join(chunk)
             if explicit:
-                self.run(sql, schema)
+                self.add(_Step(sql, schema))
+                self.inserted(schema, part, [r[2]["id"] for r in part])
             else:
-                ids.extend(
-                    self.insert_ids(sql, schema.quoted_table, len(chunk), schema)
+                self.auto_ids(
+                    sql,
+                    schema.quoted_table,
+                    len(part),
+                    schema,
+                    functools.partial(self.inserted, schema, part),
+                    events=bool(schema.insert_streams),
                 )
-        if explicit:
-            ids = [r[2]["id"] for r in rows]
-        new_ids = result.new_ids
+
+    def inserted(
+        self,
+        schema: EntitySchema,
+        rows: list[tuple[int, Any, dict[str, Any], str]],
+        ids: list[int],
+    ) -> None:
+        """Note the ids of inserted rows and their Insert events."""
+        new_ids = self.result.new_ids
         for (_, entity, _, _), ident in zip(rows, ids):
             new_ids.append((schema, entity, ident))
         streams = schema.insert_streams
@@ -617,50 +415,99 @@ class _Statements:
             records.append(EventRecord(streams, "add", name, ident, packed, None))
         self.sizes[pool] = self.sizes.get(pool, 0) + size + 48 * len(rows)
 
-    def insert_ids(
+    def auto_ids(
         self,
         sql: str | bytes,
         table: str,
         count: int,
-        schema: EntitySchema | None = None,
-    ) -> list[int]:
-        """Run a multi-row INSERT of ``count`` auto-id rows and return their ids in order.
+        schema: EntitySchema | None,
+        then: Callable[[list[int]], None],
+        events: bool = False,
+    ) -> None:
+        """Queue a multi-row INSERT of ``count`` auto-id rows; ``then(ids)`` in order.
 
         The ids never depend on guessing: with ``innodb_autoinc_lock_mode`` 0 or 1 a
         multi-row INSERT gets consecutive ids (stepped by
         ``auto_increment_increment``); with 2, MariaDB returns them (``RETURNING``)
         and MySQL reads them back inside a snapshot older than the INSERT.
+        ``events``: the ids go into events, so the outbox row waits for them.
         """
+        # Events carry the new ids: the outbox row must wait for them.
+        self.waits_for_ids = self.waits_for_ids or events
         if self.strategy == _RETURNING:
             if isinstance(sql, bytes):
                 sql += b" RETURNING `id`"
             else:
                 sql += " RETURNING `id`"
-        cursor = self.run(sql, schema)
-        if self.strategy == _RETURNING:
-            return [int(r[0]) for r in cursor.fetchall()]
-        first = int(cursor.lastrowid)
-        if self.strategy == _CONSECUTIVE:
+            self.add(
+                _Step(
+                    sql, schema, then=lambda r: then([int(x[0]) for x in r.rows or ()])
+                )
+            )
+        elif self.strategy == _CONSECUTIVE:
             step = self.pool.info.autoinc_increment
-            return list(range(first, first + step * count, step))
-        # The transaction's snapshot predates this INSERT, so the only rows it sees
-        # at or past `first` are the ones this statement wrote.
-        rows = self.conn.query(
-            f"SELECT `id` FROM {table} WHERE `id` >= {first} ORDER BY `id` LIMIT {count}"
-        )
-        return [int(r[0]) for r in rows]
+
+            def consecutive(r: Result) -> None:
+                first = int(r.lastrowid)
+                then(list(range(first, first + step * count, step)))
+
+            self.add(_Step(sql, schema, then=consecutive))
+        else:
+            # The transaction's snapshot predates this INSERT, so the only rows it
+            # sees at or past its first id are the ones this statement wrote.
+            self.add(_Step(sql, schema))
+            self.add(
+                _Step(
+                    f"SELECT `id` FROM {table} WHERE `id` >= LAST_INSERT_ID() "
+                    f"ORDER BY `id` LIMIT {count}",
+                    None,
+                    then=lambda r: then([int(x[0]) for x in r.rows or ()]),
+                )
+            )
+
+    # -- the outbox ----------------------------------------------------------------------
+
+    def outbox(self, engine: Engine) -> None:
+        """Split the events into batches and queue their outbox rows."""
+        limit = payload_limit(self.max_packet)
+        batches = self.result.batches
+        for name, records in self.records.items():
+            batch = EventBatch(name, records)
+            fits = self.sizes[name] <= limit
+            batches.extend([batch] if fits else batch.split(limit))
+        if not batches or not engine.outbox:
+            return
+        ids = self.result.outbox_ids
+        for sql, count in insert_statements(batches, self.max_packet):
+            self.auto_ids(sql, OUTBOX_Q, count, None, ids.extend)
 
 
-def _row_id(row: _Delete) -> int:
+def _run(conn: Connection, sql: str | bytes, schema: EntitySchema | None) -> Any:
+    try:
+        return conn.execute(sql)
+    except DuplicateKeyError as exc:
+        raise _located(exc, schema) from exc.orig
+
+
+def _located(exc: DatabaseError, schema: EntitySchema | None) -> DatabaseError:
+    """Name the entity in a duplicate-key error."""
+    if schema is None or not isinstance(exc, DuplicateKeyError):
+        return exc
+    return DuplicateKeyError(
+        f"{schema.label}: {exc}",
+        index=exc.index,
+        table=schema.table,
+        pool=exc.pool,
+        orig=exc.orig,
+    )
+
+
+def _row_id(row: Delete) -> int:
     return row[2]
 
 
-def _update_id(row: _Update) -> int:
+def _update_id(row: Update) -> int:
     return row.id
-
-
-class _ShortCountError(Exception):
-    """A delete matched fewer rows than it named: rerun the pool carefully."""
 
 
 def _wire_or_raw(column: Any, value: Any) -> Any:
@@ -670,52 +517,277 @@ def _wire_or_raw(column: Any, value: Any) -> Any:
         return value
 
 
-def _run_pool(engine: Engine, work: _PoolPlan) -> FlushResult:
+def _stale(
+    conn: Connection, pool: str, step: _Step, max_packet: int
+) -> StaleEntityError:
+    """The error for a statement that matched fewer rows than it named."""
+    schema = step.schema
+    assert schema is not None
+    ids = list(step.ids)
+    present: set[int] = set()
+    if step.short == "update" and schema.version_index is None:
+        head = f"SELECT `id` FROM {schema.quoted_table} WHERE `id` IN ("
+        for chunk in chunk_rows([str(i) for i in ids], max_packet, len(head)):
+            present.update(int(r[0]) for r in conn.query(head + ",".join(chunk) + ")"))
+        gone = [i for i in ids if i not in present] or ids
+        reason = "the rows were deleted by another flush first"
+    else:
+        gone = ids
+        reason = "another flush changed or deleted the rows first"
+    shown = ", ".join(str(i) for i in gone[:20]) + (", ..." if len(gone) > 20 else "")
+    return StaleEntityError(
+        f"{schema.label}: cannot {step.short} id {shown}: {reason}; nothing of MySQL "
+        f"pool {pool!r} was written. Reload the entities and edit them again, or "
+        "orm.clear_flush() to drop the changes",
+        schema.label,
+        gone,
+        pool=pool,
+    )
+
+
+# -- running a pool's transaction --------------------------------------------------------
+
+
+def _build(steps: _Statements, work: PoolPlan) -> None:
+    """Queue (or run) the data statements of one pool, in the flush's order."""
+    for schema, rows in work.deletes.items():
+        steps.deletes(schema, rows, False)
+    for schema, rows in work.fake_deletes.items():
+        steps.deletes(schema, rows, True)
+    for (schema, changed), updates in work.updates.items():
+        steps.updates(schema, changed, updates)
+    for schema, (auto_rows, explicit_rows) in work.inserts.items():
+        if auto_rows:
+            steps.inserts(schema, auto_rows, False)
+        if explicit_rows:
+            steps.inserts(schema, explicit_rows, True)
+
+
+def _run_pool(engine: Engine, work: PoolPlan) -> FlushResult:
     """Run one pool's transaction; rerun it carefully if a delete fell short."""
+    pool = engine.mysql_pool(work.name)
+    strategy = engine.id_strategy or _assign_strategy(pool)
+    cleanup = engine.take_cleanup(work.name) if engine.outbox else []
     try:
-        return _run_pool_once(engine, work, careful=False)
-    except _ShortCountError:
+        if pool.packets:
+            return _run_packets(engine, pool, work, strategy, cleanup)
+        return _run_statements(engine, pool, work, strategy, False, cleanup)
+    except _Short:
         # Nothing was committed: some rows to delete were already gone, so run
         # the transaction again, locking the rows before deleting them.
-        return _run_pool_once(engine, work, careful=True)
+        return _run_statements(engine, pool, work, strategy, True, cleanup)
 
 
-def _run_pool_once(engine: Engine, work: _PoolPlan, careful: bool) -> FlushResult:
-    pool = engine.mysql_pool(work.name)
-    strategy = _assign_strategy(pool)
-    if engine.id_strategy is not None:
-        strategy = engine.id_strategy
+def _start(strategy: str) -> str:
+    return (
+        "START TRANSACTION WITH CONSISTENT SNAPSHOT"
+        if strategy == _SNAPSHOT
+        else "BEGIN"
+    )
+
+
+def _cleanup_sql(cleanup: Sequence[int]) -> str:
+    return f"DELETE FROM {OUTBOX_Q} WHERE `id` IN ({','.join(map(str, cleanup))})"
+
+
+def _run_packets(
+    engine: Engine,
+    pool: MySQLPool,
+    work: PoolPlan,
+    strategy: str,
+    cleanup: list[int],
+) -> FlushResult:
+    """The fast path: the whole transaction in one packet (two with auto ids)."""
+    result = FlushResult(work.name)
+    steps = _Statements(pool, strategy, result)
+    _build(steps, work)
+    conn = pool.acquire()
+    try:
+        if steps.waits_for_ids and engine.outbox:
+            # The new ids are needed for the events: the data first, then the
+            # outbox row and COMMIT.
+            data = [_Step(_start(strategy), None), *steps.steps]
+            results = _send(conn, pool, data, commits=False)
+            for step, done in zip(data, results):
+                if step.expect is not None and done.rowcount < step.expect:
+                    _abandon(conn)
+                    raise _short_error(conn, pool, step)
+            for step, done in zip(data, results):
+                if step.then is not None:
+                    step.then(done)
+            steps.steps = []
+            steps.outbox(engine)
+            _finish(conn, pool, steps.steps, cleanup, result)
+        else:
+            queued, steps.steps = steps.steps, []
+            if engine.outbox:  # every event is known: no id is waited for
+                steps.outbox(engine)
+            _finish(
+                conn,
+                pool,
+                [_Step(_start(strategy), None), *queued, *steps.steps],
+                cleanup,
+                result,
+            )
+            if not engine.outbox:  # the batches, once the new ids are known
+                steps.outbox(engine)
+    finally:
+        pool.release(conn)
+    return result
+
+
+def _finish(
+    conn: Connection,
+    pool: MySQLPool,
+    queued: list[_Step],
+    cleanup: list[int],
+    result: FlushResult,
+) -> None:
+    """Send the last packet: statements with their guards, COMMIT, the cleanup."""
+    packet: list[_Step] = []
+    guards: dict[int, _Step] = {}
+    for step in queued:
+        packet.append(step)
+        if step.expect is not None:
+            guards[len(packet)] = step
+            packet.append(_Step(_GUARD.format(n=step.expect), None))
+    commit = len(packet)
+    packet.append(_Step("COMMIT", None))
+    if cleanup:
+        packet.append(_Step(_cleanup_sql(cleanup), None))
+    try:
+        results = _send(conn, pool, packet, commits=True, guards=guards, commit=commit)
+    except PacketError as exc:
+        if exc.index <= commit:
+            raise
+        # Committed; only the cleanup after it failed: the rows stay for later.
+        _log.warning("published outbox rows could not be deleted: %s", exc.error)
+        results = exc.results
+    for step, done in zip(packet, results):
+        if step.then is not None:
+            step.then(done)
+    if len(results) > commit + 1:
+        result.cleaned = list(cleanup)
+
+
+def _send(
+    conn: Connection,
+    pool: MySQLPool,
+    packet: list[_Step],
+    *,
+    commits: bool,
+    guards: dict[int, _Step] | None = None,
+    commit: int = -1,
+) -> list[Result]:
+    """Send one packet; turn a failure into the error the flush raises.
+
+    A guard that fails means its statement fell short (the transaction is rolled
+    back and :class:`_Short` or a stale error raised); an error before COMMIT
+    rolls back; a connection lost while a packet holding COMMIT was in flight
+    leaves the outcome unknown (``during_commit``) and is never sent again.
+    """
+    try:
+        return _packets(conn, [s.sql for s in packet], pool.info.max_allowed_packet)
+    except PacketError as exc:
+        error = exc.error
+        if commits and exc.index > commit >= 0:
+            raise  # after COMMIT: the caller knows the transaction committed
+        if conn.broken:
+            # Lost with COMMIT sent: the outcome is unknown, never sent again.
+            error.during_commit = commits and exc.sent > commit
+            raise error from exc.orig
+        failed = packet[exc.index] if exc.index < len(packet) else None
+        step = (guards or {}).get(exc.index)
+        _abandon(conn)
+        if step is not None and _code(error) == _GUARD_FAILED:
+            raise _short_error(conn, pool, step) from None
+        raise _located(error, failed.schema if failed else None) from exc.orig
+
+
+def _packets(
+    conn: Connection, statements: list[str | bytes], max_packet: int
+) -> list[Result]:
+    """Send ``statements`` in as few packets as ``max_allowed_packet`` allows.
+
+    Almost always one. A failure in a packet stops the rest; its index counts
+    from the first statement.
+    """
+    budget = packet_budget(max_packet)
+    results: list[Result] = []
+    group: list[str | bytes] = []
+    size = 0
+    for statement in statements:
+        grow = len(statement) + 1
+        if group and size + grow > budget:
+            _send_group(conn, group, results)
+            group, size = [], 0
+        group.append(statement)
+        size += grow
+    _send_group(conn, group, results)
+    return results
+
+
+def _send_group(
+    conn: Connection, group: list[str | bytes], results: list[Result]
+) -> None:
+    try:
+        results.extend(conn.packet(group))
+    except PacketError as exc:
+        raise PacketError(
+            exc.error,
+            len(results) + exc.index,
+            results + exc.results,
+            len(results) + len(group),
+        ) from exc.orig
+
+
+def _short_error(conn: Connection, pool: MySQLPool, step: _Step) -> Exception:
+    """A stale error, or :class:`_Short` for a delete whose rows may be gone."""
+    if step.short == "gone":
+        return _Short(step)
+    return _stale(conn, pool.name, step, pool.info.max_allowed_packet)
+
+
+def _abandon(conn: Connection) -> None:
+    """Roll back the transaction a failed packet left open."""
+    conn.rollback()
+
+
+def _code(exc: DatabaseError) -> int:
+    args = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else 0
+
+
+def _run_statements(
+    engine: Engine,
+    pool: MySQLPool,
+    work: PoolPlan,
+    strategy: str,
+    careful: bool,
+    cleanup: list[int],
+) -> FlushResult:
+    """The slow path: one round trip per statement (careful pass, unsafe charset)."""
     result = FlushResult(work.name)
     conn = pool.acquire()
     try:
-        if strategy == _SNAPSHOT:
-            conn.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-        else:
-            conn.begin()
+        conn.execute(_start(strategy))
         try:
-            steps = _Statements(engine, conn, pool, strategy, careful)
-            for schema, rows in work.deletes.items():
-                steps.deletes(schema, rows, False, result)
-            for schema, rows in work.fake_deletes.items():
-                steps.deletes(schema, rows, True, result)
-            for (schema, changed), updates in work.updates.items():
-                steps.updates(schema, changed, updates, result)
-            for schema, (auto_rows, explicit_rows) in work.inserts.items():
-                if auto_rows:
-                    steps.inserts(schema, auto_rows, False, result)
-                if explicit_rows:
-                    steps.inserts(schema, explicit_rows, True, result)
-            limit = payload_limit(steps.max_packet)
-            result.batches = []
-            for name, records in steps.records.items():
-                batch = EventBatch(name, records)
-                fits = steps.sizes[name] <= limit
-                result.batches.extend([batch] if fits else batch.split(limit))
-            if result.batches and engine.outbox:
-                for sql, count in insert_statements(result.batches, steps.max_packet):
-                    result.outbox_ids += steps.insert_ids(
-                        sql, "`_fluxaorm_outbox`", count
-                    )
+            steps = _Statements(pool, strategy, result, conn, careful)
+            try:
+                _build(steps, work)
+            except _Short as short:
+                if short.step.short != "gone":
+                    raise _stale(
+                        conn, pool.name, short.step, steps.max_packet
+                    ) from None
+                if careful:  # the rows were locked: this cannot fall short
+                    raise DatabaseError(
+                        f"MySQL pool {pool.name!r}: a delete matched fewer rows than "
+                        "it had locked",
+                        pool=pool.name,
+                    ) from None
+                raise
+            steps.outbox(engine)
             try:
                 conn.commit()
             except DatabaseError as exc:
@@ -724,6 +796,12 @@ def _run_pool_once(engine: Engine, work: _PoolPlan, careful: bool) -> FlushResul
         except BaseException:
             conn.rollback()
             raise
+        if cleanup:
+            try:
+                conn.execute(_cleanup_sql(cleanup))
+                result.cleaned = list(cleanup)
+            except DatabaseError as exc:
+                _log.warning("published outbox rows could not be deleted: %s", exc)
     finally:
         pool.release(conn)
     return result
@@ -774,7 +852,7 @@ def execute(engine: Engine, pending: Pending) -> None:
         raise permanent
 
 
-def _committed(pending: Pending, work: _PoolPlan, result: FlushResult) -> None:
+def _committed(pending: Pending, work: PoolPlan, result: FlushResult) -> None:
     """Reflect a committed pool in the entities and drop its changes from ``pending``."""
     for schema, entity, ident in result.new_ids:
         schema.set_id(entity, ident)
@@ -784,14 +862,20 @@ def _committed(pending: Pending, work: _PoolPlan, result: FlushResult) -> None:
         for row_key, _, _, _ in rows:
             pending.deletes.pop(row_key, None)
             pending.forced.discard(row_key)
-    for row_key in work.update_keys:
-        pending.updates.pop(row_key, None)
+    row: RowKey
+    for row in work.update_keys:
+        pending.updates.pop(row, None)
     for key in work.insert_keys:
         pending.inserts.pop(key, None)
 
 
 def _publish_results(engine: Engine, results: list[FlushResult]) -> StreamError | None:
-    """Publish committed pools' batches; return a permanent Redis error, if any."""
+    """Publish committed pools' batches; return a permanent Redis error, if any.
+
+    With the outbox on, each batch records in its own MULTI/EXEC that its row was
+    published, so no relay publishes it again; the row itself is deleted by this
+    process's next flush on that MySQL pool (or by a relay), not now.
+    """
     batches: list[EventBatch] = []
     owners: list[tuple[str, int | None]] = []
     for result in results:
@@ -800,27 +884,36 @@ def _publish_results(engine: Engine, results: list[FlushResult]) -> StreamError 
             owners.append(
                 (result.pool, result.outbox_ids[i] if result.outbox_ids else None)
             )
+    forget = engine.forget_records(
+        [(result.pool, ident) for result in results for ident in result.cleaned]
+    )
     if not batches:
         return None
     outcome = PublishOutcome()
-    done, errors = publish(engine.redis_pools, engine.encoder, batches, outcome=outcome)
+    done, errors = publish(
+        engine.redis_pools,
+        engine.encoder,
+        batches,
+        outcome=outcome,
+        record=[owner[1] is not None for owner in owners],
+        forget=forget,
+    )
     if not engine.outbox:
         if errors:
             raise StreamError(
-                f"the changes were committed but their stream entries were lost: {errors[0]} "
-                "(turn the outbox on to keep them)",
+                f"the changes were committed but their stream entries were lost: "
+                f"{errors[0]} (turn the outbox on to keep them)",
                 pool=errors[0].pool,
                 orig=errors[0].orig,
                 permanent=errors[0].permanent,
             )
         return None
-    published: dict[str, list[int]] = {}
     refused: dict[str, list[tuple[int, int]]] = {}
     for i, (pool, outbox_id) in enumerate(owners):
         if outbox_id is None:
             continue
         if i in done:
-            published.setdefault(pool, []).append(outbox_id)
+            engine.published(pool, outbox_id, batches[i])
         elif i in outcome.refused:
             refused.setdefault(pool, []).append((i, outbox_id))
         else:
@@ -837,33 +930,31 @@ def _publish_results(engine: Engine, results: list[FlushResult]) -> StreamError 
                     )
         except DatabaseError as exc:
             _log.warning("outbox rows %s could not be narrowed: %s", rows, exc)
+    return _report(errors)
+
+
+def _report(errors: list[StreamError]) -> StreamError | None:
+    """Log refused publishes; return the error to raise for a permanent one."""
     permanent: StreamError | None = None
     for error in errors:
-        if error.permanent:
-            _log.error(
-                "%s; the changes are committed and their entries wait in the "
-                "outbox: fix the Redis configuration, then engine.relay_outbox()",
-                error,
+        if not error.permanent:
+            _log.warning(
+                "%s; the entries wait in the outbox for engine.relay_outbox()", error
             )
-            if permanent is None:
-                permanent = StreamError(
-                    f"the changes were committed, but Redis refused their stream "
-                    f"entries for a reason retrying cannot fix: {error}. They wait "
-                    "in the outbox: fix the Redis configuration (engine.check() "
-                    "tells what is wrong), then engine.relay_outbox() publishes them",
-                    pool=error.pool,
-                    orig=error.orig,
-                    permanent=True,
-                )
             continue
-        _log.warning(
-            "%s; the entries wait in the outbox for engine.relay_outbox()", error
+        _log.error(
+            "%s; the changes are committed and their entries wait in the "
+            "outbox: fix the Redis configuration, then engine.relay_outbox()",
+            error,
         )
-    for pool, ids in published.items():
-        try:
-            with engine.mysql_pool(pool).connection() as conn:
-                delete_rows(conn, ids)
-        except DatabaseError as exc:
-            # Redis has the entries; a leftover row means at most a duplicate later.
-            _log.warning("published outbox rows %s could not be deleted: %s", ids, exc)
+        if permanent is None:
+            permanent = StreamError(
+                f"the changes were committed, but Redis refused their stream "
+                f"entries for a reason retrying cannot fix: {error}. They wait "
+                "in the outbox: fix the Redis configuration (engine.check() "
+                "tells what is wrong), then engine.relay_outbox() publishes them",
+                pool=error.pool,
+                orig=error.orig,
+                permanent=True,
+            )
     return permanent

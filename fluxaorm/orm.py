@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
+from . import changes as _changes
 from . import flush as _flush
 from .errors import ConcurrentUseError, StreamError, ValidationError
 from .events import EventBatch, EventRecord, pack_bind
@@ -63,11 +64,11 @@ class ORM:
 
     def __init__(self, engine: Engine):
         self._engine = engine
-        self._pending = _flush.Pending()
+        self._pending = _changes.Pending()
         # id(object) -> (that object, its tracked copy, row) while the copy is
         # pending: editing the same object twice yields one copy. The object is
         # held so that its id() cannot be reused by another one meanwhile.
-        self._copies: dict[int, tuple[Any, Any, _flush.RowKey]] = {}
+        self._copies: dict[int, tuple[Any, Any, _changes.RowKey]] = {}
         # id(entity) -> (weak or strong reference, schema, values as loaded or
         # last flushed): flush() refuses changes made without edit_entity().
         self._loaded: dict[
@@ -209,7 +210,7 @@ class ORM:
         if known is not None and known[0] is entity:
             tracked_before: E = known[1]
             return tracked_before
-        ident = _flush._saved_id(schema, entity, "edit")
+        ident = _changes.saved_id(schema, entity, "edit")
         row = (schema, ident)
         if row in pending.deletes:
             raise ValidationError(
@@ -247,7 +248,7 @@ class ORM:
         pending = self._pending
         if pending.inserts.pop(key, None) is not None:
             return
-        ident = _flush._saved_id(schema, entity, "delete")
+        ident = _changes.saved_id(schema, entity, "delete")
         row = (schema, ident)
         values: tuple[Any, ...] | None = None
         for tracked, snapshot in pending.updates.pop(row, ()):
@@ -383,7 +384,7 @@ class ORM:
         batches: dict[str, EventBatch] = {}
         for entity in entities:
             schema = self._schema_of(entity, "push_dirty")
-            ident = _flush._saved_id(schema, entity, "push")
+            ident = _changes.saved_id(schema, entity, "push")
             if not schema.push_streams:
                 continue
             values = schema.get_values(entity)

@@ -1,9 +1,11 @@
 """The transactional outbox: events written to MySQL with the rows they describe.
 
 ``flush.py`` adds one outbox row per (flush, MySQL pool, Redis pool) inside the
-flush's transaction and deletes it once Redis has the entries; :func:`relay`
-(``Engine.relay_outbox()``, also run by consumers' loops) publishes rows whose
-publisher died or could not reach Redis. ``ddl.py`` creates and upgrades the table.
+flush's transaction and publishes it after COMMIT with :func:`publish`, which
+records, inside the same MULTI/EXEC and per stream, that the row's entries were
+published (:func:`record_key`). The published row is deleted later, in the packet
+of the process's next flush on that pool, or by the relay (``relay.py``), which
+never publishes a recorded row again. ``ddl.py`` creates and upgrades the table.
 
 Times in the table are UTC (``UTC_TIMESTAMP(6)``), so no session time zone or
 daylight-saving change moves a row's age. A row that cannot be read or encoded is
@@ -14,12 +16,12 @@ kept alone in their row and retried with a backoff (``retry_at``).
 
 from __future__ import annotations
 
-import heapq
 import logging
-from collections.abc import Collection, Iterable, Sequence
+import time
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .db import Connection, MySQLPool
+from .db import Connection
 from .errors import DatabaseError, StreamError
 from .events import EventBatch, EventRecord, StreamEncoder, stream_key
 from .sql import binary_literal
@@ -29,22 +31,28 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = [
+    "ERROR_LIMIT",
     "MINE_LIMIT",
+    "OUTBOX_Q",
     "OUTBOX_TABLE",
+    "RECORD_RETENTION_MS",
     "PublishOutcome",
-    "RelayResult",
+    "code",
     "delete_rows",
     "insert_statements",
     "keep_refused",
-    "newest",
     "payload_limit",
     "publish",
-    "relay",
+    "record_key",
+    "recorded",
+    "upgrade_error",
     "upgrade_statements",
+    "without_streams",
 ]
 
 OUTBOX_TABLE = "_fluxaorm_outbox"
-_Q = f"`{OUTBOX_TABLE}`"
+OUTBOX_Q = f"`{OUTBOX_TABLE}`"
+_Q = OUTBOX_Q
 CREATE_SQL = (
     f"CREATE TABLE {_Q} (\n"
     "  `id` bigint unsigned NOT NULL AUTO_INCREMENT,\n"
@@ -71,14 +79,16 @@ _UPGRADE_HINT = (
     "the outbox table {table} of MySQL pool {pool!r} predates this fluxaorm "
     "version: run engine.sync_schema() ({detail})"
 )
-_RELAY_BATCH = 100
 # At most this many of a process's own failed rows are named in a relay query (and
 # remembered): older ones are relayed by the age rule after outbox_relay_delay.
 MINE_LIMIT = 1000
 # A row whose stream refused its entries waits 5, 10, 20 ... seconds, at most 300.
 _BACKOFF_FIRST = 5
 _BACKOFF_MAX = 300
-_ERROR_LIMIT = 2000
+ERROR_LIMIT = 2000
+# How long the record that a row's entries were published stays in Redis (ms):
+# far longer than a published row waits for its cleanup.
+RECORD_RETENTION_MS = 3_600_000
 _MULTI = pack_command("MULTI")
 _EXEC = pack_command("EXEC")
 _log = logging.getLogger("fluxaorm.outbox")
@@ -112,9 +122,9 @@ def upgrade_statements(live_columns: Iterable[str]) -> list[str]:
     return out
 
 
-def _upgrade_error(exc: DatabaseError, pool: str) -> DatabaseError | None:
+def upgrade_error(exc: DatabaseError, pool: str) -> DatabaseError | None:
     """A hint to run sync_schema() for "unknown column" (1054) on the outbox, else None."""
-    if _code(exc) != 1054:
+    if code(exc) != 1054:
         return None
     return DatabaseError(
         _UPGRADE_HINT.format(table=_Q, pool=pool, detail=exc),
@@ -210,7 +220,7 @@ def keep_refused(
             _BACKOFF_FIRST,
             binary_literal(rest.dumps()),
             rest.entries,
-            binary_literal(error[:_ERROR_LIMIT].encode()),
+            binary_literal(error[:ERROR_LIMIT].encode()),
             int(ident),
         )
     )
@@ -239,7 +249,95 @@ def _remaining(batch: EventBatch, refused: Iterable[tuple[int, str]]) -> EventBa
     return EventBatch(batch.redis_pool, records, batch.event_id, batch.timestamp_ms)
 
 
+def without_streams(batch: EventBatch, streams: Iterable[str]) -> EventBatch:
+    """Return ``batch`` without its entries for ``streams`` (records keep their index).
+
+    What is left keeps the batch's event id, so each entry keeps its ``eid``.
+    """
+    gone = set(streams)
+    records = [
+        r._replace(streams=tuple(s for s in r.streams if s not in gone))
+        for r in batch.records
+    ]
+    return EventBatch(batch.redis_pool, records, batch.event_id, batch.timestamp_ms)
+
+
 # -- publishing --------------------------------------------------------------------------
+
+
+def record_key(stream: str) -> bytes:
+    """The key recording which outbox rows' entries ``stream`` received.
+
+    A sorted set of batch event ids scored by publish time, written in the
+    transaction that adds the entries, so the record survives exactly when they
+    do. ``dirty_{dirty_X}:outbox``: its hash tag puts it in the stream's own slot
+    of a Redis Cluster, and it starts with ``dirty_`` like every fluxaorm key, so
+    one ACL key pattern (``~dirty_*``) covers them all.
+    """
+    return b"dirty_{%b}:outbox" % stream_key(stream).encode()
+
+
+def _record_commands(
+    batch: EventBatch, now_ms: int, trim: bool
+) -> tuple[list[bytes], int]:
+    """ZADD the batch's event id to each of its streams' records (and trim them)."""
+    member = batch.event_id.encode()
+    score = b"%d" % now_ms
+    cutoff = b"(%d" % (now_ms - RECORD_RETENTION_MS)
+    out: list[bytes] = []
+    for stream in dict.fromkeys(s for r in batch.records for s in r.streams):
+        key = record_key(stream)
+        out.append(pack_command(b"ZADD", key, score, member))
+        if trim:
+            out.append(pack_command(b"ZREMRANGEBYSCORE", key, b"-inf", cutoff))
+    return out, len(out)
+
+
+def _forget_commands(forget: Iterable[tuple[str, str]]) -> tuple[list[bytes], int]:
+    """ZREM the records of rows whose cleanup committed: ``(stream, event id)`` pairs."""
+    by_stream: dict[str, list[bytes]] = {}
+    for stream, member in forget:
+        by_stream.setdefault(stream, []).append(member.encode())
+    out = [
+        pack_command(b"ZREM", record_key(stream), *members)
+        for stream, members in by_stream.items()
+    ]
+    return out, len(out)
+
+
+def recorded(pool: RedisPool, batches: Sequence[EventBatch]) -> list[set[str]]:
+    """Return, per batch, the streams whose record says they received its entries.
+
+    One pipelined round trip (``ZMSCORE`` per stream).
+
+    Raises:
+        StreamError: Redis could not be reached or refused.
+    """
+    members: dict[str, list[tuple[int, bytes]]] = {}
+    for i, batch in enumerate(batches):
+        member = batch.event_id.encode()
+        for stream in dict.fromkeys(s for r in batch.records for s in r.streams):
+            members.setdefault(stream, []).append((i, member))
+    out: list[set[str]] = [set() for _ in batches]
+    if not members:
+        return out
+    streams = list(members)
+    replies = pool.pipeline(
+        [
+            (b"ZMSCORE", record_key(stream), *(m for _, m in members[stream]))
+            for stream in streams
+        ],
+        "ZMSCORE",
+    )
+    for stream, reply in zip(streams, replies):
+        if isinstance(reply, Exception):
+            raise pool.error(
+                reply, f"reading the outbox records of {stream_key(stream)!r}"
+            )
+        for (i, _), score in zip(members[stream], reply):
+            if score is not None:
+                out[i].add(stream)
+    return out
 
 
 class PublishOutcome:
@@ -267,6 +365,9 @@ def publish(
     batches: Sequence[EventBatch],
     *,
     outcome: PublishOutcome | None = None,
+    record: Sequence[bool] | None = None,
+    forget: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+    trim_records: bool = False,
 ) -> tuple[set[int], list[StreamError]]:
     """Publish batches: one MULTI/EXEC round trip per Redis pool.
 
@@ -281,6 +382,14 @@ def publish(
         batches: what to publish.
         outcome: when given, filled in with the details of every batch not done,
             and a batch that cannot be encoded is reported there instead of raising.
+        record: per batch, whether it is an outbox row's: then the same
+            transaction records, per stream, that the row's entries arrived (see
+            :func:`record_key`). A record written for a stream that refused its
+            entries is taken back at once.
+        forget: Redis pool -> ``(stream, event id)`` records of rows whose
+            cleanup committed, removed in that pool's transaction.
+        trim_records: also drop records older than :data:`RECORD_RETENTION_MS`
+            (the relay does; a flush's records go with its rows' cleanup).
 
     Returns:
         The indexes (in ``batches``) of the batches Redis accepted, and the errors of
@@ -294,6 +403,7 @@ def publish(
         else:
             done.add(i)  # nothing to publish
     errors: list[StreamError] = []
+    now_ms = int(time.time() * 1000)
     for pool_name, indexes in by_pool.items():
         pool = redis_pools.get(pool_name)
         if pool is None:
@@ -306,7 +416,18 @@ def publish(
             if outcome is not None:
                 outcome.failed_pools[pool_name] = error
             continue
-        failure = _publish_pool(pool, encoder, batches, indexes, done, outcome)
+        failure = _publish_pool(
+            pool,
+            encoder,
+            batches,
+            indexes,
+            done,
+            outcome,
+            record,
+            (forget or {}).get(pool_name, ()),
+            now_ms,
+            trim_records,
+        )
         if failure is not None:
             errors.append(failure)
     return done, errors
@@ -319,25 +440,36 @@ def _publish_pool(
     indexes: list[int],
     done: set[int],
     outcome: PublishOutcome | None,
+    record: Sequence[bool] | None,
+    forget: Sequence[tuple[str, str]],
+    now_ms: int,
+    trim: bool,
 ) -> StreamError | None:
-    parts = []
+    parts: list[bytes] = []
     count = 0
-    sent = []
+    # Per batch sent: (index, XADD commands, record commands).
+    sent: list[tuple[int, int, int]] = []
     for i in indexes:
-        if outcome is None:
+        try:
             payload, n = encoder.encode(batches[i])
-        else:
-            try:
-                payload, n = encoder.encode(batches[i])
-            except Exception as exc:  # whatever a corrupt batch makes the encoder raise
-                outcome.broken[i] = f"cannot be encoded: {type(exc).__name__}: {exc}"
-                continue
+        except Exception as exc:  # whatever a corrupt batch makes the encoder raise
+            if outcome is None:
+                raise
+            outcome.broken[i] = f"cannot be encoded: {type(exc).__name__}: {exc}"
+            continue
         parts.append(payload)
-        count += n
-        sent.append(i)
+        extra = 0
+        if record is not None and record[i]:
+            commands, extra = _record_commands(batches[i], now_ms, trim)
+            parts.extend(commands)
+        count += n + extra
+        sent.append((i, n, extra))
     if not count:
-        done.update(sent)
+        done.update(i for i, _, _ in sent)
         return None
+    commands, extra = _forget_commands(forget)
+    parts.extend(commands)
+    count += extra
     try:
         replies = pool.round_trip(
             _MULTI + b"".join(parts) + _EXEC, count + 2, "XADD", count
@@ -354,7 +486,7 @@ def _publish_pool(
             outcome.failed_pools[pool.name] = error
         return error
     if not any(isinstance(r, Exception) for r in result):
-        done.update(sent)
+        done.update(i for i, _, _ in sent)
         return None
     return _partial(pool, batches, sent, result, done, outcome)
 
@@ -362,16 +494,21 @@ def _publish_pool(
 def _partial(
     pool: RedisPool,
     batches: Sequence[EventBatch],
-    sent: list[int],
+    sent: list[tuple[int, int, int]],
     result: list[Any],
     done: set[int],
     outcome: PublishOutcome | None,
 ) -> StreamError:
-    """Sort the batches of an EXEC where some commands failed; describe the failure."""
+    """Sort the batches of an EXEC where some commands failed; describe the failure.
+
+    A stream that refused a batch's entries must not keep the record saying it
+    received them: those records are taken back (one more round trip, only here).
+    """
     position = 0
     failed = 0
     first: tuple[str, Any] | None = None
-    for i in sent:
+    untrue: list[tuple[str, str]] = []
+    for i, _, extra in sent:
         refused = []
         for n, record in enumerate(batches[i].records):
             for stream in record.streams:
@@ -380,18 +517,30 @@ def _partial(
                 if isinstance(reply, Exception):
                     refused.append((n, stream))
                     first = first or (stream, reply)
+        position += extra
         if not refused:
             done.add(i)
             continue
         failed += len(refused)
+        if extra:
+            untrue += [(s, batches[i].event_id) for s in {s for _, s in refused}]
         if outcome is not None:
             outcome.refused[i] = refused
-    assert first is not None
+    if untrue:
+        commands, _ = _forget_commands(untrue)
+        try:
+            pool.round_trip(b"".join(commands), len(commands), "ZREM")
+        except StreamError as exc:
+            _log.warning(
+                "outbox records of refused entries could not be removed: %s", exc
+            )
+    if first is None:  # only record commands failed: the entries all arrived
+        return _refusal(pool, "an outbox record was refused inside MULTI/EXEC", None)
     stream, reply = first
     return _refusal(
         pool,
-        f"{failed} of {position} XADD refused inside MULTI/EXEC, first on "
-        f"{stream_key(stream)!r}: {_describe(reply)}",
+        f"{failed} of {sum(x for _, x, _ in sent)} XADD refused inside MULTI/EXEC, "
+        f"first on {stream_key(stream)!r}: {_describe(reply)}",
         reply,
     )
 
@@ -410,224 +559,6 @@ def _refusal(pool: RedisPool, what: str, reply: Any) -> StreamError:
     )
 
 
-# -- the relay ---------------------------------------------------------------------------
-
-
-class RelayResult:
-    """What one :func:`relay` of a MySQL pool did.
-
-    Attributes:
-        published: stream entries Redis accepted.
-        handled: ids of the rows this relay is done with (published, quarantined,
-            or reduced to their refused entries and backed off).
-        waiting: some Redis pool was down or refused every entry: rows of it
-            stayed, and the relay did not look at all of them.
-        errors: one error per Redis pool that failed or refused entries.
-    """
-
-    __slots__ = ("errors", "handled", "published", "waiting")
-
-    def __init__(self) -> None:
-        self.published = 0
-        self.handled: set[int] = set()
-        self.waiting = False
-        self.errors: list[StreamError] = []
-
-
-def newest(ids: Collection[int], limit: int) -> set[int]:
-    """Return the ``limit`` largest ids (the youngest rows) of ``ids``."""
-    if len(ids) <= limit:
-        return set(ids)
-    return set(heapq.nlargest(limit, ids))
-
-
-def relay(
-    pool: MySQLPool,
-    redis_pools: Mapping[str, RedisPool],
-    encoder: StreamEncoder,
-    delay: float,
-    mine: Collection[int],
-) -> RelayResult:
-    """Publish the outbox rows of one MySQL pool that are older than ``delay`` seconds.
-
-    Rows in ``mine`` (this process's own failed publishes; the newest
-    :data:`MINE_LIMIT` of them) go at once. Each pass locks up to 100 rows with
-    ``FOR UPDATE SKIP LOCKED`` (READ COMMITTED: row locks only), publishes them,
-    deletes those Redis took and commits, so concurrent relays never publish the
-    same row. Isolation, row by row and pool by pool:
-
-    * a row that cannot be decoded or encoded is quarantined (kept, logged once
-      at ERROR, skipped from then on);
-    * entries a stream refuses inside EXEC stay alone in their row, retried with
-      a backoff; the entries Redis accepted are never published again;
-    * a Redis pool that is down (or refuses the whole transaction) is left out of
-      the rest of the walk: its rows stay untouched.
-
-    Returns:
-        What was published and handled, and the Redis errors met (not raised).
-
-    Raises:
-        DatabaseError: MySQL failed (the pass in flight rolled back).
-    """
-    result = RelayResult()
-    down: dict[str, StreamError] = {}
-    limit = max(0, min(MINE_LIMIT, (pool.info.max_allowed_packet - 8192) // 24))
-    mine_sql = ",".join(str(int(i)) for i in sorted(newest(mine, limit)))
-    after = 0
-    retries = 0
-    while True:
-        sql, args = _select(after, delay, mine_sql, down)
-        step = RelayResult()  # counted only once its transaction committed
-        try:
-            with pool.transaction("READ COMMITTED") as conn:
-                rows = conn.query(sql, args)
-                if rows:
-                    _relay_rows(conn, rows, redis_pools, encoder, down, step)
-        except DatabaseError as exc:
-            if _code(exc) in (1205, 1213) and retries < 5:
-                retries += 1  # the pass rolled back: run it again
-                continue
-            hint = _upgrade_error(exc, pool.name)
-            if hint is not None:
-                raise hint from exc
-            raise
-        result.published += step.published
-        result.handled |= step.handled
-        result.waiting = result.waiting or step.waiting
-        result.errors += step.errors
-        if len(rows) < _RELAY_BATCH:
-            break
-        after = int(rows[-1][0])
-        retries = 0
-    for error in down.values():
-        _log.warning("outbox relay: %s; its rows stay for a later relay", error)
-    return result
-
-
-def _select(
-    after: int, delay: float, mine_sql: str, down: Mapping[str, StreamError]
-) -> tuple[str, list[str]]:
-    """The query of one pass: lock the next rows due, skipping pools known down."""
-    skip = ""
-    if down:
-        skip = f" AND `redis_pool` NOT IN ({','.join(['%s'] * len(down))})"
-    own = f" OR `id` IN ({mine_sql})" if mine_sql else ""
-    sql = (
-        f"SELECT `id`,`redis_pool`,`payload` FROM {_Q} FORCE INDEX (PRIMARY) "
-        f"WHERE `id` > {int(after)} AND `quarantined_at` IS NULL "
-        "AND (`retry_at` IS NULL OR `retry_at` <= UTC_TIMESTAMP(6))"
-        f"{skip} AND (`created_at` <= UTC_TIMESTAMP(6) - INTERVAL {float(delay):f} "
-        f"SECOND{own}) ORDER BY `id` LIMIT {_RELAY_BATCH} FOR UPDATE SKIP LOCKED"
-    )
-    return sql, list(down)
-
-
-def _relay_rows(
-    conn: Connection,
-    rows: Sequence[tuple[Any, ...]],
-    redis_pools: Mapping[str, RedisPool],
-    encoder: StreamEncoder,
-    down: dict[str, StreamError],
-    result: RelayResult,
-) -> None:
-    """Publish one pass's locked rows, then delete, rewrite or quarantine each."""
-    batches: list[EventBatch] = []
-    ids: list[int] = []
-    for ident, redis_pool, payload in rows:
-        try:
-            batch = _decode(bytes(payload), str(redis_pool))
-        except Exception as exc:  # any failure to decode quarantines the row
-            _quarantine(
-                conn, int(ident), f"cannot be read: {type(exc).__name__}: {exc}"
-            )
-            result.handled.add(int(ident))
-            continue
-        batches.append(batch)
-        ids.append(int(ident))
-    outcome = PublishOutcome()
-    done, errors = publish(redis_pools, encoder, batches, outcome=outcome)
-    finished = [ids[i] for i in sorted(done)]
-    delete_rows(conn, finished)
-    result.handled.update(finished)
-    result.published += sum(batches[i].entries for i in done)
-    for i, why in outcome.broken.items():
-        _quarantine(conn, ids[i], why)
-        result.handled.add(ids[i])
-    kept = 0
-    for i, refused in outcome.refused.items():
-        error = next(e for e in errors if e.pool == batches[i].redis_pool)
-        left = keep_refused(conn, ids[i], batches[i], refused, str(error))
-        kept += left
-        result.published += batches[i].entries - left
-        result.handled.add(ids[i])
-    if outcome.refused:
-        _log.warning(
-            "outbox relay: %d entries of %d rows refused; only they stay, retried "
-            "with a backoff (see the rows' `error`): %s",
-            kept,
-            len(outcome.refused),
-            "; ".join(str(e) for e in errors if e.pool not in outcome.failed_pools),
-        )
-    for name, error in outcome.failed_pools.items():
-        down[name] = error
-        result.waiting = True
-    result.errors.extend(errors)
-
-
-def _decode(payload: bytes, redis_pool: str) -> EventBatch:
-    batch = EventBatch.loads(payload)
-    if batch.redis_pool != redis_pool:
-        raise ValueError(
-            f"the payload names Redis pool {batch.redis_pool!r}, the row {redis_pool!r}"
-        )
-    return batch
-
-
-def _quarantine(conn: Connection, ident: int, reason: str) -> None:
-    _log.error(
-        "outbox row %s of MySQL pool %r is quarantined: %s. It stays in %s and is "
-        "skipped; once fixed, release it with UPDATE %s SET `quarantined_at`=NULL "
-        "WHERE `id`=%s (or DELETE it)",
-        ident,
-        conn.pool,
-        reason,
-        _Q,
-        _Q,
-        ident,
-    )
-    conn.execute(
-        b"UPDATE %b SET `quarantined_at`=UTC_TIMESTAMP(6), `error`=%b WHERE `id`=%d"
-        % (_Q.encode(), binary_literal(reason[:_ERROR_LIMIT].encode()), ident)
-    )
-
-
-def _code(exc: DatabaseError) -> int:
+def code(exc: DatabaseError) -> int:
     args = getattr(exc.orig, "args", ())
     return args[0] if args and isinstance(args[0], int) else 0
-
-
-# -- statistics --------------------------------------------------------------------------
-
-
-def backlog(pool: MySQLPool) -> tuple[int, int, float, int]:
-    """Return ``(rows, entries, oldest age in seconds, quarantined rows)`` of an outbox.
-
-    The age is that of the oldest row still to be relayed (quarantined rows are
-    counted apart), measured in UTC, never negative.
-    """
-    try:
-        with pool.connection() as conn:
-            row = conn.query(
-                "SELECT COUNT(*), COALESCE(SUM(`entries`),0), COALESCE(GREATEST(0, "
-                "TIMESTAMPDIFF(MICROSECOND, MIN(IF(`quarantined_at` IS NULL, "
-                "`created_at`, NULL)), UTC_TIMESTAMP(6))),0), "
-                f"COALESCE(SUM(`quarantined_at` IS NOT NULL),0) FROM {_Q}"
-            )[0]
-    except DatabaseError as exc:
-        if _code(exc) == 1146:
-            return 0, 0, 0.0, 0
-        hint = _upgrade_error(exc, pool.name)
-        if hint is not None:
-            raise hint from exc
-        raise
-    return int(row[0]), int(row[1]), float(row[2]) / 1_000_000, int(row[3])

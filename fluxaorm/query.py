@@ -59,7 +59,8 @@ class Where:
 
     The condition may end with ``ORDER BY ...``. A list or tuple parameter expands to
     a parenthesised list (``Where("`id` IN ?", [1, 2])``). Enum members are sent as
-    their values. Write ``%`` as is: only ``?`` is a placeholder.
+    their values. Write ``%`` as is: only ``?`` is a placeholder. The text may not
+    contain ``;`` (not even in a quoted literal): pass such values as parameters.
     """
 
     sql: str
@@ -69,6 +70,13 @@ class Where:
         if not isinstance(sql, str) or not sql.strip():
             raise ConfigurationError(
                 "Where needs an SQL condition such as Where('`id` > ?', 0)"
+            )
+        if ";" in sql:
+            # Flushes send several statements per packet, so the connections
+            # accept them: a condition must never be able to end its statement.
+            raise ConfigurationError(
+                f"Where({sql!r}): ';' is not allowed in a condition (it would end "
+                "the statement); pass text that contains ';' as a ? parameter"
             )
         placeholders = _masked(sql).count("?")
         if placeholders != len(params):

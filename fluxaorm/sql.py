@@ -18,6 +18,7 @@ __all__ = [
     "QUOTED_RE",
     "bytes_literal",
     "chunk_rows",
+    "packet_budget",
     "quote",
     "string_literal",
     "where_to_format",
@@ -40,6 +41,11 @@ _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 QUOTED_RE = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`[^`]*`", re.S)
 # Room kept in every statement for the protocol header and the statement's own text.
 _PACKET_MARGIN = 4096
+
+
+def packet_budget(max_packet: int) -> int:
+    """The bytes of SQL one packet may carry under ``max_allowed_packet``."""
+    return max(1024, max_packet - _PACKET_MARGIN)
 
 
 def quote(

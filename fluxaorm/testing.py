@@ -24,14 +24,21 @@ class QueryLog:
 
     Attributes:
         entries: ``(pool, sql)`` pairs in the order they were sent.
+        trips: ``(pool, statements)`` per MySQL round trip, in order.
     """
 
     entries: list[tuple[str, str]] = attrs.field(factory=list)
+    trips: list[tuple[str, int]] = attrs.field(factory=list)
 
     @property
     def count(self) -> int:
-        """How many statements (= MySQL round trips) were sent."""
+        """How many statements were sent (a flush sends several per round trip)."""
         return len(self.entries)
+
+    @property
+    def round_trips(self) -> int:
+        """How many MySQL round trips were made (one per packet of statements)."""
+        return len(self.trips)
 
     @property
     def statements(self) -> list[str]:
@@ -44,6 +51,9 @@ class QueryLog:
 
     def _add(self, pool: str, sql: str) -> None:
         self.entries.append((pool, sql))
+
+    def _trip(self, pool: str, statements: int) -> None:
+        self.trips.append((pool, statements))
 
 
 @attrs.define
@@ -72,13 +82,21 @@ class RoundTripLog:
 
 @contextmanager
 def count_queries(engine: Engine) -> Iterator[QueryLog]:
-    """Record every SQL statement the engine sends inside the block (any thread)."""
+    """Record every SQL statement and MySQL round trip of the engine inside the block.
+
+    ``log.count`` is the number of statements (one entry each, in order, in
+    ``log.statements``) and ``log.round_trips`` the number of round trips: a
+    flush sends its whole transaction as one packet of several statements.
+    Counts any thread.
+    """
     log = QueryLog()
     engine.add_statement_listener(log._add)
+    engine.add_mysql_round_trip_listener(log._trip)
     try:
         yield log
     finally:
         engine.remove_statement_listener(log._add)
+        engine.remove_mysql_round_trip_listener(log._trip)
 
 
 @contextmanager

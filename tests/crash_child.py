@@ -225,7 +225,7 @@ def run_flusher(args: argparse.Namespace) -> int:
 def run_relay(args: argparse.Namespace) -> int:
     """Relay the outbox; ``--die before|after`` stalls around the first publish."""
     engine = make_engine(args.mysql, args.redis, delay=0.0)
-    real = fluxaorm.outbox.publish
+    real = fluxaorm.relay.publish
 
     def stalled(*a: Any, **k: Any) -> Any:
         entries = sum(b.entries for b in a[2])
@@ -238,7 +238,7 @@ def run_relay(args: argparse.Namespace) -> int:
         return result
 
     if args.die != "never":
-        fluxaorm.outbox.publish = stalled  # type: ignore[assignment]
+        fluxaorm.relay.publish = stalled  # type: ignore[assignment]
     _say("relayed", engine.relay_outbox())
     engine.close()
     return 0

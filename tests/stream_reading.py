@@ -14,7 +14,8 @@ from typing import Any
 import redis
 
 import fluxaorm
-from fluxaorm.events import DirtyStreamEvent, decode_entry
+from fluxaorm.events import DirtyStreamEvent, EventBatch, decode_entry
+from fluxaorm.outbox import record_key
 
 Raw = tuple[str, dict[bytes, bytes]]
 Summary = tuple[str, fluxaorm.Operation, int, dict[str, Any]]
@@ -50,7 +51,7 @@ def stream_contents(
 ) -> dict[str, list[Summary]]:
     """Return the summarized events of every non-empty ``dirty_*`` key, by stream name."""
     out: dict[str, list[Summary]] = {}
-    for key in sorted(k.decode() for k in client.keys("dirty_*")):
+    for key in sorted(k.decode() for k in stream_keys(client)):
         name = key[len("dirty_") :]
         found = summarize(read_events(client, engine, name))
         if found:
@@ -67,8 +68,18 @@ def eid_counts(client: redis.Redis, names: Iterable[str]) -> Counter[tuple[str, 
     return counts
 
 
-def outbox_rows(mysql_conn: Any) -> tuple[int, int]:
-    """Return ``(rows, entries)`` waiting in the outbox table (0, 0 when it is missing)."""
+def stream_keys(client: redis.Redis) -> list[bytes]:
+    """The dirty streams' keys (and dead letters'), not the outbox records beside them."""
+    return sorted(k for k in client.keys("dirty_*") if b"{" not in k)
+
+
+def outbox_rows(mysql_conn: Any, redis_client: Any = None) -> tuple[int, int]:
+    """Return ``(rows, entries)`` in the outbox table (0, 0 when it is missing).
+
+    With ``redis_client``, only what still waits to be published: a row (or the
+    part of it) that Redis records as published, waiting for its cleanup by the
+    writer's next flush, is left out.
+    """
     cursor = mysql_conn.cursor()
     cursor.execute(
         "SELECT COUNT(*) FROM information_schema.TABLES "
@@ -76,8 +87,21 @@ def outbox_rows(mysql_conn: Any) -> tuple[int, int]:
     )
     if not cursor.fetchone()[0]:
         return 0, 0
-    cursor.execute(
-        "SELECT COUNT(*), COALESCE(SUM(`entries`), 0) FROM `_fluxaorm_outbox`"
-    )
-    rows, entries = cursor.fetchone()
-    return int(rows), int(entries)
+    cursor.execute("SELECT `entries`, `payload` FROM `_fluxaorm_outbox`")
+    rows = entries = 0
+    for count, payload in cursor.fetchall():
+        left = int(count)
+        if redis_client is not None:
+            batch = EventBatch.loads(bytes(payload))
+            member = batch.event_id.encode()
+            done = {
+                s
+                for r in batch.records
+                for s in r.streams
+                if redis_client.zscore(record_key(s), member) is not None
+            }
+            left -= sum(1 for r in batch.records for s in r.streams if s in done)
+        if left:
+            rows += 1
+            entries += left
+    return rows, entries

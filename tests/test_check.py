@@ -21,7 +21,7 @@ STREAM_KEYS = {
     b"dirty_CategoryAddedDeleted",
 }
 # What the error message recommends, and what a real flush and consumer need.
-GRANT = "+@stream +@transaction +time ~dirty_*"
+GRANT = "+@stream +@transaction +time +zadd +zrem +zmscore +zremrangebyscore ~dirty_*"
 
 
 @dataclass
@@ -60,8 +60,10 @@ def acl_redis() -> Iterator[ThrowawayRedis]:
     users = {
         "enough": GRANT,
         "nostream": "+@transaction +time ~dirty_*",
-        "notime": "+@stream +@transaction ~dirty_*",
-        "otherkeys": "+@stream +@transaction +time ~other_*",
+        "notime": "+@stream +@transaction +zadd +zrem +zmscore +zremrangebyscore "
+        "~dirty_*",
+        "otherkeys": "+@stream +@transaction +time +zadd +zrem +zmscore "
+        "+zremrangebyscore ~other_*",
     }
     args: list[str] = []
     for user, rules in users.items():
@@ -309,7 +311,11 @@ def test_check_passes_with_the_recommended_grant(
         ("notime", ["may not run TIME, which", "'time' command"]),
         (
             "otherkeys",
-            ["may not access dirty_AllChanges, dirty_AllChanges:dead,", "of the keys"],
+            [
+                "may not access dirty_AllChanges, dirty_{dirty_AllChanges}:outbox, "
+                "dirty_AllChanges:dead,",
+                "of the keys",
+            ],
         ),
     ],
 )

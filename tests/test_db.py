@@ -15,6 +15,7 @@ import fluxaorm
 from fluxaorm.testing import count_queries
 from tests.conftest import MYSQL_URL
 from tests.models import UserEntity
+from tests.stream_reading import stream_keys
 
 PASSWORD = "s3cr3t-P@ss"
 
@@ -222,7 +223,7 @@ def test_connection_lost_inside_a_flush_rolls_back_and_recovers(
     assert not isinstance(caught.value, fluxaorm.DuplicateKeyError)
     assert user.id == 0
     assert orm.has_changes
-    assert redis_client.keys("dirty_*") == []
+    assert stream_keys(redis_client) == []
     cursor = mysql_conn.cursor()
     cursor.execute("SELECT COUNT(*) FROM `UserEntity`")
     assert cursor.fetchone()[0] == 0

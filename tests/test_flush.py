@@ -12,8 +12,10 @@ import pytest
 
 import fluxaorm
 from fluxaorm.events import decode_entry
+from fluxaorm.flush import GUARD
 from fluxaorm.testing import QueryLog, count_queries, count_round_trips
 from tests.models import AllTypes, Color, ProductEntity, UserEntity
+from tests.stream_reading import stream_keys
 
 OUTBOX = "`_fluxaorm_outbox`"
 
@@ -40,9 +42,7 @@ def _outbox_rows(mysql_conn: Any) -> int:
 
 
 def _stream_lengths(redis_client: Any) -> dict[str, int]:
-    return {
-        key.decode(): redis_client.xlen(key) for key in redis_client.keys("dirty_*")
-    }
+    return {key.decode(): redis_client.xlen(key) for key in stream_keys(redis_client)}
 
 
 def _events(engine: fluxaorm.Engine, redis_client: Any, stream: str) -> list[Any]:
@@ -53,12 +53,21 @@ def _events(engine: fluxaorm.Engine, redis_client: Any, stream: str) -> list[Any
 
 
 def _data(log: QueryLog) -> list[str]:
-    """The statements that touch entity tables (not the outbox, not BEGIN/COMMIT)."""
+    """The statements that touch entity tables (not the outbox, not BEGIN/COMMIT,
+    not the guards that check each statement's matched-row count)."""
     return [
         s
         for s in log.statements
-        if OUTBOX not in s and s not in ("BEGIN", "COMMIT", "ROLLBACK")
+        if OUTBOX not in s
+        and s not in ("BEGIN", "COMMIT", "ROLLBACK")
+        and not s.startswith(GUARD)
     ]
+
+
+def _waiting(engine: fluxaorm.Engine) -> int:
+    """Outbox rows still to be published (published rows waiting for cleanup aside)."""
+    (stats,) = engine.get_event_broker().get_outbox_statistics()
+    return stats.rows
 
 
 def _accounts(orm: fluxaorm.ORM, n: int, prefix: str = "a") -> list[Account]:
@@ -76,8 +85,9 @@ def _accounts(orm: fluxaorm.ORM, n: int, prefix: str = "a") -> list[Account]:
 def test_thousand_inserts_are_one_insert_plus_outbox_in_one_transaction(
     make_engine, mysql_conn, redis_client
 ):
-    """1,000 inserts: BEGIN, one data INSERT, one outbox INSERT, COMMIT, then the
-    outbox row is deleted once Redis has the entries (one round trip)."""
+    """1,000 inserts: BEGIN and one data INSERT in one packet (the ids come back),
+    then the outbox INSERT and COMMIT in a second; one Redis round trip records
+    the row as published; the next flush's packet deletes it."""
     engine = make_engine(UserEntity)
     orm = engine.new_orm()
     users = [
@@ -86,30 +96,38 @@ def test_thousand_inserts_are_one_insert_plus_outbox_in_one_transaction(
     ]
     with count_queries(engine) as log, count_round_trips(engine) as trips:
         orm.flush()
-    assert log.kinds() == ["BEGIN", "INSERT", "INSERT", "COMMIT", "DELETE"]
+    assert log.kinds() == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
+    assert [n for _, n in log.trips] == [2, 2]
     assert log.statements[1].startswith(
         "INSERT INTO `UserEntity` (`name`,`email`) VALUES "
     )
     assert log.statements[1].count("),(") == 999
     assert log.statements[2].startswith(f"INSERT INTO {OUTBOX}")
-    assert log.statements[4].startswith(f"DELETE FROM {OUTBOX}")
     assert trips.count == 1
-    assert trips.commands == 3000  # AllChanges, NewUsers, EmailAddedOrChanged
+    # 3,000 XADD (AllChanges, NewUsers, EmailAddedOrChanged), and per stream a
+    # ZADD recording, in the same MULTI/EXEC, that the outbox row was published
+    assert trips.commands == 3003
     assert _stream_lengths(redis_client) == {
         "dirty_AllChanges": 1000,
         "dirty_NewUsers": 1000,
         "dirty_EmailAddedOrChanged": 1000,
     }
-    assert _outbox_rows(mysql_conn) == 0
+    assert _outbox_rows(mysql_conn) == 1  # published, waiting for its cleanup
+    assert _waiting(engine) == 0
+    orm.new_entity(UserEntity, name="next", email="next@example.com")
+    with count_queries(engine) as log:
+        orm.flush()
+    assert log.statements[-1].startswith(f"DELETE FROM {OUTBOX} WHERE `id` IN (")
+    assert _outbox_rows(mysql_conn) == 1  # only the newest one now
     assert len({u.id for u in users}) == 1000
-    assert _table_rows(mysql_conn, "SELECT COUNT(*) FROM `UserEntity`") == [(1000,)]
+    assert _table_rows(mysql_conn, "SELECT COUNT(*) FROM `UserEntity`") == [(1001,)]
 
 
 def test_thousand_inserts_without_outbox_are_begin_insert_commit(
     make_engine, redis_client
 ):
-    """With Registry(outbox=False) 1,000 inserts are BEGIN, INSERT, COMMIT and one
-    Redis round trip."""
+    """With Registry(outbox=False) 1,000 inserts are BEGIN, INSERT, COMMIT in one
+    MySQL round trip and one Redis round trip."""
     engine = make_engine(UserEntity, outbox=False)
     orm = engine.new_orm()
     for i in range(1000):
@@ -117,6 +135,7 @@ def test_thousand_inserts_without_outbox_are_begin_insert_commit(
     with count_queries(engine) as log, count_round_trips(engine) as trips:
         orm.flush()
     assert log.kinds() == ["BEGIN", "INSERT", "COMMIT"]
+    assert log.round_trips == 1
     assert trips.count == 1
     assert redis_client.xlen("dirty_NewUsers") == 1000
 
@@ -149,7 +168,10 @@ def test_update_writes_only_the_changed_columns(make_engine, redis_client):
     with count_queries(engine) as log, count_round_trips(engine) as trips:
         orm.flush()
     assert _data(log) == [f"UPDATE `UserEntity` SET `name`='Tim' WHERE `id`={user.id}"]
-    assert log.kinds() == ["BEGIN", "UPDATE", "INSERT", "COMMIT", "DELETE"]
+    # one packet: the update, its guard, the outbox row, COMMIT, and the cleanup
+    # of the row the first flush published
+    assert log.kinds() == ["BEGIN", "UPDATE", "SELECT", "INSERT", "COMMIT", "DELETE"]
+    assert log.round_trips == 1
     assert trips.count == 1
     (event,) = _events(engine, redis_client, "AllChanges")
     assert event.operation is fluxaorm.Update
@@ -175,7 +197,8 @@ def test_same_changed_columns_make_one_update_statement(make_engine, mysql_conn)
     assert update.startswith("UPDATE `accounts` ")
     assert update.endswith("SET t.`name`=v.`name`,t.`score`=v.`score`")
     assert "`email`" not in update
-    assert log.kinds() == ["BEGIN", "UPDATE", "INSERT", "COMMIT", "DELETE"]
+    assert log.kinds() == ["BEGIN", "UPDATE", "SELECT", "INSERT", "COMMIT", "DELETE"]
+    assert log.round_trips == 1
     stored = _table_rows(mysql_conn, "SELECT `id`,`name`,`score` FROM `accounts`")
     assert sorted(stored) == [
         (a.id, f"M{i}", (i + 1) * 10) for i, a in enumerate(accounts)
@@ -192,7 +215,17 @@ def test_different_changed_columns_make_one_update_each(make_engine, mysql_conn)
     orm.edit_entity(c).score = 7
     with count_queries(engine) as log:
         orm.flush()
-    assert log.kinds() == ["BEGIN", "UPDATE", "UPDATE", "INSERT", "COMMIT", "DELETE"]
+    assert log.kinds() == [
+        "BEGIN",
+        "UPDATE",
+        "SELECT",
+        "UPDATE",
+        "SELECT",
+        "INSERT",
+        "COMMIT",
+        "DELETE",
+    ]
+    assert log.round_trips == 1
     assert sorted(
         _table_rows(mysql_conn, "SELECT `id`,`name`,`score` FROM `accounts`")
     ) == [(a.id, "x", 0), (b.id, "y", 0), (c.id, "N2", 7)]
@@ -293,6 +326,7 @@ def test_entity_without_streams_writes_no_outbox_and_no_redis(make_engine, mysql
     with count_queries(engine) as log, count_round_trips(engine) as trips:
         orm.flush()
     assert log.kinds() == ["BEGIN", "INSERT", "COMMIT"]
+    assert log.round_trips == 1
     assert trips.count == 0
     assert _outbox_rows(mysql_conn) == 0
 
@@ -427,7 +461,7 @@ def test_flush_whose_events_exceed_max_allowed_packet_commits(
     stored = _table_rows(mysql_conn, "SELECT LENGTH(`text`) FROM `all_types`")
     assert stored == [(size,)] * count
     assert redis_client.xlen("dirty_AllTypesStream") == count
-    assert _outbox_rows(mysql_conn) == 0
+    assert _waiting(engine) == 0
 
 
 # -- ids -----------------------------------------------------------------------------
@@ -528,7 +562,7 @@ def test_duplicate_key_names_the_index_and_rolls_back(
     assert error.orig is not None
     assert trips.count == 0
     assert _stream_lengths(redis_client) == before
-    assert _outbox_rows(mysql_conn) == 0
+    assert _waiting(engine) == 0
     assert sorted(_table_rows(mysql_conn, "SELECT `id`,`name` FROM `accounts`")) == [
         (a.id, "N0"),
         (b.id, "N1"),
@@ -559,7 +593,7 @@ def test_pending_changes_survive_a_failed_flush_and_can_be_fixed(
         (clash.id, ""),
     ]
     assert not orm.has_changes
-    assert _outbox_rows(mysql_conn) == 0
+    assert _waiting(engine) == 0
     actions = [fields[b"action"] for _, fields in redis_client.xrange("dirty_Accounts")]
     assert sorted(actions[2:]) == [b"add", b"delete", b"edit"]
 
@@ -593,7 +627,7 @@ def test_duplicate_key_on_update_rolls_back(make_engine, mysql_conn, redis_clien
     assert caught.value.index == "email_idx"
     assert _table_rows(mysql_conn, "SELECT COUNT(*) FROM `accounts`") == [(2,)]
     assert _stream_lengths(redis_client) == before
-    assert _outbox_rows(mysql_conn) == 0
+    assert _waiting(engine) == 0
 
 
 def test_duplicate_primary_key_names_primary(make_engine, mysql_conn):
@@ -625,6 +659,8 @@ def test_failed_flush_without_outbox_publishes_nothing(
         pytest.raises(fluxaorm.DuplicateKeyError),
     ):
         orm.flush()
-    assert log.kinds() == ["BEGIN", "INSERT", "ROLLBACK"]
+    # One packet: the server stopped at the duplicate, before its COMMIT.
+    assert log.kinds() == ["BEGIN", "INSERT", "COMMIT", "ROLLBACK"]
+    assert log.round_trips == 2
     assert trips.count == 0
     assert _stream_lengths(redis_client) == before

@@ -31,6 +31,7 @@ from tests.stream_reading import (
     raw_entries,
     read_events,
     stream_contents,
+    stream_keys,
     summarize,
 )
 
@@ -87,7 +88,7 @@ def test_flush_failing_on_duplicate_key_publishes_nothing_now_or_later(
     assert failure.value.index == "sku_idx"
     assert trips.count == 0
     assert raw_entries(redis_client, "Products") == before
-    assert outbox_rows(mysql_conn) == (0, 0)
+    assert outbox_rows(mysql_conn, redis_client) == (0, 0)
     assert engine.relay_outbox() == 0
     assert raw_entries(redis_client, "Products") == before
     assert _table(mysql_conn, "SELECT `id`, `sku`, `shop` FROM `products`") == [
@@ -137,7 +138,7 @@ def test_flush_failing_validation_sends_nothing_and_publishes_nothing(
         orm.flush()
     assert queries.count == 0
     assert trips.count == 0
-    assert redis_client.keys("dirty_*") == []
+    assert stream_keys(redis_client) == []
     assert outbox_rows(mysql_conn) == (0, 0)
 
     orm.clear_flush()
@@ -229,12 +230,12 @@ def test_one_redis_pool_down_delays_only_its_own_entries(
             server.stop()
             orm.flush()
             assert redis_client.xlen("dirty_AllChanges") == 2
-            assert outbox_rows(mysql_conn) == (1, 3)
+            assert outbox_rows(mysql_conn, redis_client) == (1, 3)
             with pytest.raises(fluxaorm.StreamError):
                 engine.relay_outbox()
             server.start()
             assert engine.relay_outbox() == 3
-            assert outbox_rows(mysql_conn) == (0, 0)
+            assert outbox_rows(mysql_conn, redis_client) == (0, 0)
             client = server.client()
             try:
                 assert [
@@ -356,14 +357,14 @@ def test_process_killed_after_commit_is_relayed_exactly_once(
     assert _table(mysql_conn, "SELECT `name` FROM `UserEntity` ORDER BY `id`") == [
         (f"child{n}",) for n in range(4)
     ]
-    assert redis_client.keys("dirty_*") == []
+    assert stream_keys(redis_client) == []
     assert outbox_rows(mysql_conn) == (1, 12)
 
     # Another process's relay leaves rows younger than its outbox_relay_delay alone...
     patient = make_engine(UserEntity, CategoryEntity, sync=False, outbox_relay_delay=60)
     assert patient.relay_outbox() == 0
     assert outbox_rows(mysql_conn) == (1, 12)
-    assert redis_client.keys("dirty_*") == []
+    assert stream_keys(redis_client) == []
 
     # ...and takes them once they are old enough.
     cursor = mysql_conn.cursor()
@@ -516,6 +517,6 @@ def test_outbox_off_loses_the_events_when_redis_is_down(make_engine, mysql_conn)
         orm.flush()
         client = server.client()
         try:
-            assert client.keys("dirty_*") == []
+            assert stream_keys(client) == []
         finally:
             client.close()

@@ -697,20 +697,21 @@ def test_no_password_in_any_repr_log_line_error_or_statistics(
 
 ACL_PASSWORD = "acl-Pa55word"
 ACL_RULES = {
-    "producer": "~dirty_* +multi +exec +xadd",
+    "producer": "~dirty_* +multi +exec +xadd +zadd +zrem +zmscore +zremrangebyscore",
     "consumer": (
         "~dirty_* +xgroup|create +xgroup|delconsumer +xreadgroup +xack +xdel "
         "+xpending +xautoclaim +xclaim +xadd"
     ),
     "statistics": (
         "~dirty_* +time +xinfo|stream +xinfo|groups +xinfo|consumers +xlen "
-        "+xpending +xrange"
+        "+xpending +xrange +zmscore"
     ),
 }
 # A consumer's run() loop also relays the outbox: both sets of commands.
 ACL_RULES["worker"] = (
     "~dirty_* +xgroup|create +xgroup|delconsumer +xreadgroup +xack +xdel "
-    "+xpending +xautoclaim +xclaim +xadd +multi +exec"
+    "+xpending +xautoclaim +xclaim +xadd +multi +exec +zadd +zrem +zmscore "
+    "+zremrangebyscore"
 )
 
 
@@ -965,6 +966,7 @@ MISSING = [
     ("producer", "multi"),
     ("producer", "exec"),
     ("producer", "xadd"),
+    ("producer", "zadd"),
     ("consumer", "xgroup|create"),
     ("consumer", "xgroup|delconsumer"),
     ("consumer", "xreadgroup"),

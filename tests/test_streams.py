@@ -20,7 +20,7 @@ from fluxaorm.testing import count_queries, count_round_trips
 from tests.conftest import MYSQL_URL, REDIS_URL
 from tests.models import AllTypes, CategoryEntity, ProductEntity, UserEntity
 from tests.servers import ThrowawayRedis
-from tests.stream_reading import raw_entries, read_events, stream_contents
+from tests.stream_reading import raw_entries, read_events, stream_contents, stream_keys
 
 SPEC_STREAMS = {
     "AllChanges",
@@ -250,7 +250,7 @@ def test_spec_example_streams_receive_exactly_what_the_spec_says(
             ("CategoryEntity", Delete, c, films_out),
         ],
     }
-    assert {k.decode() for k in redis_client.keys("dirty_*")} == {
+    assert {k.decode() for k in stream_keys(redis_client)} == {
         f"dirty_{n}" for n in SPEC_STREAMS
     }
 
@@ -522,14 +522,18 @@ def test_flush_publishes_in_one_round_trip_after_commit(make_engine, redis_clien
     ]
     assert len(trips) == 1 and len(commits) == 1 and len(outbox) == 1
     assert outbox[0] < commits[0] < trips[0]
-    assert log[trips[0]] == ("redis", "XADD", 2 * 3 + 2)
+    # 2 users x 3 streams + 1 category x 2 streams, and one ZADD per stream
+    # recording the outbox row as published (AllChanges, NewUsers,
+    # EmailAddedOrChanged, CategoryAddedDeleted)
+    assert log[trips[0]] == ("redis", "XADD", 2 * 3 + 2 + 4)
     assert redis_client.xlen("dirty_AllChanges") == 3
 
 
 def test_thousand_inserts_to_three_streams_cost_one_round_trip(
     make_engine, redis_client
 ):
-    """1,000 users feeding 3 streams: one Redis round trip carrying 3,000 XADDs."""
+    """1,000 users feeding 3 streams: one Redis round trip carrying 3,000 XADDs
+    (and, per stream, the ZADD recording the outbox row as published)."""
     engine = make_engine(UserEntity)
     orm = engine.new_orm()
     users = [
@@ -538,7 +542,7 @@ def test_thousand_inserts_to_three_streams_cost_one_round_trip(
     ]
     with count_round_trips(engine) as trips:
         orm.flush()
-    assert trips.entries == [("default", "XADD", 3000)]
+    assert trips.entries == [("default", "XADD", 3000 + 3)]
     ids = {u.id for u in users}
     for name in ("AllChanges", "NewUsers", "EmailAddedOrChanged"):
         entries = raw_entries(redis_client, name)
@@ -559,9 +563,10 @@ def test_one_round_trip_per_redis_pool(two_pool_engine, redis_client, other_redi
         orm.new_entity(UserEntity, name=f"u{n}")
     with count_round_trips(engine) as trips:
         orm.flush()
+    # XADDs, plus one ZADD per stream recording the outbox row as published
     assert sorted(trips.entries) == [
-        ("default", "XADD", 5 * 2 + 2 * 3),
-        ("other", "XADD", 4),
+        ("default", "XADD", 5 * 2 + 2 * 3 + 5),
+        ("other", "XADD", 4 + 1),
     ]
     other: redis.Redis = other_redis.client()
     try:
@@ -569,7 +574,7 @@ def test_one_round_trip_per_redis_pool(two_pool_engine, redis_client, other_redi
         assert redis_client.xlen("dirty_DefaultTwo") == 5
         assert redis_client.exists("dirty_OtherOne") == 0
         assert other.xlen("dirty_OtherOne") == 4
-        assert other.keys("dirty_*") == [b"dirty_OtherOne"]
+        assert stream_keys(other) == [b"dirty_OtherOne"]
     finally:
         other.close()
 
@@ -607,7 +612,9 @@ def test_two_mysql_pools_one_redis_pool_publish_after_both_commits(clean, redis_
         assert sorted(log[i][1] for i in commits) == ["default", "second"]
         assert len(trips) == 1
         assert max(commits) < trips[0]
-        assert log[trips[0]] == ("redis", "default", "XADD", str(2 * 3 + 2))
+        # XADDs, and one ZADD per stream and outbox row (two MySQL pools: two
+        # rows): AllChanges, NewUsers, EmailAddedOrChanged, and the second's one
+        assert log[trips[0]] == ("redis", "default", "XADD", str(2 * 3 + 2 + 3 + 1))
         assert redis_client.xlen("dirty_AllChanges") == 4
 
 
