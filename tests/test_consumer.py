@@ -1362,6 +1362,7 @@ def test_stream_or_group_deleted_while_consume_waits_is_created_again(
         assert admin.delete(KEY) == 1
     else:
         assert admin.xgroup_destroy(KEY, "default") == 1
+
     def group_is_back() -> bool:
         try:
             return any(g["name"] == b"default" for g in admin.xinfo_groups(KEY))
