@@ -445,6 +445,10 @@ class MySQLPool:
             )
             # pymysql applies _read_timeout again before each read.
             raw._read_timeout = read_timeout  # type: ignore[attr-defined]
+            # Flush transactions only write, by primary key: READ COMMITTED takes
+            # no gap locks, so a transaction deleting outbox rows that are
+            # already gone never blocks other flushes' outbox inserts.
+            raw.query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             return raw
         except pymysql.err.Error as exc:
             code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
@@ -573,7 +577,7 @@ class MySQLPool:
 
         Args:
             isolation: an isolation level for this transaction only, such as
-                ``"READ COMMITTED"`` (default: the session's, REPEATABLE READ).
+                ``"REPEATABLE READ"`` (default: the session's, READ COMMITTED).
         """
         with self.connection() as conn:
             if isolation is not None:

@@ -105,6 +105,7 @@ class Engine:
         # this process published and has not deleted yet: the next flush on that
         # pool deletes them in its packet, then forgets their Redis records.
         self._published: dict[str, dict[int, tuple[str, tuple[str, ...], str]]] = {}
+        self._cleaning: dict[str, dict[int, tuple[str, tuple[str, ...], str]]] = {}
         self._lock = threading.Lock()
         self._unwire: dict[str, Unwirer] = {}
         for schema in self._schemas.values():
@@ -360,16 +361,33 @@ class Engine:
                     del rows[ident]
 
     def take_cleanup(self, pool: str) -> list[int]:
-        """The published rows of ``pool`` a flush should delete (at most 500).
+        """Hand a flush the published rows of ``pool`` to delete (at most 500).
 
-        They stay noted until :meth:`forget_records` (their cleanup committed);
-        two threads deleting the same rows is harmless.
+        Each row goes to one flush at a time (two transactions deleting the
+        same rows would wait on each other); :meth:`forget_records` drops them
+        once that flush committed, :meth:`return_cleanup` gives them back if not.
         """
         with self._lock:
             rows = self._published.get(pool)
             if not rows:
                 return []
-            return sorted(rows)[:_CLEANUP_PER_FLUSH]
+            taken = sorted(rows)[:_CLEANUP_PER_FLUSH]
+            cleaning = self._cleaning.setdefault(pool, {})
+            for ident in taken:
+                cleaning[ident] = rows.pop(ident)
+            return taken
+
+    def return_cleanup(self, pool: str, ids: list[int]) -> None:
+        """Give back rows a flush took for cleanup but did not delete."""
+        if not ids:
+            return
+        with self._lock:
+            cleaning = self._cleaning.get(pool, {})
+            rows = self._published.setdefault(pool, {})
+            for ident in ids:
+                found = cleaning.pop(ident, None)
+                if found is not None:
+                    rows[ident] = found
 
     def forget_records(
         self, cleaned: list[tuple[str, int]]
@@ -382,7 +400,7 @@ class Engine:
         out: dict[str, list[tuple[str, str]]] = {}
         with self._lock:
             for pool, ident in cleaned:
-                found = self._published.get(pool, {}).pop(ident, None)
+                found = self._cleaning.get(pool, {}).pop(ident, None)
                 if found is None:
                     continue
                 redis_pool, streams, event_id = found

@@ -6,9 +6,8 @@ and publishes each Redis pool's entries in one MULTI/EXEC round trip.
 
 A pool's transaction travels as **one packet** of statements (one round trip):
 start, data statements each followed by a guard that fails the packet when the
-statement matched fewer rows than it named, the outbox row, COMMIT, and the
-cleanup of outbox rows this process published earlier (autocommitted after the
-COMMIT). Inserts whose ids MySQL assigns need their ids before the outbox row is
+statement matched fewer rows than it named, the outbox row, the cleanup of
+outbox rows this process published earlier, and COMMIT. Inserts whose ids MySQL assigns need their ids before the outbox row is
 written: their transaction takes two packets (the data, then outbox and COMMIT).
 A shortfall, a connection charset that makes packets unsafe, or the careful pass
 after a short delete run the same statements one round trip each.
@@ -569,25 +568,41 @@ def _run_pool(engine: Engine, work: PoolPlan) -> FlushResult:
     strategy = engine.id_strategy or _assign_strategy(pool)
     cleanup = engine.take_cleanup(work.name) if engine.outbox else []
     try:
-        if pool.packets:
-            return _run_packets(engine, pool, work, strategy, cleanup)
-        return _run_statements(engine, pool, work, strategy, False, cleanup)
-    except _Short:
-        # Nothing was committed: some rows to delete were already gone, so run
-        # the transaction again, locking the rows before deleting them.
-        return _run_statements(engine, pool, work, strategy, True, cleanup)
+        try:
+            if pool.packets:
+                result = _run_packets(engine, pool, work, strategy, cleanup)
+            else:
+                result = _run_statements(engine, pool, work, strategy, False, cleanup)
+        except _Short:
+            # Nothing was committed: some rows to delete were already gone, so
+            # run the transaction again, locking the rows before deleting them.
+            result = _run_statements(engine, pool, work, strategy, True, cleanup)
+    except BaseException:
+        engine.return_cleanup(work.name, cleanup)
+        raise
+    if not result.cleaned:
+        engine.return_cleanup(work.name, cleanup)
+    return result
 
 
-def _start(strategy: str) -> str:
-    return (
-        "START TRANSACTION WITH CONSISTENT SNAPSHOT"
-        if strategy == _SNAPSHOT
-        else "BEGIN"
-    )
+def _start(strategy: str) -> list[str]:
+    """How a flush transaction starts (connections are READ COMMITTED)."""
+    if strategy == _SNAPSHOT:
+        # The id read-back needs a snapshot older than the INSERT.
+        return [
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            "START TRANSACTION WITH CONSISTENT SNAPSHOT",
+        ]
+    return ["BEGIN"]
 
 
-def _cleanup_sql(cleanup: Sequence[int]) -> str:
-    return f"DELETE FROM {OUTBOX_Q} WHERE `id` IN ({','.join(map(str, cleanup))})"
+def _cleanup(cleanup: Sequence[int]) -> list[str]:
+    """Delete published outbox rows, one primary-key lookup each.
+
+    ``WHERE id IN (...)`` on the small outbox table is often run as a scan,
+    which waits on rows other flushes just inserted and deadlocks with them.
+    """
+    return [f"DELETE FROM {OUTBOX_Q} WHERE `id`={int(i)}" for i in cleanup]
 
 
 def _run_packets(
@@ -606,7 +621,7 @@ def _run_packets(
         if steps.waits_for_ids and engine.outbox:
             # The new ids are needed for the events: the data first, then the
             # outbox row and COMMIT.
-            data = [_Step(_start(strategy), None), *steps.steps]
+            data = [*(_Step(s, None) for s in _start(strategy)), *steps.steps]
             results = _send(conn, pool, data, commits=False)
             for step, done in zip(data, results):
                 if step.expect is not None and done.rowcount < step.expect:
@@ -617,7 +632,7 @@ def _run_packets(
                     step.then(done)
             steps.steps = []
             steps.outbox(engine)
-            _finish(conn, pool, steps.steps, cleanup, result)
+            _finish(conn, pool, steps.steps, cleanup, result, strategy == _SNAPSHOT)
         else:
             queued, steps.steps = steps.steps, []
             if engine.outbox:  # every event is known: no id is waited for
@@ -625,9 +640,10 @@ def _run_packets(
             _finish(
                 conn,
                 pool,
-                [_Step(_start(strategy), None), *queued, *steps.steps],
+                [*(_Step(s, None) for s in _start(strategy)), *queued, *steps.steps],
                 cleanup,
                 result,
+                strategy == _SNAPSHOT,
             )
             if not engine.outbox:  # the batches, once the new ids are known
                 steps.outbox(engine)
@@ -642,8 +658,14 @@ def _finish(
     queued: list[_Step],
     cleanup: list[int],
     result: FlushResult,
+    snapshot: bool,
 ) -> None:
-    """Send the last packet: statements with their guards, COMMIT, the cleanup."""
+    """Send the last packet: statements with their guards, the cleanup, COMMIT.
+
+    The cleanup of published outbox rows rides in the transaction (READ
+    COMMITTED: no gap lock), except under the snapshot id strategy (REPEATABLE
+    READ), where it runs autocommitted right after COMMIT in the same packet.
+    """
     packet: list[_Step] = []
     guards: dict[int, _Step] = {}
     for step in queued:
@@ -651,10 +673,13 @@ def _finish(
         if step.expect is not None:
             guards[len(packet)] = step
             packet.append(_Step(_GUARD.format(n=step.expect), None))
+    inside = bool(cleanup) and not snapshot
+    if inside:
+        packet.extend(_Step(sql, None) for sql in _cleanup(cleanup))
     commit = len(packet)
     packet.append(_Step("COMMIT", None))
-    if cleanup:
-        packet.append(_Step(_cleanup_sql(cleanup), None))
+    if cleanup and not inside:
+        packet.extend(_Step(sql, None) for sql in _cleanup(cleanup))
     try:
         results = _send(conn, pool, packet, commits=True, guards=guards, commit=commit)
     except PacketError as exc:
@@ -666,7 +691,7 @@ def _finish(
     for step, done in zip(packet, results):
         if step.then is not None:
             step.then(done)
-    if len(results) > commit + 1:
+    if cleanup and (inside or len(results) == len(packet)):
         result.cleaned = list(cleanup)
 
 
@@ -770,7 +795,8 @@ def _run_statements(
     result = FlushResult(work.name)
     conn = pool.acquire()
     try:
-        conn.execute(_start(strategy))
+        for statement in _start(strategy):
+            conn.execute(statement)
         try:
             steps = _Statements(pool, strategy, result, conn, careful)
             try:
@@ -788,6 +814,10 @@ def _run_statements(
                     ) from None
                 raise
             steps.outbox(engine)
+            inside = bool(cleanup) and strategy != _SNAPSHOT
+            if inside:  # READ COMMITTED: no gap lock (see _finish)
+                for sql in _cleanup(cleanup):
+                    conn.execute(sql)
             try:
                 conn.commit()
             except DatabaseError as exc:
@@ -796,9 +826,12 @@ def _run_statements(
         except BaseException:
             conn.rollback()
             raise
-        if cleanup:
+        if inside:
+            result.cleaned = list(cleanup)
+        elif cleanup:
             try:
-                conn.execute(_cleanup_sql(cleanup))
+                for sql in _cleanup(cleanup):
+                    conn.execute(sql)
                 result.cleaned = list(cleanup)
             except DatabaseError as exc:
                 _log.warning("published outbox rows could not be deleted: %s", exc)

@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fluxaorm
+import fluxaorm.db
 import fluxaorm.flush
 import fluxaorm.outbox
+import fluxaorm.relay
 
 STREAM = "Ledger"
 Key = tuple[int, str, int]
@@ -207,7 +209,17 @@ def run_flusher(args: argparse.Namespace) -> int:
         flushes += 1
         if flushes == args.die_at:
             _say("flushing", json.dumps(keys))
-            fluxaorm.flush.publish = _die  # type: ignore[assignment]
+            if args.die_how == "after-publish":
+
+                def published_then_die(
+                    *a: Any, real: Any = fluxaorm.flush.publish, **k: Any
+                ) -> Any:
+                    real(*a, **k)  # the entries and their record reach Redis
+                    _die()
+
+                fluxaorm.flush.publish = published_then_die  # type: ignore[assignment]
+            else:
+                fluxaorm.flush.publish = _die  # type: ignore[assignment]
         for attempt in range(6):
             try:
                 _say("committed", json.dumps(flusher.flush()))
@@ -220,6 +232,27 @@ def run_flusher(args: argparse.Namespace) -> int:
     _say("finished", len(flusher.committed))
     engine.close()
     return 0
+
+
+def run_between_packets(args: argparse.Namespace) -> int:
+    """Insert rows with ids MySQL assigns; die between the flush's two packets."""
+    engine = make_engine(args.mysql, args.redis)
+    real = fluxaorm.db.Connection.packet
+
+    def packet(self: Any, statements: Any) -> Any:
+        if any(s == "COMMIT" for s in statements):
+            _say("between", len(statements))
+            _die()  # the first packet ran: its transaction is open, uncommitted
+        return real(self, statements)
+
+    fluxaorm.db.Connection.packet = packet  # type: ignore[method-assign]
+    orm = engine.new_orm()
+    for n in range(args.changes):
+        orm.new_entity(Ledger, owner=f"auto{n}")
+        orm.new_entity(Journal, ledger_id=0, action="add", version=n)
+    orm.flush()
+    _say("flushed")  # never reached
+    return 3
 
 
 def run_relay(args: argparse.Namespace) -> int:
@@ -277,7 +310,9 @@ def run_consumer(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.crash_child")
-    parser.add_argument("command", choices=("flush", "relay", "consume"))
+    parser.add_argument(
+        "command", choices=("flush", "relay", "consume", "between-packets")
+    )
     parser.add_argument("mysql")
     parser.add_argument("redis")
     parser.add_argument("--owner", type=int, default=1)
@@ -286,6 +321,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--start-at", type=float, default=0.0)
     parser.add_argument("--die-at", type=int, default=0)
+    parser.add_argument(
+        "--die-how",
+        choices=("before-publish", "after-publish"),
+        default="before-publish",
+    )
     parser.add_argument("--doom-every", type=int, default=0)
     parser.add_argument("--die", choices=("never", "before", "after"), default="never")
     parser.add_argument("--kind", choices=("single", "many"), default="many")
@@ -295,7 +335,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--min-idle", type=float, default=60.0)
     parser.add_argument("--claim-every", type=float, default=5.0)
     args = parser.parse_args(argv)
-    run = {"flush": run_flusher, "relay": run_relay, "consume": run_consumer}
+    run = {
+        "flush": run_flusher,
+        "relay": run_relay,
+        "consume": run_consumer,
+        "between-packets": run_between_packets,
+    }
     return run[args.command](args)
 
 

@@ -36,7 +36,7 @@ import fluxaorm
 from tests.conftest import MYSQL_URL, REDIS_URL
 from tests.crash_child import STREAM, Flusher, Journal, Key, Ledger, event_key
 from tests.servers import ThrowawayRedis, free_port
-from tests.stream_reading import outbox_rows
+from tests.stream_reading import outbox_rows, stream_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = f"dirty_{STREAM}"
@@ -547,6 +547,67 @@ def test_flusher_killed_between_commit_and_publish_loses_nothing(
         tally,
         relayed=len(in_the_air),
     )
+
+
+def test_flusher_killed_after_publishing_before_its_cleanup_duplicates_nothing(
+    make_engine, mysql_conn, redis_client, children
+):
+    """A flusher SIGKILLed right after its 8th publish, before any later flush
+    deletes that outbox row: the relay finds the row recorded as published and
+    deletes it without publishing it again; no duplicate, nothing lost."""
+    engine = make_engine(Ledger, Journal, outbox_relay_delay=0)
+    child = children(
+        *_child_args("flush", "--owner", 4, "--changes", 500, "--max-step", 8),
+        "--die-at",
+        "8",
+        "--die-how",
+        "after-publish",
+        "--seed",
+        "4",
+    )
+    assert child.finish(60) == -signal.SIGKILL, child.describe("not SIGKILLed")
+    published = child.keys("committed")
+    in_the_air = child.keys("flushing")
+    assert len(child.said("committed")) == 7 and in_the_air
+    # The earlier flushes' rows were cleaned by the next flush's packet; the
+    # last one's row stays, published, its cleanup never came.
+    assert outbox_rows(mysql_conn) == (1, len(in_the_air))
+    assert outbox_rows(mysql_conn, redis_client) == (0, 0)
+    (stats,) = engine.get_event_broker().get_outbox_statistics()
+    assert (stats.rows, stats.entries) == (0, 0)
+
+    assert engine.relay_outbox() == 0  # recorded as published: deleted, not sent
+    assert outbox_rows(mysql_conn) == (0, 0)
+    got = Delivered()
+    consumer = fluxaorm.new_dirty_stream_consumer_single(engine.new_orm(), STREAM, got)
+    drain(consumer)
+    tally = assert_delivered(got.snapshot(), mysql_conn)
+    assert tally.duplicates == 0
+    report(
+        "(2b) flusher killed after publish, before cleanup",
+        len(published) + len(in_the_air),
+        tally,
+        lingering=1,
+    )
+
+
+def test_flusher_killed_between_the_two_packets_of_an_insert_leaves_nothing(
+    make_engine, mysql_conn, redis_client, children
+):
+    """Inserts whose ids MySQL assigns take two packets; a flusher SIGKILLed between
+    them leaves no row, no outbox row and no event (MySQL rolls back)."""
+    engine = make_engine(Ledger, Journal)
+    child = children(*_child_args("between-packets", "--changes", 5))
+    assert child.finish(60) == -signal.SIGKILL, child.describe("not SIGKILLed")
+    assert child.said("between")
+
+    def rolled_back() -> bool:
+        return ledger_rows(mysql_conn) == {} and sum(journal(mysql_conn).values()) == 0
+
+    wait_until(rolled_back, 10, "MySQL to roll the dead connection back")
+    assert outbox_rows(mysql_conn) == (0, 0)
+    assert stream_keys(redis_client) == []
+    assert engine.relay_outbox() == 0
 
 
 # -- (3) the relay SIGKILLed mid-publish -----------------------------------------------
