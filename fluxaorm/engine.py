@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
@@ -104,8 +105,8 @@ class Engine:
         # MySQL pool -> outbox id -> (Redis pool, streams, batch event id) of rows
         # this process published and has not deleted yet: the next flush on that
         # pool deletes them in its packet, then forgets their Redis records.
-        self._published: dict[str, dict[int, tuple[str, tuple[str, ...], str]]] = {}
-        self._cleaning: dict[str, dict[int, tuple[str, tuple[str, ...], str]]] = {}
+        self._published: dict[str, dict[int, _Published]] = {}
+        self._cleaning: dict[str, dict[int, _Published]] = {}
         self._lock = threading.Lock()
         self._unwire: dict[str, Unwirer] = {}
         for schema in self._schemas.values():
@@ -353,24 +354,44 @@ class Engine:
         streams = tuple(dict.fromkeys(s for r in batch.records for s in r.streams))
         with self._lock:
             rows = self._published.setdefault(pool, {})
-            rows[outbox_id] = (batch.redis_pool, streams, batch.event_id)
+            rows[outbox_id] = (
+                batch.redis_pool,
+                streams,
+                batch.event_id,
+                time.monotonic(),
+            )
             if len(rows) > _CLEANUP_LIMIT:
                 # An outage of the cleanup: the oldest are left to the relay, which
                 # finds them recorded as published and deletes them.
                 for ident in sorted(rows)[: len(rows) - _CLEANUP_LIMIT]:
                     del rows[ident]
 
+    def awaiting_cleanup(self, pool: str) -> list[int]:
+        """The outbox rows of MySQL pool ``pool`` this process published and has
+        not deleted yet (Redis records them as published; see docs/streams.md)."""
+        with self._lock:
+            return sorted(
+                [*self._published.get(pool, ()), *self._cleaning.get(pool, ())]
+            )
+
     def take_cleanup(self, pool: str) -> list[int]:
         """Hand a flush the published rows of ``pool`` to delete (at most 500).
 
-        Each row goes to one flush at a time (two transactions deleting the
-        same rows would wait on each other); :meth:`forget_records` drops them
-        once that flush committed, :meth:`return_cleanup` gives them back if not.
+        Rows are deleted in batches: once 16 wait, or the oldest was published
+        a second ago (deleting a row costs MySQL about as much as writing one;
+        in a batch, far less). Each row goes to one flush at a time (two
+        transactions deleting the same rows would wait on each other);
+        :meth:`forget_records` drops them once that flush committed,
+        :meth:`return_cleanup` gives them back if not.
         """
         with self._lock:
             rows = self._published.get(pool)
             if not rows:
                 return []
+            if len(rows) < _CLEANUP_BATCH:
+                oldest = min(entry[3] for entry in rows.values())
+                if time.monotonic() - oldest < _CLEANUP_AFTER:
+                    return []
             taken = sorted(rows)[:_CLEANUP_PER_FLUSH]
             cleaning = self._cleaning.setdefault(pool, {})
             for ident in taken:
@@ -403,7 +424,7 @@ class Engine:
                 found = self._cleaning.get(pool, {}).pop(ident, None)
                 if found is None:
                     continue
-                redis_pool, streams, event_id = found
+                redis_pool, streams, event_id, _ = found
                 out.setdefault(redis_pool, []).extend((s, event_id) for s in streams)
         return out
 
@@ -447,6 +468,11 @@ P = TypeVar("P")
 # Published outbox rows a process remembers for cleanup, and deletes per flush.
 _CLEANUP_LIMIT = 10_000
 _CLEANUP_PER_FLUSH = 500
+_CLEANUP_BATCH = 16
+_CLEANUP_AFTER = 1.0
+# A published outbox row awaiting cleanup: Redis pool, streams, batch event id,
+# when it was published (time.monotonic()).
+_Published = tuple[str, tuple[str, ...], str, float]
 
 
 def _pool(kind: str, pools: Mapping[str, P], name: str) -> P:

