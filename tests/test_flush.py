@@ -170,7 +170,7 @@ def test_update_writes_only_the_changed_columns(make_engine, redis_client):
         orm.flush()
     assert _data(log) == [f"UPDATE `UserEntity` SET `name`='Tim' WHERE `id`={user.id}"]
     # one packet: the update, its guard, the outbox row, COMMIT
-    assert log.kinds() == ["BEGIN", "UPDATE", "SELECT", "INSERT", "COMMIT"]
+    assert log.kinds() == ["BEGIN", "UPDATE", "SET", "INSERT", "COMMIT"]
     assert log.round_trips == 1
     assert trips.count == 1
     (event,) = _events(engine, redis_client, "AllChanges")
@@ -197,7 +197,7 @@ def test_same_changed_columns_make_one_update_statement(make_engine, mysql_conn)
     assert update.startswith("UPDATE `accounts` ")
     assert update.endswith("SET t.`name`=v.`name`,t.`score`=v.`score`")
     assert "`email`" not in update
-    assert log.kinds() == ["BEGIN", "UPDATE", "SELECT", "INSERT", "COMMIT"]
+    assert log.kinds() == ["BEGIN", "UPDATE", "SET", "INSERT", "COMMIT"]
     assert log.round_trips == 1
     stored = _table_rows(mysql_conn, "SELECT `id`,`name`,`score` FROM `accounts`")
     assert sorted(stored) == [
@@ -218,9 +218,9 @@ def test_different_changed_columns_make_one_update_each(make_engine, mysql_conn)
     assert log.kinds() == [
         "BEGIN",
         "UPDATE",
-        "SELECT",
+        "SET",
         "UPDATE",
-        "SELECT",
+        "SET",
         "INSERT",
         "COMMIT",
     ]
