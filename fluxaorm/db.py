@@ -150,6 +150,7 @@ class Connection:
         "_reconnect",
         "_trips",
         "broken",
+        "raw_binary",
         "last_used",
         "pool",
         "raw",
@@ -170,6 +171,9 @@ class Connection:
         self._listeners = listeners
         self._trips: list[RoundTripListener] = trips if trips is not None else []
         self._reconnect = reconnect
+        # Whether raw bytes may travel in a literal: not in charsets (gbk, sjis)
+        # where a byte before a backslash can make one character with it.
+        self.raw_binary = True
         self.broken = False
         self.reused = False
         self.last_used = time.monotonic()
@@ -475,6 +479,7 @@ class MySQLPool:
         conn = Connection(
             self._open_raw(), self.name, self._listeners, self._open_raw, self._trips
         )
+        conn.raw_binary = self.packets
         if self._info is None:
             try:
                 row = conn.query(

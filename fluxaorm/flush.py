@@ -478,7 +478,9 @@ class _Statements:
         if not batches or not engine.outbox:
             return
         ids = self.result.outbox_ids
-        for sql, count in insert_statements(batches, self.max_packet):
+        for sql, count in insert_statements(
+            batches, self.max_packet, self.pool.packets
+        ):
             self.auto_ids(sql, OUTBOX_Q, count, None, ids.extend)
 
 

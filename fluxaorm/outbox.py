@@ -137,13 +137,14 @@ def upgrade_error(exc: DatabaseError, pool: str) -> DatabaseError | None:
 
 
 def insert_statements(
-    batches: Sequence[EventBatch], max_packet: int
+    batches: Sequence[EventBatch], max_packet: int, raw: bool = True
 ) -> list[tuple[bytes, int]]:
     """Render the INSERTs of one outbox row per batch, as few as ``max_packet`` allows.
 
     The statements are ``bytes``: payloads travel as raw escaped binary literals,
-    about their own size on the wire (hexadecimal would double it). ``created_at``
-    is the server's UTC time.
+    about their own size on the wire (hexadecimal would double it; ``raw=False``
+    for a connection charset where raw bytes are unsafe). ``created_at`` is the
+    server's UTC time.
 
     Returns:
         ``(statement, rows)`` pairs, in the order of ``batches``.
@@ -157,7 +158,7 @@ def insert_statements(
         row = b"(UTC_TIMESTAMP(6),'%s',%d,%s)" % (
             b.redis_pool.encode(),
             b.entries,
-            binary_literal(b.dumps()),
+            binary_literal(b.dumps(), raw),
         )
         if rows and size + len(row) + 1 > budget:
             statements.append((head + b",".join(rows), len(rows)))
@@ -218,9 +219,9 @@ def keep_refused(
             _Q.encode(),
             _BACKOFF_MAX,
             _BACKOFF_FIRST,
-            binary_literal(rest.dumps()),
+            binary_literal(rest.dumps(), conn.raw_binary),
             rest.entries,
-            binary_literal(error[:ERROR_LIMIT].encode()),
+            binary_literal(error[:ERROR_LIMIT].encode(), conn.raw_binary),
             int(ident),
         )
     )

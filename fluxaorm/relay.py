@@ -301,7 +301,11 @@ def _quarantine(conn: Connection, ident: int, reason: str) -> None:
     )
     conn.execute(
         b"UPDATE %b SET `quarantined_at`=UTC_TIMESTAMP(6), `error`=%b WHERE `id`=%d"
-        % (_Q.encode(), binary_literal(reason[:ERROR_LIMIT].encode()), ident)
+        % (
+            _Q.encode(),
+            binary_literal(reason[:ERROR_LIMIT].encode(), conn.raw_binary),
+            ident,
+        )
     )
 
 

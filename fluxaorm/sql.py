@@ -88,13 +88,17 @@ def bytes_literal(value: bytes) -> str:
     return "_binary X'" + value.hex() + "'"
 
 
-def binary_literal(value: bytes) -> bytes:
+def binary_literal(value: bytes, raw: bool = True) -> bytes:
     """Render ``bytes`` as a raw ``_binary'...'`` literal for a bytes statement.
 
     Only the seven bytes MySQL's string syntax needs are escaped (as the C API's
     mysql_real_escape_string does), so the literal is barely longer than the
-    value, where a hexadecimal one is twice as long.
+    value, where a hexadecimal one is twice as long. With ``raw=False`` (a
+    connection charset such as gbk, in which a byte before a backslash can make
+    one character with it) the literal is hexadecimal.
     """
+    if not raw:
+        return b"_binary X'" + value.hex().encode() + b"'"
     escaped = (
         value.replace(b"\\", b"\\\\")
         .replace(b"\0", b"\\0")

@@ -22,9 +22,11 @@ import pytest
 import redis
 from hypothesis import given
 from hypothesis import strategies as st
+from pymysql.constants.CLIENT import MULTI_STATEMENTS
 
 import fluxaorm
 from fluxaorm.fields import COLLATION
+from fluxaorm.testing import count_queries
 from tests.models import CategoryEntity, UserEntity
 from tests.servers import (
     Certificates,
@@ -319,7 +321,14 @@ def test_generated_payloads_round_trip_and_match_exactly(
     user = orm.new_entity(
         InjectionUser, name=first, bio=first, data=blob, note=first or None
     )
-    orm.flush()
+    with count_queries(injection_engine) as log:
+        orm.flush()
+    # The values travelled in multi-statement packets: the data with BEGIN, then
+    # the outbox row (and a batch of earlier rows' cleanup) with COMMIT; nothing
+    # they hold could add a statement.
+    assert len(log.trips) == 2 and log.trips[0][1] == 2, log.statements
+    assert log.kinds()[:3] == ["BEGIN", "INSERT", "INSERT"]
+    assert log.kinds()[-1] == "COMMIT"
     rows_before = len(_stored(mysql_conn))
     assert _stored(mysql_conn)[user.id] == (
         _hex(first),
@@ -336,7 +345,10 @@ def test_generated_payloads_round_trip_and_match_exactly(
 
     edited = orm.edit_entity(user)
     edited.name = edited.bio = second
-    orm.flush()
+    with count_queries(injection_engine) as log:
+        orm.flush()
+    # BEGIN, UPDATE, guard, outbox row, COMMIT (nothing when nothing changed)
+    assert log.round_trips == (1 if second != first else 0)
     assert _stored(mysql_conn)[user.id][:2] == (_hex(second), _hex(second))
     _check_search(orm, mysql_conn, user.id, second, unique=False)
     assert len(_stored(mysql_conn)) == rows_before
@@ -1181,3 +1193,45 @@ def test_mysql_tls_untrusted_server_is_a_database_error(mariadb, other_certs):
     assert f"127.0.0.1:{mariadb.port}" in str(caught.value)
     assert isinstance(caught.value.orig, pymysql.err.Error)
     assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "`name` = 'x'; DROP TABLE victims",
+        "`name` = ?; DELETE FROM users",
+        "`name` = ';'",
+    ],
+)
+def test_a_where_condition_can_never_end_its_statement(sql):
+    """Connections accept several statements per packet (for flushes), so a Where
+    holding ';' anywhere, even quoted, is refused before any SQL is sent."""
+    params = ("x",) if "?" in sql else ()
+    with pytest.raises(fluxaorm.ConfigurationError, match="';' is not allowed"):
+        fluxaorm.Where(sql, *params)
+
+
+@fluxaorm.entity(table="gbk_rows")
+@dataclass
+class GbkRow:
+    id: int = field(default=0, metadata={"orm": "dirty=GbkRows"})
+    name: str = fluxaorm.column(length=255, default="")
+
+
+def test_a_charset_that_could_bypass_escaping_gets_no_packets(make_engine, mysql_conn):
+    """A pool whose connection charset could let a multi-byte character swallow a
+    backslash (gbk) never sends several statements in one packet, and still
+    stores every payload verbatim."""
+    engine = make_engine(GbkRow, mysql_options={"charset": "gbk"})
+    assert not engine.mysql_pool("default").packets
+    with engine.mysql_pool("default").connection() as conn:
+        assert conn.raw.client_flag & MULTI_STATEMENTS == 0
+    orm = engine.new_orm()
+    rows = [orm.new_entity(GbkRow, name=p) for p in PAYLOADS[:10]]
+    with count_queries(engine) as log:
+        orm.flush()
+    assert log.round_trips == log.count  # one statement per round trip
+    cursor = mysql_conn.cursor()
+    cursor.execute("SELECT `id`, HEX(`name`) FROM `gbk_rows`")
+    stored = dict(cursor.fetchall())
+    assert stored == {r.id: _hex(p) for r, p in zip(rows, PAYLOADS[:10])}
