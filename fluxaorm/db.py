@@ -150,10 +150,10 @@ class Connection:
         "_reconnect",
         "_trips",
         "broken",
-        "raw_binary",
         "last_used",
         "pool",
         "raw",
+        "raw_binary",
         "reused",
     )
 
