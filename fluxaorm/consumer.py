@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError, DatabaseError, StreamError
 from .events import DirtyStreamEvent, decode_entries
-from .streams import RawEntry, pack_ack, parse_entries, text
+from .streams import RawEntry, Session, pack_ack, parse_entries, text
 
 if TYPE_CHECKING:
     from .orm import ORM
@@ -91,6 +91,9 @@ class DirtyStreamConsumer:
         self._engine = orm.engine
         self._info = self._engine.stream(stream)
         self._pool = self._engine.redis_pool(self._info.redis_pool)
+        # One connection for this consumer: acknowledgements are written as the
+        # handler returns and their replies read with the next command.
+        self._io = Session(self._pool)
         self._key = self._info.key
         self._stream = self._info.name
         self._handler = handler
@@ -250,6 +253,13 @@ class DirtyStreamConsumer:
         a many consumer hands its pending events to the group's parking consumer,
         keeping their idle time, so :meth:`auto_claim` of any consumer takes them.
         """
+        try:
+            self._leave_group()
+        finally:
+            self._io.close()  # reads the acknowledgements' replies still owed
+            self._check_acks()
+
+    def _leave_group(self) -> None:
         if not self._group_ready:
             return
         pending = self._own_pending(_CLEANUP_PAGE)
@@ -257,7 +267,7 @@ class DirtyStreamConsumer:
             return
         while pending:
             before = [ident for ident, _, _ in pending]
-            replies = self._pool.pipeline(
+            replies = self._io.pipeline(
                 [
                     (
                         "XCLAIM",
@@ -398,7 +408,9 @@ class DirtyStreamConsumer:
         delay = 0.05
         while True:
             try:
-                return self._pool.execute(*args)
+                reply = self._io.execute(*args)
+                self._check_acks()
+                return reply
             except StreamError as exc:
                 if args[0] != "XGROUP" and str(exc.orig).startswith(_GONE):
                     self._group_ready = False
@@ -557,19 +569,34 @@ class DirtyStreamConsumer:
         if not ids:
             return
         payload, commands = pack_ack(self._key, self._group, ids, self._delete)
-        replies = self._pool.round_trip(payload, commands, "XACK")
-        self._raise_first(replies, "acknowledging")
+        # Sent now; the replies are read with the next command (or by cleanup).
+        self._io.send(payload, commands, "XACK")
+
+    def _check_acks(self) -> None:
+        """Raise for acknowledgements Redis refused; note those lost in the air."""
+        if self._io.lost:
+            self._io.lost = 0
+            # They may not have run: a single consumer hands its pending over again.
+            self._may_have_pending = self._single or self._may_have_pending
+        if self._io.failed:
+            first = self._io.failed[0]
+            self._io.failed.clear()
+            self._may_have_pending = self._single or self._may_have_pending
+            raise self._pool.error(first, f"{self._key}: acknowledging")
 
     def _ack_one(self, event: DirtyStreamEvent) -> None:
         if event.message_id in self._acked:
             return
         self._ack([event.message_id])
+        # event.ack() is explicit and rare: done (and checked) before it returns.
+        self._io.settle()
+        self._check_acks()
         self._acked.add(event.message_id)
         self._errors.pop(event.message_id, None)
 
     def _deliveries(self, entries: Sequence[RawEntry]) -> dict[str, int]:
         """Redis's delivery counter of each entry, in one pipelined round trip."""
-        replies = self._pool.pipeline(
+        replies = self._io.pipeline(
             [
                 ("XPENDING", self._key, self._group, ident, ident, 1)
                 for ident, _ in entries
@@ -621,7 +648,7 @@ class DirtyStreamConsumer:
                 self._group,
             ]
             commands.append(("XADD", dead_key, "*", *flat))
-        replies = self._pool.pipeline(commands, "XADD")
+        replies = self._io.pipeline(commands, "XADD")
         moved: list[str] = []
         refused: list[tuple[str, Exception]] = []
         for (ident, _, seen, reason), reply in zip(dead, replies):

@@ -23,6 +23,7 @@ __all__ = [
     "RawEntry",
     "RedisPool",
     "RoundTripListener",
+    "Session",
     "pack_ack",
     "pack_command",
     "parse_entries",
@@ -82,25 +83,11 @@ class RedisPool:
         Raises:
             StreamError: the server cannot be reached or the connection dropped.
         """
-        for listener in self._listeners:
-            listener(self.name, what, commands if commands is not None else replies)
-        if _log.isEnabledFor(logging.DEBUG):
-            _log.debug(
-                "[%s] %s (%d replies, %d bytes)", self.name, what, replies, len(payload)
-            )
-        try:
-            conn: Any = self._pool.get_connection()
-        except redis.exceptions.RedisError as exc:
-            raise self._wrap(exc, what) from exc
+        self.heard(what, commands if commands is not None else replies, len(payload))
+        conn = self.connect(what)
         try:
             conn.send_packed_command([payload], check_health=False)
-            out: list[Any] = []
-            for _ in range(replies):
-                try:
-                    out.append(conn.read_response(disable_decoding=True))
-                except redis.exceptions.ResponseError as exc:
-                    out.append(exc)
-            return out
+            return read_replies(conn, replies)
         except redis.exceptions.RedisError as exc:
             conn.disconnect()
             raise self._wrap(exc, what) from exc
@@ -109,6 +96,26 @@ class RedisPool:
             raise
         finally:
             self._pool.release(conn)
+
+    def connect(self, what: str) -> Any:
+        """Take a connection out of the pool (give it back with :meth:`release`)."""
+        try:
+            return self._pool.get_connection()
+        except redis.exceptions.RedisError as exc:
+            raise self._wrap(exc, what) from exc
+
+    def release(self, conn: Any) -> None:
+        """Give back a connection taken with :meth:`connect`."""
+        self._pool.release(conn)
+
+    def heard(self, what: str, commands: int, size: int) -> None:
+        """Tell the round-trip listeners (and the DEBUG log) of one round trip."""
+        for listener in self._listeners:
+            listener(self.name, what, commands)
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug(
+                "[%s] %s (%d commands, %d bytes)", self.name, what, commands, size
+            )
 
     def _wrap(self, exc: BaseException, what: str) -> StreamError:
         return self.error(exc, what)
@@ -245,6 +252,141 @@ def permanent_hint(exc: BaseException, db: int = 0) -> str | None:
         if marker in reply:
             return hint.format(db=db)
     return None
+
+
+def read_replies(conn: Any, replies: int) -> list[Any]:
+    """Read ``replies`` replies; error replies come back as exceptions, not raised."""
+    out: list[Any] = []
+    for _ in range(replies):
+        try:
+            out.append(conn.read_response(disable_decoding=True))
+        except redis.exceptions.ResponseError as exc:
+            out.append(exc)
+    return out
+
+
+class Session:
+    """One connection of a pool kept by one consumer, whose writes may run ahead.
+
+    :meth:`send` writes commands at once and reads their replies with the next
+    exchange on the connection (:meth:`round_trip`, :meth:`execute`,
+    :meth:`pipeline`) or with :meth:`settle`: an acknowledgement leaves as soon
+    as a handler returns and costs no round trip of its own. Not thread-safe.
+
+    Attributes:
+        failed: error replies of sent commands, read since the last look (the
+            caller empties the list).
+        lost: sent commands whose replies were lost with the connection (they
+            may or may not have run).
+    """
+
+    def __init__(self, pool: RedisPool):
+        self.pool = pool
+        self.name = pool.name
+        self._conn: Any = None
+        self._owed = 0
+        self._owed_commands = 0
+        self.failed: list[Exception] = []
+        self.lost = 0
+
+    def _connection(self, what: str) -> Any:
+        if self._conn is None:
+            self._conn = self.pool.connect(what)
+        return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.disconnect()
+            self.pool.release(conn)
+        self.lost += self._owed
+        self._owed = self._owed_commands = 0
+
+    def send(self, payload: bytes, replies: int, what: str) -> None:
+        """Write commands now; their replies are read with the next exchange.
+
+        Raises:
+            StreamError: the connection could not be made or written to (the
+                commands may not have left).
+        """
+        conn = self._connection(what)
+        try:
+            conn.send_packed_command([payload], check_health=False)
+        except redis.exceptions.RedisError as exc:
+            self._drop()
+            raise self.pool.error(exc, what) from exc
+        except BaseException:
+            self._drop()
+            raise
+        self._owed += replies
+        self._owed_commands += replies
+
+    def round_trip(
+        self, payload: bytes, replies: int, what: str, commands: int | None = None
+    ) -> list[Any]:
+        """Like :meth:`RedisPool.round_trip`, reading the replies owed first."""
+        return self._exchange(payload, replies, what, commands)
+
+    def settle(self, what: str = "XACK") -> None:
+        """Read the replies still owed (a round trip's second half), if any."""
+        if self._owed:
+            self._exchange(b"", 0, what, 0)
+
+    def _exchange(
+        self, payload: bytes, replies: int, what: str, commands: int | None
+    ) -> list[Any]:
+        owed, owed_commands = self._owed, self._owed_commands
+        self.pool.heard(
+            what,
+            (commands if commands is not None else replies) + owed_commands,
+            len(payload),
+        )
+        conn = self._connection(what)
+        try:
+            if payload:
+                conn.send_packed_command([payload], check_health=False)
+            earlier = read_replies(conn, owed)
+            self._owed = self._owed_commands = 0
+            self.failed += [r for r in earlier if isinstance(r, Exception)]
+            return read_replies(conn, replies)
+        except redis.exceptions.RedisError as exc:
+            self._drop()
+            raise self.pool.error(exc, what) from exc
+        except BaseException:
+            self._drop()
+            raise
+
+    def execute(self, *args: Any) -> Any:
+        """Run one command (after reading the replies owed); raise an error reply."""
+        reply = self._exchange(_pack(args), 1, _name(args), None)[0]
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise self.pool.error(reply, _name(args))
+        return reply
+
+    def pipeline(
+        self, commands: Sequence[Sequence[Any]], what: str | None = None
+    ) -> list[Any]:
+        """Run several commands in one round trip; error replies are returned."""
+        payload = b"".join(_pack(c) for c in commands)
+        label = what or ",".join(dict.fromkeys(_name(c) for c in commands))
+        return self._exchange(payload, len(commands), label, None)
+
+    def blocking_timeout(self, seconds: float) -> float:
+        """See :meth:`RedisPool.blocking_timeout`."""
+        return self.pool.blocking_timeout(seconds)
+
+    def error(self, exc: BaseException, what: str) -> StreamError:
+        """See :meth:`RedisPool.error`."""
+        return self.pool.error(exc, what)
+
+    def close(self) -> None:
+        """Read what is owed and give the connection back to the pool."""
+        try:
+            self.settle()
+        finally:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                self.pool.release(conn)
 
 
 def _name(args: Sequence[Any]) -> str:
