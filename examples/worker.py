@@ -43,7 +43,7 @@ class Projection:
     def handle(self, events: list[fluxaorm.DirtyStreamEvent]) -> None:
         """The consumer's handler: apply each event of a batch.
 
-        When it returns, the consumer acknowledges the whole batch in one round trip;
+        When it returns, the consumer acknowledges the whole batch (sent at once);
         if it raises, the batch stays pending and comes back (then the events it
         had applied are skipped as already handled).
         """

@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .consumer import DEAD_FIELDS
 from .errors import StreamError
-from .events import DirtyStreamEvent, decode_entry
+from .events import DirtyStreamEvent, decode_entry, original_fields
 from .relay import backlog
 from .streams import pairs, parse_entries, text
 
@@ -186,10 +185,6 @@ def _fill(info: StreamInfo, length: int, oldest: float) -> float | None:
     return max(parts) if parts else None
 
 
-def _original_fields(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    return {k: v for k, v in fields.items() if k not in DEAD_FIELDS}
-
-
 def _lenient_text(value: Any) -> str:
     """Decode a field that should be UTF-8 text, replacing what is not."""
     if isinstance(value, bytes):
@@ -219,7 +214,7 @@ def _dead_letter(
         error=_lenient_text(fields.get(b"error")),
         deliveries=deliveries,
         event=event,
-        fields=_original_fields(fields),
+        fields=original_fields(fields),
     )
 
 
@@ -431,7 +426,7 @@ class EventBroker:
             commands: list[tuple[Any, ...]] = []
             for _, fields in chosen:
                 flat: list[Any] = []
-                for k, v in _original_fields(fields).items():
+                for k, v in original_fields(fields).items():
                     flat += [k, v]
                 commands.append(("XADD", info.key, "*", *flat))
             accepted: list[str] = []

@@ -21,7 +21,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError, DatabaseError, StreamError
-from .events import DirtyStreamEvent, decode_entries
+from .events import DirtyStreamEvent, dead_key, dead_letter_fields, decode_entries
 from .streams import RawEntry, Session, pack_ack, parse_entries, text
 
 if TYPE_CHECKING:
@@ -39,13 +39,10 @@ Handler = Callable[[list[DirtyStreamEvent]], None]
 DEFAULT_GROUP = "default"
 SINGLE_NAME = "single"
 PARKED_NAME = "parked"
-DEAD_SUFFIX = ":dead"
 # Error replies of a stream or group deleted under a consumer (SPEC §5: recreated).
 _GONE = ("NOGROUP", "UNBLOCKED")
 _RESERVED_NAMES = frozenset({SINGLE_NAME, PARKED_NAME})
 _CLEANUP_PAGE = 1000
-# Fields a dead letter adds to the original entry (an entry's own are replaced).
-DEAD_FIELDS = (b"error", b"deliveries", b"original_id", b"group")
 # A dead letter to write: entry id, its fields, deliveries, the reason.
 _Dead = tuple[str, dict[bytes, bytes], int, str]
 _RETRY_WINDOW = 10.0  # seconds a lost connection is retried before StreamError
@@ -165,7 +162,8 @@ class DirtyStreamConsumer:
         to ``block`` seconds for new events and reads at most ``count``. The
         handler gets at most ``count`` events per call. When it returns, the
         batch's events it did not acknowledge are acknowledged and removed from
-        the stream in one round trip. When it raises, those events stay pending
+        the stream: the commands are sent at once and their replies read with
+        the next command (or by :meth:`cleanup`). When it raises, those events stay pending
         (a single consumer gets them again on its next ``consume``; others are
         reclaimed with :meth:`auto_claim`) and the exception reaches the caller.
         An entry that is not a valid event never reaches the handler: it is
@@ -630,24 +628,16 @@ class DirtyStreamConsumer:
             ``None`` when every entry moved, else the StreamError for the caller
             to raise once the rest of the batch is handled.
         """
-        dead_key = self._key + DEAD_SUFFIX
-        commands: list[tuple[Any, ...]] = []
-        for ident, fields, seen, reason in dead:
-            flat: list[Any] = []
-            for k, v in fields.items():
-                if k not in DEAD_FIELDS:
-                    flat += [k, v]
-            flat += [
-                b"error",
-                reason,
-                b"deliveries",
-                seen,
-                b"original_id",
-                ident,
-                b"group",
-                self._group,
-            ]
-            commands.append(("XADD", dead_key, "*", *flat))
+        target = dead_key(self._key)
+        commands: list[tuple[Any, ...]] = [
+            (
+                "XADD",
+                target,
+                "*",
+                *dead_letter_fields(fields, reason, seen, ident, self._group),
+            )
+            for ident, fields, seen, reason in dead
+        ]
         replies = self._io.pipeline(commands, "XADD")
         moved: list[str] = []
         refused: list[tuple[str, Exception]] = []
@@ -661,7 +651,7 @@ class DirtyStreamConsumer:
                 "%s: entry %s moved to %s after %d deliveries: %s",
                 self._key,
                 ident,
-                dead_key,
+                target,
                 seen,
                 reason,
             )
@@ -672,7 +662,7 @@ class DirtyStreamConsumer:
         ident, first = refused[0]
         wrapped = self._pool.error(
             first,
-            f"{self._key}: moving {len(refused)} entries (first {ident}) to {dead_key}",
+            f"{self._key}: moving {len(refused)} entries (first {ident}) to {target}",
         )
         error = StreamError(
             f"{wrapped}; they stay pending and are moved on a later delivery",

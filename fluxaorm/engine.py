@@ -23,7 +23,7 @@ from .config import MySQLConfig, RedisConfig
 from .db import MySQLPool, StatementListener
 from .db import RoundTripListener as MySQLRoundTripListener
 from .errors import ConfigurationError, DatabaseError, FluxaORMError
-from .events import STREAM_PREFIX, EventBatch, StreamEncoder
+from .events import STREAM_PREFIX, EventBatch, StreamEncoder, dead_key
 from .render import Unwirer, compile_unwire
 from .schema import EntitySchema
 from .streams import RedisPool, RoundTripListener
@@ -64,7 +64,7 @@ class StreamInfo:
     @property
     def dead_key(self) -> str:
         """The Redis key of the stream's dead letters (``dirty_<Name>:dead``)."""
-        return self.key + ":dead"
+        return dead_key(self.key)
 
 
 class Engine:

@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from .streams import bulk
+
 __all__ = [
     "Delete",
     "DirtyStreamEvent",
@@ -216,8 +218,46 @@ class EventBatch:
         return cls(pool, records, event_id, ts)
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(value), value)
+# -- dead letters ----------------------------------------------------------------------
+
+DEAD_SUFFIX = ":dead"
+# Fields a dead letter adds to the original entry (an entry's own are replaced).
+DEAD_FIELDS = (b"error", b"deliveries", b"original_id", b"group")
+
+
+def dead_key(key: str) -> str:
+    """The key of a stream's dead letters (``dirty_<Name>:dead``)."""
+    return key + DEAD_SUFFIX
+
+
+def dead_letter_fields(
+    fields: Mapping[bytes, Any],
+    reason: str,
+    deliveries: int,
+    original_id: str,
+    group: str,
+) -> list[Any]:
+    """The flat field list of a dead letter: the entry's own fields, then why."""
+    flat: list[Any] = []
+    for k, v in fields.items():
+        if k not in DEAD_FIELDS:
+            flat += [k, v]
+    return [
+        *flat,
+        b"error",
+        reason,
+        b"deliveries",
+        deliveries,
+        b"original_id",
+        original_id,
+        b"group",
+        group,
+    ]
+
+
+def original_fields(fields: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
+    """A dead letter's fields without those :func:`dead_letter_fields` added."""
+    return {k: v for k, v in fields.items() if k not in DEAD_FIELDS}
 
 
 class StreamEncoder:
@@ -245,9 +285,9 @@ class StreamEncoder:
             for stream in streams:
                 head = [b"XADD", stream_key(stream).encode(), *self._trim(stream), b"*"]
                 packed = [b"*%d\r\n" % (len(head) + 2 * fields)]
-                packed.extend(_bulk(p) for p in head)
-                packed.append(_bulk(b"action") + _bulk(action.encode()))
-                packed.append(_bulk(b"entity") + _bulk(entity.encode()))
+                packed.extend(bulk(p) for p in head)
+                packed.append(bulk(b"action") + bulk(action.encode()))
+                packed.append(bulk(b"entity") + bulk(entity.encode()))
                 parts.append(b"".join(packed))
             found = self._prefixes[key] = tuple(parts)
         return found

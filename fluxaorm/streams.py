@@ -24,6 +24,7 @@ __all__ = [
     "RedisPool",
     "RoundTripListener",
     "Session",
+    "bulk",
     "pack_ack",
     "pack_command",
     "parse_entries",
@@ -254,6 +255,11 @@ def permanent_hint(exc: BaseException, db: int = 0) -> str | None:
     return None
 
 
+def bulk(value: bytes) -> bytes:
+    """One RESP bulk string (the one place commands are framed: see :func:`_pack`)."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
 def read_replies(conn: Any, replies: int) -> list[Any]:
     """Read ``replies`` replies; error replies come back as exceptions, not raised."""
     out: list[Any] = []
@@ -414,14 +420,14 @@ def pack_ack(
     Returns:
         The RESP bytes and the number of commands (replies to read).
     """
-    block = b"".join([b"$%d\r\n%b\r\n" % (len(i), i.encode()) for i in ids])
+    block = b"".join([bulk(i.encode()) for i in ids])
     k = key.encode()
     g = group.encode()
-    key_arg = b"$%d\r\n%b\r\n" % (len(k), k)
+    key_arg = bulk(k)
     out = [
         b"*%d\r\n$4\r\nXACK\r\n" % (3 + len(ids)),
         key_arg,
-        b"$%d\r\n%b\r\n" % (len(g), g),
+        bulk(g),
         block,
     ]
     if delete:
@@ -446,7 +452,7 @@ def _pack(args: Sequence[Any]) -> bytes:
             if a.__class__ is bytes
             else _encode(a)
         )
-        append(b"$%d\r\n%b\r\n" % (len(p), p))
+        append(b"$%d\r\n%b\r\n" % (len(p), p))  # bulk(), inlined: the hot path
     return b"".join(out)
 
 
