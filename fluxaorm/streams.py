@@ -42,7 +42,38 @@ _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 
 
-class RedisPool:
+class _Commands:
+    """``execute`` and ``pipeline`` on top of a class's ``round_trip`` and ``error``."""
+
+    def round_trip(
+        self, payload: bytes, replies: int, what: str, commands: int | None = None
+    ) -> list[Any]:
+        raise NotImplementedError
+
+    def error(self, exc: BaseException, what: str) -> StreamError:
+        raise NotImplementedError
+
+    def execute(self, *args: Any) -> Any:
+        """Run one command and return its raw reply.
+
+        Raises:
+            StreamError: on a connection failure or an error reply.
+        """
+        reply = self.round_trip(_pack(args), 1, _name(args))[0]
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise self.error(reply, _name(args))
+        return reply
+
+    def pipeline(
+        self, commands: Sequence[Sequence[Any]], what: str | None = None
+    ) -> list[Any]:
+        """Run several commands in one round trip; error replies are returned, not raised."""
+        payload = b"".join(_pack(c) for c in commands)
+        label = what or ",".join(dict.fromkeys(_name(c) for c in commands))
+        return self.round_trip(payload, len(commands), label)
+
+
+class RedisPool(_Commands):
     """A thread-safe pool of connections to one Redis server (redis-py underneath).
 
     Args:
@@ -146,25 +177,6 @@ class RedisPool:
             connection_lost=lost,
             permanent=hint is not None,
         )
-
-    def execute(self, *args: Any) -> Any:
-        """Run one command and return its raw reply.
-
-        Raises:
-            StreamError: on a connection failure or an error reply.
-        """
-        reply = self.round_trip(_pack(args), 1, _name(args))[0]
-        if isinstance(reply, redis.exceptions.ResponseError):
-            raise self._wrap(reply, _name(args))
-        return reply
-
-    def pipeline(
-        self, commands: Sequence[Sequence[Any]], what: str | None = None
-    ) -> list[Any]:
-        """Run several commands in one round trip; error replies are returned, not raised."""
-        payload = b"".join(_pack(c) for c in commands)
-        label = what or ",".join(dict.fromkeys(_name(c) for c in commands))
-        return self.round_trip(payload, len(commands), label)
 
     def transaction(self, payload: bytes, commands: int, what: str) -> list[Any]:
         """Run pre-packed commands inside MULTI/EXEC in one round trip.
@@ -271,7 +283,7 @@ def read_replies(conn: Any, replies: int) -> list[Any]:
     return out
 
 
-class Session:
+class Session(_Commands):
     """One connection of a pool kept by one consumer, whose writes may run ahead.
 
     :meth:`send` writes commands at once and reads their replies with the next
@@ -361,21 +373,6 @@ class Session:
         except BaseException:
             self._drop()
             raise
-
-    def execute(self, *args: Any) -> Any:
-        """Run one command (after reading the replies owed); raise an error reply."""
-        reply = self._exchange(_pack(args), 1, _name(args), None)[0]
-        if isinstance(reply, redis.exceptions.ResponseError):
-            raise self.pool.error(reply, _name(args))
-        return reply
-
-    def pipeline(
-        self, commands: Sequence[Sequence[Any]], what: str | None = None
-    ) -> list[Any]:
-        """Run several commands in one round trip; error replies are returned."""
-        payload = b"".join(_pack(c) for c in commands)
-        label = what or ",".join(dict.fromkeys(_name(c) for c in commands))
-        return self._exchange(payload, len(commands), label, None)
 
     def blocking_timeout(self, seconds: float) -> float:
         """See :meth:`RedisPool.blocking_timeout`."""
