@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .db import Connection
 from .errors import DatabaseError, StreamError
 from .events import EventBatch, EventRecord, StreamEncoder, stream_key
-from .sql import binary_literal
+from .sql import binary_literal, packet_budget
 from .streams import RedisPool, pack_command
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ def insert_statements(
         ``(statement, rows)`` pairs, in the order of ``batches``.
     """
     head = f"INSERT INTO {_Q} (`created_at`,`redis_pool`,`entries`,`payload`) VALUES ".encode()
-    budget = max_packet - 8192 - len(head)
+    budget = packet_budget(max_packet) - len(head)
     statements: list[tuple[bytes, int]] = []
     rows: list[bytes] = []
     size = 0
@@ -171,8 +171,12 @@ def insert_statements(
 
 
 def payload_limit(max_packet: int) -> int:
-    """The payload a batch may carry so its escaped outbox row fits one packet."""
-    return max(4096, (max_packet - 16384) * 3 // 4)
+    """The payload a batch may carry so its escaped outbox row fits one packet.
+
+    Escaping can grow a payload (zlib output escapes about 3% of its bytes): a
+    quarter of the budget is kept for that and the row's other columns.
+    """
+    return max(4096, (packet_budget(max_packet) - 12288) * 3 // 4)
 
 
 def delete_rows(conn: Connection, ids: Iterable[int]) -> None:

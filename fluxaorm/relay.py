@@ -28,7 +28,7 @@ from .outbox import (
     upgrade_error,
     without_streams,
 )
-from .sql import binary_literal
+from .sql import binary_literal, packet_budget
 from .streams import RedisPool
 
 if TYPE_CHECKING:
@@ -104,7 +104,8 @@ def relay(
     """
     result = RelayResult()
     down: dict[str, StreamError] = {}
-    limit = max(0, min(MINE_LIMIT, (pool.info.max_allowed_packet - 8192) // 24))
+    # Each id named costs at most 24 bytes of the query.
+    limit = max(0, min(MINE_LIMIT, packet_budget(pool.info.max_allowed_packet) // 24))
     mine_sql = ",".join(str(int(i)) for i in sorted(newest(mine, limit)))
     after = 0
     retries = 0

@@ -39,7 +39,8 @@ _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 # A quoted string ('...' or "...", with backslash or doubled-quote escapes) or a
 # backtick-quoted identifier: text in which ``?`` is not a placeholder.
 QUOTED_RE = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`[^`]*`", re.S)
-# Room kept in every statement for the protocol header and the statement's own text.
+# Room kept in every packet for the protocol header and the statement's own text:
+# the one margin every limit under max_allowed_packet derives from (packet_budget).
 _PACKET_MARGIN = 4096
 
 
@@ -125,7 +126,7 @@ def chunk_rows(
         max_packet: the server's ``max_allowed_packet``.
         fixed: length of the statement text around the rows.
     """
-    budget = max(1, (max_packet - _PACKET_MARGIN - fixed * 4) // 4)
+    budget = max(1, (packet_budget(max_packet) - fixed * 4) // 4)
     total = 0
     for row in rows:
         total += len(row) + 1
