@@ -193,13 +193,26 @@ def test_killed_idle_connection_is_replaced_for_reads(make_engine, mysql_conn):
 
 
 def test_killed_idle_connection_is_replaced_for_flush(make_engine, mysql_conn):
-    """A flush that starts on a connection killed while idle reconnects and commits."""
+    """A flush that starts on a connection killed while idle sees the closed socket
+    before sending anything, reconnects and sends its packets once (a packet holding
+    COMMIT is never sent twice), and commits."""
     engine = make_engine(UserEntity, mysql_options={"pool_size": 1})
     orm = engine.new_orm()
     _kill(mysql_conn, _connection_id(engine))
     user = orm.new_entity(UserEntity, name="Tom")
-    orm.flush()
+    with count_queries(engine) as log:
+        orm.flush()
+    assert log.kinds() == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
+    assert log.round_trips == 2
     assert orm.get_by_id(UserEntity, user.id) == user
+    _kill(mysql_conn, _connection_id(engine))
+    copy = orm.edit_entity(orm.get_by_id(UserEntity, user.id))
+    _kill(mysql_conn, _connection_id(engine))
+    copy.name = "Tim"
+    with count_queries(engine) as log:
+        orm.flush()
+    assert log.round_trips == 1 and log.kinds().count("COMMIT") == 1
+    assert orm.get_by_id(UserEntity, user.id).name == "Tim"
 
 
 def test_connection_lost_inside_a_flush_rolls_back_and_recovers(
