@@ -10,7 +10,8 @@ raw (bytes, lists); the helpers below parse the stream commands' replies.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -303,14 +304,22 @@ class Session(_Commands):
         self.name = pool.name
         self._conn: Any = None
         self._owed = 0
-        self._owed_commands = 0
         self.failed: list[Exception] = []
         self.lost = 0
 
-    def _connection(self, what: str) -> Any:
+    @contextmanager
+    def _using(self, what: str) -> Iterator[Any]:
+        """Lend the connection; a failure drops it (replies owed on it are lost)."""
         if self._conn is None:
             self._conn = self.pool.connect(what)
-        return self._conn
+        try:
+            yield self._conn
+        except redis.exceptions.RedisError as exc:
+            self._drop()
+            raise self.pool.error(exc, what) from exc
+        except BaseException:
+            self._drop()
+            raise
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -318,7 +327,7 @@ class Session(_Commands):
             conn.disconnect()
             self.pool.release(conn)
         self.lost += self._owed
-        self._owed = self._owed_commands = 0
+        self._owed = 0
 
     def send(self, payload: bytes, replies: int, what: str) -> None:
         """Write commands now; their replies are read with the next exchange.
@@ -327,52 +336,30 @@ class Session(_Commands):
             StreamError: the connection could not be made or written to (the
                 commands may not have left).
         """
-        conn = self._connection(what)
-        try:
+        with self._using(what) as conn:
             conn.send_packed_command([payload], check_health=False)
-        except redis.exceptions.RedisError as exc:
-            self._drop()
-            raise self.pool.error(exc, what) from exc
-        except BaseException:
-            self._drop()
-            raise
         self._owed += replies
-        self._owed_commands += replies
 
     def round_trip(
         self, payload: bytes, replies: int, what: str, commands: int | None = None
     ) -> list[Any]:
         """Like :meth:`RedisPool.round_trip`, reading the replies owed first."""
-        return self._exchange(payload, replies, what, commands)
+        owed = self._owed
+        self.pool.heard(
+            what, (commands if commands is not None else replies) + owed, len(payload)
+        )
+        with self._using(what) as conn:
+            if payload:
+                conn.send_packed_command([payload], check_health=False)
+            earlier = read_replies(conn, owed)
+            self._owed = 0
+            self.failed += [r for r in earlier if isinstance(r, Exception)]
+            return read_replies(conn, replies)
 
     def settle(self, what: str = "XACK") -> None:
         """Read the replies still owed (a round trip's second half), if any."""
         if self._owed:
-            self._exchange(b"", 0, what, 0)
-
-    def _exchange(
-        self, payload: bytes, replies: int, what: str, commands: int | None
-    ) -> list[Any]:
-        owed, owed_commands = self._owed, self._owed_commands
-        self.pool.heard(
-            what,
-            (commands if commands is not None else replies) + owed_commands,
-            len(payload),
-        )
-        conn = self._connection(what)
-        try:
-            if payload:
-                conn.send_packed_command([payload], check_health=False)
-            earlier = read_replies(conn, owed)
-            self._owed = self._owed_commands = 0
-            self.failed += [r for r in earlier if isinstance(r, Exception)]
-            return read_replies(conn, replies)
-        except redis.exceptions.RedisError as exc:
-            self._drop()
-            raise self.pool.error(exc, what) from exc
-        except BaseException:
-            self._drop()
-            raise
+            self.round_trip(b"", 0, what, 0)
 
     def blocking_timeout(self, seconds: float) -> float:
         """See :meth:`RedisPool.blocking_timeout`."""
