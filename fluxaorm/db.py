@@ -36,6 +36,7 @@ __all__ = [
     "RoundTripListener",
     "ServerInfo",
     "StatementListener",
+    "error_code",
 ]
 
 _log = logging.getLogger("fluxaorm.sql")
@@ -71,6 +72,15 @@ class Result:
     rowcount: int
     lastrowid: int
     rows: tuple[tuple[Any, ...], ...] | None
+
+
+def error_code(error: BaseException | None) -> int:
+    """The MySQL error number of a pymysql error, or of the one a DatabaseError
+    wraps; 0 when there is none."""
+    if isinstance(error, DatabaseError):
+        error = error.orig
+    args = getattr(error, "args", ())
+    return args[0] if args and isinstance(args[0], int) else 0
 
 
 class PacketError(DatabaseError):
@@ -325,7 +335,7 @@ class Connection:
             self.broken = True
 
     def _wrap(self, exc: pymysql.err.Error) -> DatabaseError:
-        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        code = error_code(exc)
         message = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
         if code == ER.DUP_ENTRY:
             match = _DUPLICATE_RE.search(message)
@@ -455,7 +465,7 @@ class MySQLPool:
             raw.query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             return raw
         except pymysql.err.Error as exc:
-            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+            code = error_code(exc)
             detail = exc.args[1] if len(exc.args) > 1 else exc
             hint = _PERMANENT_HINTS.get(code)
             if hint is None and "timed out" in str(detail):

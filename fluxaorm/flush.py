@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .changes import Delete, Pending, PoolPlan, RowKey, Update, plan
-from .db import Connection, MySQLPool, PacketError, Result
+from .db import Connection, MySQLPool, PacketError, Result, error_code
 from .errors import (
     DatabaseError,
     DuplicateKeyError,
@@ -258,14 +258,8 @@ class _Statements:
     ) -> list[Delete]:
         """Lock the rows of ``rows`` that still exist (alive, for a fake delete)."""
         assert self.conn is not None  # the careful pass runs statement by statement
-        head = f"SELECT `id` FROM {schema.quoted_table} WHERE `id` IN ("
-        tail = ")" + (" AND `fake_delete` = 0" if fake else "") + " FOR UPDATE"
-        found: set[int] = set()
-        ids = [str(r[2]) for r in rows]
-        for chunk in chunk_rows(ids, self.max_packet, len(head) + len(tail)):
-            found.update(
-                int(r[0]) for r in self.conn.query(head + ",".join(chunk) + tail)
-            )
+        tail = (" AND `fake_delete` = 0" if fake else "") + " FOR UPDATE"
+        found = _present(self.conn, schema, [r[2] for r in rows], self.max_packet, tail)
         return [r for r in rows if r[2] in found]
 
     def updates(
@@ -519,6 +513,23 @@ def _wire_or_raw(column: Any, value: Any) -> Any:
         return value
 
 
+def _present(
+    conn: Connection,
+    schema: EntitySchema,
+    ids: Sequence[int],
+    max_packet: int,
+    tail: str = "",
+) -> set[int]:
+    """Which of ``ids`` have a row (``tail`` adds a condition or ``FOR UPDATE``)."""
+    head = f"SELECT `id` FROM {schema.quoted_table} WHERE `id` IN ("
+    found: set[int] = set()
+    for chunk in chunk_rows(
+        [str(i) for i in ids], max_packet, len(head) + len(tail) + 1
+    ):
+        found.update(int(r[0]) for r in conn.query(f"{head}{','.join(chunk)}){tail}"))
+    return found
+
+
 def _stale(
     conn: Connection, pool: str, step: _Step, max_packet: int
 ) -> StaleEntityError:
@@ -526,11 +537,8 @@ def _stale(
     schema = step.schema
     assert schema is not None
     ids = list(step.ids)
-    present: set[int] = set()
     if step.short == "update" and schema.version_index is None:
-        head = f"SELECT `id` FROM {schema.quoted_table} WHERE `id` IN ("
-        for chunk in chunk_rows([str(i) for i in ids], max_packet, len(head)):
-            present.update(int(r[0]) for r in conn.query(head + ",".join(chunk) + ")"))
+        present = _present(conn, schema, ids, max_packet)
         gone = [i for i in ids if i not in present] or ids
         reason = "the rows were deleted by another flush first"
     else:
@@ -727,7 +735,7 @@ def _send(
         failed = packet[exc.index] if exc.index < len(packet) else None
         step = (guards or {}).get(exc.index)
         _abandon(conn)
-        if step is not None and _code(error) == _GUARD_FAILED:
+        if step is not None and error_code(error) == _GUARD_FAILED:
             raise _short_error(conn, pool, step) from None
         raise _located(error, failed.schema if failed else None) from exc.orig
 
@@ -779,11 +787,6 @@ def _short_error(conn: Connection, pool: MySQLPool, step: _Step) -> Exception:
 def _abandon(conn: Connection) -> None:
     """Roll back the transaction a failed packet left open."""
     conn.rollback()
-
-
-def _code(exc: DatabaseError) -> int:
-    args = getattr(exc.orig, "args", ())
-    return args[0] if args and isinstance(args[0], int) else 0
 
 
 def _run_statements(

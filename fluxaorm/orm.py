@@ -442,8 +442,7 @@ class ORM:
             rows = conn.query(sql)
         if not rows:
             return None
-        found: E = schema.load(rows[0])
-        self._track(schema, found, schema.get_values(found))
+        found: E = self._load_rows(schema, rows)[0]
         return found
 
     @_exclusive

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .db import Connection
+from .db import Connection, error_code
 from .errors import DatabaseError, StreamError
 from .events import EventBatch, EventRecord, StreamEncoder, stream_key
 from .sql import binary_literal, packet_budget
@@ -37,7 +37,6 @@ __all__ = [
     "OUTBOX_TABLE",
     "RECORD_RETENTION_MS",
     "PublishOutcome",
-    "code",
     "delete_rows",
     "insert_statements",
     "keep_refused",
@@ -124,7 +123,7 @@ def upgrade_statements(live_columns: Iterable[str]) -> list[str]:
 
 def upgrade_error(exc: DatabaseError, pool: str) -> DatabaseError | None:
     """A hint to run sync_schema() for "unknown column" (1054) on the outbox, else None."""
-    if code(exc) != 1054:
+    if error_code(exc) != 1054:
         return None
     return DatabaseError(
         _UPGRADE_HINT.format(table=_Q, pool=pool, detail=exc),
@@ -562,8 +561,3 @@ def _refusal(pool: RedisPool, what: str, reply: Any) -> StreamError:
         pool=pool.name,
         orig=reply if isinstance(reply, Exception) else None,
     )
-
-
-def code(exc: DatabaseError) -> int:
-    args = getattr(exc.orig, "args", ())
-    return args[0] if args and isinstance(args[0], int) else 0

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .db import Connection, MySQLPool
+from .db import Connection, MySQLPool, error_code
 from .errors import DatabaseError, StreamError
 from .events import EventBatch, StreamEncoder
 from .outbox import (
@@ -20,7 +20,6 @@ from .outbox import (
     MINE_LIMIT,
     OUTBOX_Q,
     PublishOutcome,
-    code,
     delete_rows,
     keep_refused,
     publish,
@@ -118,7 +117,7 @@ def relay(
                 if rows:
                     _relay_rows(conn, rows, redis_pools, encoder, down, step)
         except DatabaseError as exc:
-            if code(exc) in (1205, 1213) and retries < 5:
+            if error_code(exc) in (1205, 1213) and retries < 5:
                 retries += 1  # the pass rolled back: run it again
                 continue
             hint = upgrade_error(exc, pool.name)
@@ -344,7 +343,7 @@ def backlog(
                 + (f" AND `id` < {int(newest_rows[-1][0])}" if newest_rows else "")
             )[0][0]
     except DatabaseError as exc:
-        if code(exc) == 1146:
+        if error_code(exc) == 1146:
             return 0, 0, 0.0, 0
         hint = upgrade_error(exc, pool.name)
         if hint is not None:
