@@ -21,9 +21,10 @@ from typing import Any
 
 import attrs
 import pymysql
+import pymysql.connections
 import pymysql.converters
 import pymysql.cursors
-from pymysql.constants import CLIENT, ER, FIELD_TYPE
+from pymysql.constants import CLIENT, COMMAND, ER, FIELD_TYPE, SERVER_STATUS
 
 from .config import MySQLConfig
 from .errors import DatabaseError, DuplicateKeyError
@@ -72,6 +73,54 @@ class Result:
     rowcount: int
     lastrowid: int
     rows: tuple[tuple[Any, ...], ...] | None
+
+
+_COM_QUERY = COMMAND.COM_QUERY
+_MORE_RESULTS = SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS
+
+
+def _read_results(raw: Any, results: list[Result]) -> None:
+    """Read the result of each statement of a multi-statement packet, in turn.
+
+    An OK packet (what every statement but a SELECT or RETURNING sends) is read
+    here in a few operations; pymysql's own reader builds three objects for it,
+    which cost more than the statement itself on the server. A result set is read
+    by pymysql. An error packet raises, as pymysql does.
+    """
+    read_packet = raw._read_packet
+    while True:
+        packet = read_packet()
+        data = packet._data
+        if data[0] == 0 and len(data) >= 7:  # OK packet
+            affected, pos = _lenenc(data, 1)
+            insert_id, pos = _lenenc(data, pos)
+            status = data[pos] | data[pos + 1] << 8
+            results.append(Result(affected, insert_id, None))
+            more = status & _MORE_RESULTS
+        else:
+            result = pymysql.connections.MySQLResult(raw)
+            try:
+                result._read_result_packet(packet)
+            finally:
+                result.connection = None
+            results.append(
+                Result(result.affected_rows, result.insert_id or 0, result.rows)
+            )
+            more = result.has_next
+        if not more:
+            return
+
+
+def _lenenc(data: bytes, pos: int) -> tuple[int, int]:
+    """A length-encoded integer of the MySQL protocol at ``pos``, and what follows."""
+    first = data[pos]
+    if first < 0xFB:
+        return first, pos + 1
+    if first == 0xFC:
+        return data[pos + 1] | data[pos + 2] << 8, pos + 3
+    if first == 0xFD:
+        return int.from_bytes(data[pos + 1 : pos + 4], "little"), pos + 4
+    return int.from_bytes(data[pos + 1 : pos + 9], "little"), pos + 9
 
 
 def error_code(error: BaseException | None) -> int:
@@ -252,15 +301,11 @@ class Connection:
         payload = b";".join(
             s if isinstance(s, bytes) else s.encode("utf-8") for s in statements
         )
-        cursor: Any = self._cursor
+        raw: Any = self.raw
         results: list[Result] = []
         try:
-            cursor.execute(payload)
-            while True:
-                rows = cursor.fetchall() if cursor.description is not None else None
-                results.append(Result(cursor.rowcount, cursor.lastrowid or 0, rows))
-                if not cursor.nextset():
-                    break
+            raw._execute_command(_COM_QUERY, payload)
+            _read_results(raw, results)
         except pymysql.err.Error as exc:
             raise PacketError(
                 self._wrap(exc), len(results), results, len(statements)
