@@ -98,13 +98,14 @@ def _read_results(raw: Any, results: list[Result]) -> None:
             results.append(Result(affected, insert_id, None))
             more = status & _MORE_RESULTS
         else:
-            result = pymysql.connections.MySQLResult(raw)
+            # The stubs leave out the private reader pymysql's own read() calls.
+            result: Any = pymysql.connections.MySQLResult(raw)
             try:
                 result._read_result_packet(packet)
             finally:
                 result.connection = None
             results.append(
-                Result(result.affected_rows, result.insert_id or 0, result.rows)
+                Result(result.affected_rows or 0, result.insert_id or 0, result.rows)
             )
             more = result.has_next
         if not more:

@@ -38,6 +38,9 @@ __all__ = [
 STREAM_PREFIX = "dirty_"
 _PACK = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 _OUTBOX_VERSION = 1
+# A payload whose Insert events wait for their ids: placeholder ids (see
+# :func:`placeholder_id`) and, after the msgpack body, the ids' ASCII trailer.
+_OUTBOX_PLACEHOLDERS = 2
 # Outbox payloads at least this long are zlib-compressed; shorter ones start
 # with the msgpack header of their 7-item array.
 _COMPRESS_FROM = 1024
@@ -61,6 +64,15 @@ _BY_ACTION = {op.value.encode(): op for op in Operation}
 def stream_key(name: str) -> str:
     """Return the Redis key of the dirty stream ``name`` (``dirty_<name>``)."""
     return STREAM_PREFIX + name
+
+
+def placeholder_id(k: int, j: int) -> int:
+    """The stand-in id of row ``j`` of auto-id INSERT ``k`` in an outbox payload.
+
+    Negative, so no real id is mistaken for it; :meth:`EventBatch.loads` turns it
+    into the real id from the payload's trailer.
+    """
+    return -((k << 32) | j) - 1
 
 
 def pack_bind(bind: Mapping[str, Any]) -> bytes:
@@ -149,7 +161,7 @@ class EventBatch:
         )
         return parts
 
-    def dumps(self) -> bytes:
+    def dumps(self, placeholders: bool = False) -> bytes:
         """Serialise the batch for the outbox: msgpack (names stored once), zlib'd.
 
         Level-1 zlib shrinks a typical payload about ten times in well under a
@@ -157,6 +169,10 @@ class EventBatch:
         A payload under 1 KiB (a flush of a few rows) is stored as is: there the
         compression costs more than it saves. :meth:`loads` reads both (a zlib
         stream starts with 0x78, this msgpack array with 0x97).
+
+        ``placeholders``: some ids are :func:`placeholder_id` values; the outbox
+        row appends the trailer that resolves them (``outbox.insert_statements``),
+        ``first_id_0,first_id_1,...,step``, after this payload.
         """
         routes: dict[tuple[str, ...], int] = {}
         entities: dict[str, int] = {}
@@ -175,7 +191,7 @@ class EventBatch:
             append((route, action, entity, ident, bind, old))
         packed = _PACK(
             (
-                _OUTBOX_VERSION,
+                _OUTBOX_PLACEHOLDERS if placeholders else _OUTBOX_VERSION,
                 self.redis_pool,
                 self.event_id,
                 self.timestamp_ms,
@@ -195,27 +211,60 @@ class EventBatch:
         Raises:
             ValueError: the payload is not an outbox batch this version can read.
         """
-        if data[:1] == _PLAIN:
-            packed = data
-        else:
-            try:
-                packed = zlib.decompress(data)
-            except zlib.error as exc:
-                raise ValueError(f"outbox payload is not zlib data: {exc}") from None
         try:
-            version, pool, event_id, ts, routes, entities, rows = msgpack.unpackb(
-                packed, raw=False
-            )
+            if data[:1] == _PLAIN:
+                unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(data))
+                unpacker.feed(data)
+                body = unpacker.unpack()
+                trailer = data[unpacker.tell() :]
+            else:
+                inflate = zlib.decompressobj()
+                body = msgpack.unpackb(inflate.decompress(data), raw=False)
+                trailer = inflate.unused_data
+            version, pool, event_id, ts, routes, entities, rows = body
+        except zlib.error as exc:
+            raise ValueError(f"outbox payload is not zlib data: {exc}") from None
         except Exception as exc:  # msgpack raises several unrelated types
             raise ValueError(f"outbox payload does not decode: {exc}") from None
-        if version != _OUTBOX_VERSION:
+        if version not in (_OUTBOX_VERSION, _OUTBOX_PLACEHOLDERS):
             raise ValueError(f"unknown outbox payload version {version}")
+        if (version == _OUTBOX_PLACEHOLDERS) != bool(trailer):
+            raise ValueError("outbox payload has a trailer that does not belong")
         route_list = [tuple(r) for r in routes]
         records = [
             EventRecord(route_list[route], action, entities[entity], ident, bind, old)
             for route, action, entity, ident, bind, old in rows
         ]
+        if trailer:
+            records = _placeholders_resolved(records, trailer)
         return cls(pool, records, event_id, ts)
+
+
+def _placeholders_resolved(
+    records: list[EventRecord], trailer: bytes
+) -> list[EventRecord]:
+    """Replace placeholder ids with the ids the trailer gives (first ids, step)."""
+    try:
+        *firsts, step = (int(x) for x in trailer.split(b","))
+    except ValueError:
+        raise ValueError(
+            f"outbox payload trailer {trailer[:64]!r} is not ids"
+        ) from None
+    if step < 1 or not firsts or min(firsts) < 1:
+        raise ValueError(f"outbox payload trailer {trailer[:64]!r} is not ids")
+    out = []
+    for r in records:
+        if r.id < 0:
+            v = -r.id - 1
+            k, j = v >> 32, v & 0xFFFFFFFF
+            if k >= len(firsts):
+                raise ValueError(f"outbox payload names INSERT {k} of {len(firsts)}")
+            ident = firsts[k] + j * step
+            bind = msgpack.unpackb(r.bind, raw=False)
+            bind["id"] = ident
+            r = r._replace(id=ident, bind=pack_bind(bind))
+        out.append(r)
+    return out
 
 
 # -- dead letters ----------------------------------------------------------------------

@@ -29,7 +29,7 @@ from .errors import (
     StreamError,
     ValidationError,
 )
-from .events import EventBatch, EventRecord, pack_bind
+from .events import EventBatch, EventRecord, pack_bind, placeholder_id
 from .outbox import (
     OUTBOX_Q,
     PublishOutcome,
@@ -139,6 +139,7 @@ class _Statements:
         result: FlushResult,
         conn: Connection | None = None,
         careful: bool = False,
+        placeholders: bool = False,
     ):
         self.pool = pool
         self.strategy = strategy
@@ -153,6 +154,13 @@ class _Statements:
         self.records: dict[str, list[EventRecord]] = {}
         # Rough outbox payload size per Redis pool, so most flushes skip split().
         self.sizes: dict[str, int] = {}
+        # One packet for auto-id inserts with events (consecutive ids only): the
+        # outbox row is written with placeholder ids and the first id of each
+        # INSERT, kept in ``@fluxaorm_id<k>``; ``resolved`` maps each placeholder
+        # to its event once the packet's results give the ids.
+        self.placeholders = placeholders
+        self.id_vars = 0
+        self.resolved: dict[int, EventRecord] = {}
 
     # -- statements ----------------------------------------------------------------------
 
@@ -373,6 +381,18 @@ class _Statements:
             if explicit:
                 self.add(_Step(sql, schema))
                 self.inserted(schema, part, [r[2]["id"] for r in part])
+            elif self.placeholders and schema.insert_streams:
+                k = self.id_vars
+                self.id_vars += 1
+                self.placeholder_events(schema, part, k)
+                self.auto_ids(
+                    sql,
+                    schema.quoted_table,
+                    len(part),
+                    schema,
+                    functools.partial(self.resolve, schema, part, k),
+                )
+                self.add(_Step(f"SET @fluxaorm_id{k}=LAST_INSERT_ID()", None))
             else:
                 self.auto_ids(
                     sql,
@@ -408,6 +428,50 @@ class _Statements:
             size += len(packed)
             records.append(EventRecord(streams, "add", name, ident, packed, None))
         self.sizes[pool] = self.sizes.get(pool, 0) + size + 48 * len(rows)
+
+    def placeholder_events(
+        self,
+        schema: EntitySchema,
+        rows: list[tuple[int, Any, dict[str, Any], str]],
+        k: int,
+    ) -> None:
+        """Queue the Insert events of auto-id INSERT ``k`` before its ids are known.
+
+        Row ``j`` gets the placeholder id ``placeholder_id(k, j)`` and its bind
+        ``id`` 0; the outbox row stores them with ``@fluxaorm_id<k>`` and the
+        relay computes the ids (consecutive: first + j * auto_increment_increment).
+        """
+        pool = schema.redis_pool
+        records = self.records.setdefault(pool, [])
+        streams = schema.insert_streams
+        name = schema.name
+        size = 0
+        for j, (_, _, bind, _) in enumerate(rows):
+            packed = pack_bind(bind)
+            size += len(packed)
+            records.append(
+                EventRecord(streams, "add", name, placeholder_id(k, j), packed, None)
+            )
+        self.sizes[pool] = self.sizes.get(pool, 0) + size + 48 * len(rows)
+
+    def resolve(
+        self,
+        schema: EntitySchema,
+        rows: list[tuple[int, Any, dict[str, Any], str]],
+        k: int,
+        ids: list[int],
+    ) -> None:
+        """The ids of auto-id INSERT ``k`` are known: note them and its real events."""
+        new_ids = self.result.new_ids
+        resolved = self.resolved
+        streams = schema.insert_streams
+        name = schema.name
+        for j, ((_, entity, bind, _), ident) in enumerate(zip(rows, ids)):
+            new_ids.append((schema, entity, ident))
+            bind["id"] = ident
+            resolved[placeholder_id(k, j)] = EventRecord(
+                streams, "add", name, ident, pack_bind(bind), None
+            )
 
     def auto_ids(
         self,
@@ -472,8 +536,9 @@ class _Statements:
         if not batches or not engine.outbox:
             return
         ids = self.result.outbox_ids
+        id_step = self.pool.info.autoinc_increment if self.id_vars else 0
         for sql, count in insert_statements(
-            batches, self.max_packet, self.pool.packets
+            batches, self.max_packet, self.pool.packets, self.id_vars, id_step
         ):
             self.auto_ids(sql, OUTBOX_Q, count, None, ids.extend)
 
@@ -625,7 +690,12 @@ def _run_packets(
 ) -> FlushResult:
     """The fast path: the whole transaction in one packet (two with auto ids)."""
     result = FlushResult(work.name)
-    steps = _Statements(pool, strategy, result)
+    steps = _Statements(
+        pool,
+        strategy,
+        result,
+        placeholders=engine.outbox and strategy == _CONSECUTIVE,
+    )
     _build(steps, work)
     conn = pool.acquire()
     try:
@@ -658,6 +728,12 @@ def _run_packets(
             )
             if not engine.outbox:  # the batches, once the new ids are known
                 steps.outbox(engine)
+            elif steps.resolved:  # the events get the ids the packet gave
+                resolved = steps.resolved
+                for batch in result.batches:
+                    batch.records = [
+                        resolved[r.id] if r.id < 0 else r for r in batch.records
+                    ]
     finally:
         pool.release(conn)
     return result

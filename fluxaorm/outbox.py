@@ -136,14 +136,21 @@ def upgrade_error(exc: DatabaseError, pool: str) -> DatabaseError | None:
 
 
 def insert_statements(
-    batches: Sequence[EventBatch], max_packet: int, raw: bool = True
+    batches: Sequence[EventBatch],
+    max_packet: int,
+    raw: bool = True,
+    id_vars: int = 0,
+    id_step: int = 1,
 ) -> list[tuple[bytes, int]]:
     """Render the INSERTs of one outbox row per batch, as few as ``max_packet`` allows.
 
     The statements are ``bytes``: payloads travel as raw escaped binary literals,
     about their own size on the wire (hexadecimal would double it; ``raw=False``
     for a connection charset where raw bytes are unsafe). ``created_at`` is the
-    server's UTC time.
+    server's UTC time. ``id_vars``: the batches hold placeholder ids of that many
+    auto-id INSERTs earlier in the transaction, whose first ids are in
+    ``@fluxaorm_id0`` ...; each payload ends with them and ``id_step``
+    (``first_0,first_1,...,step``, see ``EventBatch.loads``).
 
     Returns:
         ``(statement, rows)`` pairs, in the order of ``batches``.
@@ -153,11 +160,18 @@ def insert_statements(
     statements: list[tuple[bytes, int]] = []
     rows: list[bytes] = []
     size = 0
+    trailer = b""
+    if id_vars:
+        names = b",',',".join(b"@fluxaorm_id%d" % k for k in range(id_vars))
+        trailer = b",%s,',%d')" % (names, id_step)
     for b in batches:
+        payload = binary_literal(b.dumps(bool(id_vars)), raw)
+        if trailer:
+            payload = b"CONCAT(" + payload + trailer
         row = b"(UTC_TIMESTAMP(6),'%s',%d,%s)" % (
             b.redis_pool.encode(),
             b.entries,
-            binary_literal(b.dumps(), raw),
+            payload,
         )
         if rows and size + len(row) + 1 > budget:
             statements.append((head + b",".join(rows), len(rows)))

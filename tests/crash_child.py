@@ -235,8 +235,13 @@ def run_flusher(args: argparse.Namespace) -> int:
 
 
 def run_between_packets(args: argparse.Namespace) -> int:
-    """Insert rows with ids MySQL assigns; die between the flush's two packets."""
+    """Insert rows with ids MySQL assigns; die between the flush's two packets.
+
+    Two packets are what lock mode 2 gets (consecutive ids take one): the
+    strategy it uses on MariaDB, RETURNING, is forced.
+    """
     engine = make_engine(args.mysql, args.redis)
+    engine.id_strategy = "returning"
     real = fluxaorm.db.Connection.packet
 
     def packet(self: Any, statements: Any) -> Any:

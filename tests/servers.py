@@ -301,6 +301,9 @@ class ThrowawayMariaDB(_Throwaway):
                     "--no-defaults",
                     "--auth-root-authentication-method=normal",
                     f"--datadir={data}",
+                    # Its own temporary folder: bootstraps running at the same
+                    # time in /tmp trip over each other's temporary tables.
+                    f"--tmpdir={self.dir}",
                     "--skip-test-db",
                     *self._as_user(),
                 ],
@@ -314,6 +317,7 @@ class ThrowawayMariaDB(_Throwaway):
                     self.binary,
                     "--no-defaults",
                     f"--datadir={data}",
+                    f"--tmpdir={self.dir}",
                     f"--port={self.port}",
                     "--bind-address=127.0.0.1",
                     f"--socket={self.dir / 'sock'}",

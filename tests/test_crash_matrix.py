@@ -594,8 +594,9 @@ def test_flusher_killed_after_publishing_before_its_cleanup_duplicates_nothing(
 def test_flusher_killed_between_the_two_packets_of_an_insert_leaves_nothing(
     make_engine, mysql_conn, redis_client, children
 ):
-    """Inserts whose ids MySQL assigns take two packets; a flusher SIGKILLed between
-    them leaves no row, no outbox row and no event (MySQL rolls back)."""
+    """Inserts whose ids MySQL assigns take two packets under lock mode 2 (the
+    RETURNING strategy, forced); a flusher SIGKILLed between them leaves no row,
+    no outbox row and no event (MySQL rolls back)."""
     engine = make_engine(Ledger, Journal)
     child = children(*_child_args("between-packets", "--changes", 5))
     assert child.finish(60) == -signal.SIGKILL, child.describe("not SIGKILLed")
@@ -1012,6 +1013,8 @@ def test_a_connection_lost_while_commit_is_in_flight_is_flagged(
         registry.register_entity(UserEntity)
         engine = registry.validate()
         engine.sync_schema()
+        # Lost in a packet without COMMIT: the first of RETURNING's two packets.
+        engine.id_strategy = "returning"
         assert server.process is not None
         pid = server.process.pid
         frozen: list[str] = []

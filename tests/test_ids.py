@@ -19,6 +19,7 @@ import msgpack
 import pytest
 
 import fluxaorm
+from fluxaorm.events import EventBatch
 from fluxaorm.testing import count_queries
 from tests.conftest import REDIS_URL
 from tests.servers import ThrowawayMariaDB
@@ -322,7 +323,8 @@ def test_concurrent_update_flushes_delete_only_their_own_outbox_rows(
 # events), then the outbox row and COMMIT. (Published rows are deleted in
 # batches by later flushes: see test_flush.py.)
 STATEMENTS = {
-    "consecutive": (["BEGIN", "INSERT", "INSERT", "COMMIT"], [2, 2]),
+    # One packet: the first id is kept in a variable the outbox row appends.
+    "consecutive": (["BEGIN", "INSERT", "SET", "INSERT", "COMMIT"], [5]),
     "returning": (["BEGIN", "INSERT", "INSERT", "COMMIT"], [2, 2]),
     "snapshot": (
         ["SET", "START", "INSERT", "SELECT", "INSERT", "SELECT", "COMMIT"],
@@ -353,3 +355,48 @@ def test_flush_of_n_entities_costs_a_constant_number_of_statements(
         entities += batch
     truth = _ids_by_name(server, "marked")
     assert [truth[e.name] for e in entities] == [e.id for e in entities]
+
+
+@pytest.mark.parametrize("server_name", ["mode0", "mode1", "mode1_step2"])
+def test_one_packet_insert_outbox_row_reads_back_as_the_published_events(
+    make_engines, redis_client, server_name
+) -> None:
+    """With consecutive ids an auto-id insert flush is one packet: its outbox rows
+    hold placeholder ids and the first id of each INSERT (a variable set right
+    after it). Read back as the relay reads them, they give exactly the events
+    that were published, ids and binds, whatever auto_increment_increment is."""
+    server, (engine,) = make_engines(server_name, "consecutive")
+    orm = engine.new_orm()
+    warm_up = orm.new_entity(Marked, name="warm-up")
+    orm.flush()
+    made = [orm.new_entity(Marked, name=f"a{i}") for i in range(5)]
+    made += [orm.new_entity(MarkedToo, name=f"b{i}") for i in range(3)]
+    with count_queries(engine) as log:
+        orm.flush()
+    assert log.round_trips == 1
+    assert log.kinds().count("SET") == 2  # one variable per auto-id INSERT
+    _assert_ids_are_right(server, server_name, [warm_up, *made], redis_client, [engine])
+
+    conn = server.connect()
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SELECT `payload` FROM `_fluxaorm_outbox` ORDER BY `id`")
+        payloads = [bytes(p) for (p,) in cursor.fetchall()]
+    finally:
+        conn.close()
+    relayed = {
+        (r.entity.rsplit(".", 1)[-1], r.id, r.bind)
+        for p in payloads
+        for r in EventBatch.loads(p).records
+        if r.action == "add"
+    }
+    published = {
+        (name, int(fields[b"id"]), fields[b"s"])
+        for name, stream in (
+            ("Marked", "dirty_MarkedStream"),
+            ("MarkedToo", "dirty_MarkedTooStream"),
+        )
+        for _, fields in redis_client.xrange(stream)
+    }
+    assert relayed == published
+    assert {e.id for e in made} <= {i for _, i, _ in relayed}
