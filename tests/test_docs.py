@@ -35,6 +35,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -298,3 +299,23 @@ def test_ellipsis_in_expected_output_stands_for_any_text() -> None:
     assert output_matches("a\n...\nz", "a\nb\nc\nz\n")
     assert not output_matches("id=... done", "id=1 gone")
     assert not output_matches("", "something printed")
+
+
+def test_api_reference_covers_every_public_name() -> None:
+    """docs/api.md renders, or names, every name of fluxaorm's and fluxaorm.testing's
+    __all__, so a new public name cannot be left out of the reference."""
+    import fluxaorm
+    import fluxaorm.testing
+
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    rendered = set(re.findall(r"^::: ([\w.]+)$", text, re.MULTILINE))
+    missing = [
+        f"{module.__name__}.{name}"
+        for module in (fluxaorm, fluxaorm.testing)
+        for name in module.__all__
+        if f"{module.__name__}.{name}" not in rendered
+        and f"`{module.__name__}.{name}`" not in text
+    ]
+    assert not missing, f"docs/api.md does not cover {missing}"
+    for name in rendered:  # each directive names something that exists
+        assert attrgetter(name.removeprefix("fluxaorm."))(fluxaorm) is not None
