@@ -749,7 +749,7 @@ def new_dirty_stream_consumer_single(
         handler: called with a list of events.
         group: the consumer group (all consumers share ``"default"``).
         max_deliveries: move an event delivered this many times without an
-            acknowledgement to ``dirty_<Name>:dead`` (SPEC §7).
+            acknowledgement to ``dirty_<Name>:dead`` (see docs/consumers.md).
         delete_acknowledged: remove acknowledged entries from the stream (so its
             length is its backlog); turn off when several groups read one stream.
 

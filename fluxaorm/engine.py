@@ -145,7 +145,7 @@ class Engine:
         return ORM(self)
 
     def get_event_broker(self) -> EventBroker:
-        """Return the broker that reports stream statistics (SPEC §6)."""
+        """Return the broker that reports stream statistics (see docs/statistics.md)."""
         from .broker import EventBroker
 
         return EventBroker(self)
@@ -244,16 +244,16 @@ class Engine:
         XTRIM, MULTI/EXEC, TIME). The probes change nothing. The first problem
         found is raised.
 
+        Either error has ``permanent=True`` when retrying cannot help (bad
+        credentials, unknown database, missing permission, tables out of sync):
+        fix the configuration. Otherwise (a server that cannot be reached)
+        waiting and calling ``check()`` again may.
+
         Raises:
             DatabaseError: a MySQL pool's problem (``.pool`` names it). A table
                 that differs from its entity comes with the statements that
                 ``sync_schema()`` would run.
             StreamError: a Redis pool's problem (``.pool`` names it).
-
-            Either one has ``permanent=True`` when retrying cannot help (bad
-            credentials, unknown database, missing permission, tables out of
-            sync): fix the configuration. Otherwise (a server that cannot be
-            reached) waiting and calling ``check()`` again may.
         """
         from .check import check_engine
 

@@ -413,7 +413,8 @@ class DirtyStreamEvent(NamedTuple):
         entity_name: module + qualified class name of the entity.
         id: the id of the added, edited or deleted entity.
         operation: ``fluxaorm.Insert``, ``fluxaorm.Update`` or ``fluxaorm.Delete``.
-        bind: field values as SPEC §4 describes (Python values).
+        bind: the field values of the change, as the entity holds them (see
+            docs/streams.md, "What each change sends").
         old: for an update, the previous values of the changed fields; else ``{}``
             (a read-only empty dict when the event was built without one).
         event_id: a unique id of the change (stable across republishing), for

@@ -602,7 +602,7 @@ class ORM:
     # -- streams ---------------------------------------------------------------------
 
     def get_event_broker(self) -> EventBroker:
-        """Return the broker that reports stream statistics (SPEC §6)."""
+        """Return the broker that reports stream statistics (see docs/statistics.md)."""
         return self._engine.get_event_broker()
 
 

@@ -117,10 +117,10 @@ def column(
             name between fields for a multi-column index, ``"name:2"`` sets the
             position.
         index: a non-unique index, named like ``unique``.
-        dirty: dirty stream names (SPEC §1.1).
+        dirty: dirty stream names (see docs/entities.md, "Dirty streams").
         ignore: keep the field out of the table and the streams.
         version: make this ``int`` field the entity's version (optimistic
-            locking, SPEC §1): one per entity, not ``id``, not ``Optional``.
+            locking, see docs/crud.md): one per entity, not ``id``, not ``Optional``.
         metadata: other metadata to keep on the field.
         **field_kwargs: passed on to ``dataclasses.field`` (``init``, ``repr``,
             ``compare``...). Any other keyword is kept as an option, so that
