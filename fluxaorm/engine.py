@@ -259,22 +259,44 @@ class Engine:
 
         check_engine(self)
 
-    def get_alters(self) -> list[ddl.Alter]:
+    def get_alters(self, *, drop_unknown_tables: bool = False) -> list[ddl.Alter]:
         """Return the statements that would make the databases match the entities.
 
         Each :class:`~fluxaorm.ddl.Alter` says whether it is destructive (drops a
         table or column, or narrows a column). Reads ``information_schema`` only.
-        """
-        return ddl.get_alters(self._mysql, self._schemas.values(), self.outbox)
 
-    def sync_schema(self, *, destructive: bool = False) -> list[ddl.Alter]:
+        Args:
+            drop_unknown_tables: also list a ``DROP TABLE`` (marked
+                ``unknown_table`` and ``destructive``) for every table of the
+                database that no registered entity uses. Off by default: such a
+                table may belong to another application, or to entities this
+                registry does not list.
+        """
+        return ddl.get_alters(
+            self._mysql, self._schemas.values(), self.outbox, drop_unknown_tables
+        )
+
+    def sync_schema(
+        self, *, destructive: bool = False, drop_unknown_tables: bool = False
+    ) -> list[ddl.Alter]:
         """Create and alter tables to match the entities; return what ran.
 
         Args:
-            destructive: also run statements that can lose data (DROP TABLE,
-                DROP COLUMN, narrowing a column). Off by default.
+            destructive: also run the statements on the entities' own tables that
+                can lose data (DROP COLUMN, narrowing a column). Off by default.
+                It never drops a table.
+            drop_unknown_tables: drop every table of the database that no
+                registered entity uses (the outbox table excepted). Off by
+                default; it is the only way a table is ever dropped, and it
+                drops the tables of any entity left out of this registry:
+                read ``get_alters(drop_unknown_tables=True)`` first.
         """
-        alters = [a for a in self.get_alters() if destructive or not a.destructive]
+        alters = [
+            a
+            for a in self.get_alters(drop_unknown_tables=drop_unknown_tables)
+            if (drop_unknown_tables if a.unknown_table else destructive)
+            or not a.destructive
+        ]
         for alter in alters:
             _log.info("sync_schema [%s]: %s", alter.pool, alter.sql.replace("\n", " "))
         return ddl.run_alters(self._mysql, alters)
