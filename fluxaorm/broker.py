@@ -524,12 +524,13 @@ class EventBroker:
     def tail(
         self, stream: str, start: str = "$", *, count: int = 100, block: float = 1.0
     ) -> Iterator[list[StreamEntry]]:
-        """Follow ``stream`` without joining a consumer group; yield entries as they come.
+        """Follow ``stream`` without joining a consumer group: an iterator of entries.
 
         Nothing is acknowledged, claimed or deleted: consumers are not
         disturbed. Only what the stream still holds can be read (consumers
-        delete the entries they acknowledge by default). The generator never
-        ends by itself; stop iterating when done.
+        delete the entries they acknowledge by default). The position is taken
+        when this method is called; the iterator then yields a list after each
+        read and never ends by itself: stop iterating when done.
 
         Args:
             stream: the stream name (``AllChanges`` or ``dirty_AllChanges``).
@@ -547,12 +548,18 @@ class EventBroker:
         """
         info = self._engine.stream(stream)
         pool = self._engine.redis_pool(info.redis_pool)
+        # Resolved now, not at the first next(): "$" means from this call on.
         if start == "$":
             reply = pool.pipeline([("XINFO", "STREAM", info.key)], "XINFO")[0]
             found = _checked(reply, info.key, "XINFO STREAM", missing_ok=True)
             after = text(pairs(found).get("last-generated-id")) if found else "0-0"
         else:
             after = _entry_before(start, f"tail {info.key}")
+        return self._follow(pool, info, after, count, block)
+
+    def _follow(
+        self, pool: Any, info: StreamInfo, after: str, count: int, block: float
+    ) -> Iterator[list[StreamEntry]]:
         while True:
             wait: tuple[Any, ...] = ()
             if block > 0:

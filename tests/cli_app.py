@@ -2,7 +2,8 @@
 
 Imported by the ``fluxaorm`` subprocesses the tests start (from the repository
 folder) and by the tests themselves. The servers come from the same variables as
-the rest of the suite; ``CLI_APP_REDIS_URL`` points the app at a throwaway Redis.
+the rest of the suite; ``CLI_APP_MYSQL_URL`` and ``CLI_APP_REDIS_URL`` point the
+app elsewhere (a throwaway Redis, a closed port).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from decimal import Decimal
 
 import fluxaorm
 
-MYSQL_URL = os.environ.get(
+MYSQL_URL = os.environ.get("CLI_APP_MYSQL_URL") or os.environ.get(
     "FLUXAORM_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"
 )
 REDIS_URL = os.environ.get("CLI_APP_REDIS_URL") or os.environ.get(

@@ -273,10 +273,11 @@ def tail(name: str, start: str, count: int | None, as_json: bool) -> None:
     position = parse_position(start)
     broker = eng.get_event_broker()
     shown = 0
+    entries = broker.tail(info.name, position, block=0.5)
     where = "now" if position == "$" else start
     click.echo(f"following {info.key} from {where} (Ctrl-C stops)", err=True)
     with stopping() as stop:
-        for batch in broker.tail(info.name, position, block=0.5):
+        for batch in entries:
             for entry in batch:
                 if as_json:
                     emit_json(_entry_json(info.key, entry))
