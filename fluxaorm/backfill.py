@@ -32,7 +32,7 @@ def checkpoint_key(stream_key: str, entity_name: str) -> str:
 
     A stream holding at most one entry: the last id published and the rows
     published so far. It lives beside the stream (the ACL pattern ``dirty_*``
-    covers it) and is emptied when the backfill completes.
+    covers it) and is deleted when the backfill completes.
     """
     return stream_key + _CHECKPOINT + entity_name
 
@@ -67,7 +67,7 @@ def backfill(
     # Fails at once (WRONGTYPE, NOPERM, unreachable) before anything is read.
     pool.execute("XLEN", info.key)
     if restart:
-        pool.execute("XTRIM", key, "MAXLEN", "0")
+        _clear(pool, key)
     last, done = _read_checkpoint(pool, key)
     alive = f" AND {schema.alive_sql}" if schema.alive_sql else ""
     select = f"{schema.select_sql} WHERE `id` > %s{alive} ORDER BY `id` LIMIT %s"
@@ -99,7 +99,7 @@ def backfill(
             progress(done, max(total, done), last)
         if len(rows) < chunk:
             break
-    pool.execute("XTRIM", key, "MAXLEN", "0")
+    _clear(pool, key)
     return published
 
 
@@ -116,6 +116,12 @@ def _batch(schema: EntitySchema, info: StreamInfo, rows: Any) -> EventBatch:
             )
         )
     return EventBatch(info.redis_pool, records)
+
+
+def _clear(pool: RedisPool, key: str) -> None:
+    """Delete a checkpoint (or empty it, for an ACL user that may not DEL)."""
+    if isinstance(pool.pipeline([("DEL", key)], "DEL")[0], Exception):
+        pool.execute("XTRIM", key, "MAXLEN", "0")
 
 
 def _read_checkpoint(pool: RedisPool, key: str) -> tuple[int, int]:
@@ -168,7 +174,7 @@ def _publish(
             if before[0]:
                 pool.execute(*_checkpoint(key, entity, *before))
             else:
-                pool.execute("XTRIM", key, "MAXLEN", "0")
+                _clear(pool, key)
         raise StreamError(
             f"backfill of {entity} to {info.key} stopped after id {before[0]} "
             f"({before[1]} rows published): {exc}; run it again to resume",

@@ -867,3 +867,28 @@ def test_lowercased_table_names_are_recognised(redis_client) -> None:
                 }
             finally:
                 conn.close()
+
+
+def test_apply_alters_runs_exactly_the_statements_given(
+    make_engine, mysql_conn
+) -> None:
+    """apply_alters() runs the chosen statements only; an unknown pool runs none."""
+    make_engine(UserEntity, CategoryEntity, outbox=False)
+    mysql_conn.cursor().execute("CREATE TABLE other_app (id int PRIMARY KEY)")
+    engine = make_engine(UserEntity, outbox=False, sync=False)
+    (category, other) = engine.get_alters(drop_unknown_tables=True)
+    assert (category.table, other.table) == ("CategoryEntity", "other_app")
+    mysql_conn.cursor().execute("CREATE TABLE created_meanwhile (id int PRIMARY KEY)")
+
+    assert engine.apply_alters([other]) == [other]
+    assert set(tables(mysql_conn)) == {
+        "UserEntity",
+        "CategoryEntity",
+        "created_meanwhile",
+    }
+    elsewhere = fluxaorm.Alter("DROP TABLE `UserEntity`", "nowhere", "UserEntity", True)
+    with pytest.raises(
+        fluxaorm.ConfigurationError, match="'nowhere' is not registered"
+    ):
+        engine.apply_alters([category, elsewhere])
+    assert "CategoryEntity" in tables(mysql_conn)
