@@ -274,7 +274,7 @@ def test_schema_diff_exits_1_on_drift_and_marks_destructive_statements(
     assert not lines[add - 1].startswith("-- DESTRUCTIVE")
     drop = lines.index("ALTER TABLE `cli_orders` DROP COLUMN `legacy_note`;")
     assert lines[drop - 1].startswith("-- DESTRUCTIVE: can lose data")
-    assert lines[-1] == "-- 2 statements differ (1 destructive)"
+    assert lines[-1] == "-- 2 statements to run (1 destructive)"
 
     as_json = json.loads(invoke("schema", "diff", "--json").stdout)
     assert as_json["in_sync"] is False
@@ -285,7 +285,7 @@ def test_schema_diff_exits_1_on_drift_and_marks_destructive_statements(
 
     safe = invoke("schema", "apply")
     assert safe.exit_code == 0
-    assert "1 destructive statements were not run" in safe.stderr
+    assert "not run: 1 destructive statement" in safe.stderr
     assert invoke("schema", "diff").exit_code == 1
     assert invoke("schema", "apply", "--destructive", "--yes").exit_code == 0
     in_sync = run("schema", "diff")
@@ -592,7 +592,7 @@ def test_dead_letters_are_listed_requeued_and_purged(
     requeued = run("dead", "requeue", "CliChanges")
     assert requeued.returncode == 0, requeued.stderr
     assert requeued.stdout == (
-        "requeued 1 dead letters to dirty_CliChanges; 0 left in dirty_CliChanges:dead\n"
+        "requeued 1 dead letter to dirty_CliChanges; 0 left in dirty_CliChanges:dead\n"
     )
     (entry,) = redis_client.xrange(STREAM)
     assert entry[1][b"id"] == b"2"
@@ -600,7 +600,7 @@ def test_dead_letters_are_listed_requeued_and_purged(
     _poison(app)
     kept = invoke("dead", "purge", "CliChanges", stdin="n\n")
     assert kept.exit_code == 1
-    assert "Delete all 1 dead letters of dirty_CliChanges for good?" in kept.stderr
+    assert "Delete all 1 dead letter of dirty_CliChanges for good?" in kept.stderr
     assert redis_client.xlen(f"{STREAM}:dead") == 1
     purged = run("dead", "purge", "CliChanges", "--yes", "--json")
     assert json.loads(purged.stdout) == {"stream": STREAM, "purged": 1}

@@ -15,7 +15,7 @@ import click
 from ..engine import Engine
 from ..errors import DatabaseError, StreamError
 from . import cli, engine, stopping
-from ._output import emit_json, progress
+from ._output import counted, emit_json, progress
 
 __all__: list[str] = []
 
@@ -71,7 +71,7 @@ def _report(published: int, as_json: bool) -> None:
         now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         emit_json({"time": now, "published": published})
     else:
-        click.echo(f"published {published:,} stream entries from the outbox")
+        click.echo(f"published {counted(published, 'stream entry')} from the outbox")
 
 
 def find_entity(eng: Engine, name: str) -> type:
@@ -166,7 +166,7 @@ def backfill(
         if result["resumed_after_id"]
         else ""
     )
-    click.echo(f"published {published:,} rows of {label}{resumed}")
+    click.echo(f"published {counted(published, 'row')} of {label}{resumed}")
 
 
 @cli.command(short_help="Serve Prometheus metrics on a port.")

@@ -26,6 +26,7 @@ __all__ = [
     "Table",
     "age",
     "confirm",
+    "counted",
     "emit_json",
     "jsonable",
     "live",
@@ -145,6 +146,14 @@ def live(enabled: bool) -> Iterator[Callable[[Sequence[Table]], None]]:
         sys.stdout.flush()
 
     yield paint_plain
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 row``, ``2 rows``, ``1 entry``, ``1,000 entries``."""
+    if n == 1:
+        return f"1 {noun}"
+    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+    return f"{n:,} {plural}"
 
 
 def confirm(question: str, refused: str) -> None:

@@ -14,7 +14,7 @@ import click
 from ..ddl import Alter
 from ..errors import DatabaseError, StreamError
 from . import cli, engine
-from ._output import confirm, emit_json
+from ._output import confirm, counted, emit_json
 
 __all__: list[str] = []
 
@@ -106,6 +106,12 @@ def _as_sql(alters: Sequence[Alter], pools: int) -> list[str]:
     return lines
 
 
+def _short(sql: str) -> str:
+    """A statement on one line; a CREATE TABLE by its first line (the name says it)."""
+    head = sql.splitlines()[0]
+    return f"{head}...)" if head.startswith("CREATE TABLE") else " ".join(sql.split())
+
+
 def _alter_json(alter: Alter) -> dict[str, object]:
     return {
         "pool": alter.pool,
@@ -156,7 +162,7 @@ def diff(drop_unknown_tables: bool, as_json: bool) -> None:
         summary = (
             "-- in sync"
             if not shown
-            else f"-- {len(shown)} statements differ ({destructive} destructive)"
+            else f"-- {counted(len(shown), 'statement')} to run ({destructive} destructive)"
         )
         click.echo(summary)
     if shown:
@@ -194,7 +200,7 @@ def apply(
         for line in _as_sql(risky, len(eng.mysql_pools)):
             click.echo(line, err=True)
         tables = sorted({a.table for a in risky if a.unknown_table})
-        question = f"Run these {len(risky)} destructive statements"
+        question = f"Run {counted(len(risky), 'destructive statement')}"
         if tables:
             question += f", dropping the tables {', '.join(tables)}"
         confirm(question + "?", "nothing was run")
@@ -209,11 +215,11 @@ def apply(
         )
         return
     for alter in ran:
-        click.echo(f"ran: {' '.join(alter.sql.split())}")
-    click.echo(f"applied {len(ran)} statements")
+        click.echo(f"ran: {_short(alter.sql)}")
+    click.echo(f"applied {counted(len(ran), 'statement')}")
     if declined:
         click.echo(
-            f"{len(declined)} destructive statements were not run "
+            f"not run: {counted(len(declined), 'destructive statement')} "
             "(`fluxaorm schema diff` shows them; --destructive runs them)",
             err=True,
         )

@@ -19,7 +19,16 @@ import click
 from ..broker import DeadLetter, StreamEntry, StreamStatistics
 from ..errors import DatabaseError
 from . import cli, engine, stopping
-from ._output import Table, age, confirm, emit_json, jsonable, live, print_tables
+from ._output import (
+    Table,
+    age,
+    confirm,
+    counted,
+    emit_json,
+    jsonable,
+    live,
+    print_tables,
+)
 
 __all__ = ["parse_position"]
 
@@ -332,7 +341,7 @@ def replay(name: str, group: str, start: str, yes: bool, as_json: bool) -> None:
         )
         if forward:
             question = (
-                f"Group {group!r} has {before.lag:,} entries not yet delivered; "
+                f"Group {group!r} has {counted(before.lag, 'entry')} not yet delivered; "
                 f"moving it to {start} skips those before it. Move it"
             )
             confirm(question + "?", "the group was not moved")
@@ -359,7 +368,7 @@ def replay(name: str, group: str, start: str, yes: bool, as_json: bool) -> None:
     )
     click.echo(
         f"group {group!r} of {info.key} {'created' if created else 'moved'}: it "
-        f"delivers {where} next; {after.lag:,} entries to deliver, "
+        f"delivers {where} next; {counted(after.lag, 'entry')} to deliver, "
         f"{after.pending:,} pending"
     )
 
@@ -470,7 +479,8 @@ def dead_requeue(name: str, ids: tuple[str, ...], as_json: bool) -> None:
         emit_json({"stream": info.key, "requeued": moved, "dead_letters_left": left})
         return
     click.echo(
-        f"requeued {moved:,} dead letters to {info.key}; {left:,} left in {info.dead_key}"
+        f"requeued {counted(moved, 'dead letter')} to {info.key}; {left:,} left in "
+        f"{info.dead_key}"
     )
 
 
@@ -489,16 +499,19 @@ def dead_purge(name: str, ids: tuple[str, ...], yes: bool, as_json: bool) -> Non
     broker = eng.get_event_broker()
     if not yes:
         many = (
-            f"{len(ids):,}"
+            counted(len(ids), "dead letter")
             if ids
-            else f"all {broker.get_stream_statistics(info.name).dead_letters:,}"
+            else "all "
+            + counted(
+                broker.get_stream_statistics(info.name).dead_letters, "dead letter"
+            )
         )
         confirm(
-            f"Delete {many} dead letters of {info.key} for good?",
+            f"Delete {many} of {info.key} for good?",
             "nothing was deleted",
         )
     deleted = broker.purge_dead_letters(name, list(ids) or None)
     if as_json:
         emit_json({"stream": info.key, "purged": deleted})
         return
-    click.echo(f"deleted {deleted:,} dead letters from {info.dead_key}")
+    click.echo(f"deleted {counted(deleted, 'dead letter')} from {info.dead_key}")
