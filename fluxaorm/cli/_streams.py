@@ -67,6 +67,14 @@ def parse_position(value: str) -> str:
     return f"{int(when.astimezone().timestamp() * 1000)}-0"
 
 
+def _shown(start: str) -> str:
+    """``--from`` as said back to the user (``now``, ``10m ago``, the id or time)."""
+    start = start.strip()
+    if start == "$":
+        return "now"
+    return f"{start} ago" if _DURATION.match(start) else start
+
+
 # -- streams ---------------------------------------------------------------------------
 
 
@@ -283,8 +291,7 @@ def tail(name: str, start: str, count: int | None, as_json: bool) -> None:
     broker = eng.get_event_broker()
     shown = 0
     entries = broker.tail(info.name, position, block=0.5)
-    where = "now" if position == "$" else start
-    click.echo(f"following {info.key} from {where} (Ctrl-C stops)", err=True)
+    click.echo(f"following {info.key} from {_shown(start)} (Ctrl-C stops)", err=True)
     with stopping() as stop:
         for batch in entries:
             for entry in batch:
@@ -497,20 +504,17 @@ def dead_purge(name: str, ids: tuple[str, ...], yes: bool, as_json: bool) -> Non
     eng = engine()
     info = eng.stream(name)
     broker = eng.get_event_broker()
-    if not yes:
+    letters = broker.get_stream_statistics(info.name).dead_letters
+    if (ids or letters) and not yes:
         many = (
             counted(len(ids), "dead letter")
             if ids
-            else "all "
-            + counted(
-                broker.get_stream_statistics(info.name).dead_letters, "dead letter"
-            )
+            else "all " + counted(letters, "dead letter")
         )
-        confirm(
-            f"Delete {many} of {info.key} for good?",
-            "nothing was deleted",
-        )
-    deleted = broker.purge_dead_letters(name, list(ids) or None)
+        confirm(f"Delete {many} of {info.key} for good?", "nothing was deleted")
+    deleted = (
+        broker.purge_dead_letters(name, list(ids) or None) if ids or letters else 0
+    )
     if as_json:
         emit_json({"stream": info.key, "purged": deleted})
         return
