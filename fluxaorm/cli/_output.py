@@ -111,37 +111,35 @@ def _plain(table: Table) -> str:
     return "\n".join(out)
 
 
-def render_plain(tables: Sequence[Table]) -> str:
-    """The tables as plain text (what ``--watch`` repaints without rich)."""
-    return "\n\n".join(_plain(t) for t in tables)
-
-
 @contextmanager
-def live(enabled: bool) -> Iterator[Callable[[Sequence[Table]], None]]:
-    """Yield a function that repaints tables in place (``streams --watch``).
+def live(enabled: bool) -> Iterator[Callable[[str, Sequence[Table]], None]]:
+    """Yield ``paint(header, tables)`` that repaints in place (``streams --watch``).
 
     On a terminal with rich, a live display; on a terminal without it, the screen
     is cleared before each paint; elsewhere (a pipe) each paint is printed after
-    the previous one under a time stamp.
+    the previous one.
     """
     tty = sys.stdout.isatty()
     if enabled and tty and _has_rich():
         from rich.console import Group
         from rich.live import Live
+        from rich.text import Text
 
         with Live(console=_console(), auto_refresh=False) as display:
 
-            def paint(tables: Sequence[Table]) -> None:
-                display.update(Group(*(_rich_table(t) for t in tables)), refresh=True)
+            def paint(header: str, tables: Sequence[Table]) -> None:
+                display.update(
+                    Group(Text(header), *(_rich_table(t) for t in tables)),
+                    refresh=True,
+                )
 
             yield paint
         return
 
-    def paint_plain(tables: Sequence[Table]) -> None:
+    def paint_plain(header: str, tables: Sequence[Table]) -> None:
         if tty:
             click.clear()
-        else:
-            click.echo(f"-- {datetime.datetime.now().isoformat(timespec='seconds')}")
+        click.echo(header)
         print_tables(tables)
         sys.stdout.flush()
 

@@ -220,7 +220,8 @@ def streams(
             if as_json:
                 emit_json(snapshot)
             else:
-                paint(_tables(snapshot))
+                header = f"{snapshot['time']}: every {interval:g}s, Ctrl-C stops"
+                paint(header, _tables(snapshot))
             stop.wait(interval)
 
 
