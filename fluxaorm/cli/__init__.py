@@ -9,16 +9,15 @@ stderr and exit status 1; usage errors with status 2. See docs/cli.md.
 
 from __future__ import annotations
 
-import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import FrameType
 from typing import Any
 
 import click
 
 from .. import __version__
+from ..consumer import _stop_on_signals as stop_on_signals
 from ..engine import Engine
 from ..errors import FluxaORMError
 from ._app import AppError, load_engine
@@ -83,18 +82,8 @@ def engine() -> Engine:
 def stopping() -> Iterator[threading.Event]:
     """Yield an event set by SIGINT or SIGTERM, for loops that stop cleanly."""
     stop = threading.Event()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {
-        sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
+    with stop_on_signals(stop):
         yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def main() -> None:
