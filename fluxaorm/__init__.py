@@ -19,6 +19,7 @@ from .broker import (
     EventBroker,
     GroupStatistics,
     OutboxStatistics,
+    StreamEntry,
     StreamStatistics,
 )
 from .consumer import (
@@ -70,6 +71,7 @@ __all__ = [
     "Registry",
     "SchemaError",
     "StaleEntityError",
+    "StreamEntry",
     "StreamError",
     "StreamInfo",
     "StreamStatistics",

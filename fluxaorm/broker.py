@@ -1,24 +1,30 @@
-"""The event broker: stream statistics (SPEC §6), dead letters and retention.
+"""The event broker: stream statistics, dead letters, retention, tailing and replay.
 
 Users reach it through ``orm.get_event_broker()``; consumers' run loops call its
-:meth:`EventBroker.trim_streams`. Statistics read XINFO and XPENDING in two
+:meth:`EventBroker.trim_streams`, the ``fluxaorm`` command most of the rest. Statistics read XINFO and XPENDING in two
 pipelined round trips per stream (plus one XRANGE when Redis cannot report a
 group's lag) and the outbox backlog with one query per MySQL pool.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .errors import StreamError
-from .events import DirtyStreamEvent, decode_entry, original_fields
+from .errors import ConfigurationError, StreamError
+from .events import (
+    DirtyStreamEvent,
+    MalformedEntryError,
+    decode_entry,
+    original_fields,
+)
 from .relay import backlog
 from .streams import pairs, parse_entries, text
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from .engine import Engine, StreamInfo
 
@@ -28,10 +34,13 @@ __all__ = [
     "EventBroker",
     "GroupStatistics",
     "OutboxStatistics",
+    "StreamEntry",
     "StreamStatistics",
 ]
 
 _LAG_SCAN_LIMIT = 10_000
+_MAX_SEQ = 2**64 - 1
+_ENTRY_ID = re.compile(r"^[0-9]{1,20}(-[0-9]{1,20})?$")
 # The most entries one trim reads to find where max_len cuts among handled entries.
 _TRIM_PAGE = 10_000
 
@@ -146,6 +155,23 @@ class OutboxStatistics:
     quarantined: int = 0
 
 
+@attrs.frozen
+class StreamEntry:
+    """An entry read from a dirty stream without a consumer group (:meth:`EventBroker.tail`).
+
+    Attributes:
+        message_id: the entry id.
+        event: the event, or ``None`` when the entry is not a valid event.
+        error: why it is not a valid event; ``""`` when it is one.
+        fields: the entry's raw fields.
+    """
+
+    message_id: str
+    event: DirtyStreamEvent | None
+    error: str
+    fields: dict[bytes, bytes]
+
+
 def _checked(reply: Any, key: str, what: str, missing_ok: bool = False) -> Any:
     """Return a pipelined reply, or raise StreamError for an error reply.
 
@@ -174,6 +200,32 @@ def _next_id(entry_id: str) -> tuple[int, int]:
 
 def _format_id(entry_id: tuple[int, int]) -> str:
     return f"{entry_id[0]}-{entry_id[1]}"
+
+
+def _entry_before(start: str, what: str) -> str:
+    """The id just before ``start``: reading after it starts at ``start`` itself.
+
+    ``start`` is an entry id (``1700000000000-0``, or milliseconds alone), or
+    ``0``/``-`` for the beginning of the stream.
+
+    Raises:
+        ConfigurationError: ``start`` is not an entry id.
+    """
+    if start in ("-", "0", "0-0"):
+        return "0-0"
+    if not _ENTRY_ID.match(start):
+        raise ConfigurationError(
+            f"{what}: {start!r} is not a stream entry id (such as 1700000000000-0, "
+            "or milliseconds since the epoch), 0 or -"
+        )
+    ms, seq = _parse_id(start)
+    if ms > _MAX_SEQ or seq > _MAX_SEQ:
+        raise ConfigurationError(f"{what}: {start!r} is out of range")
+    if seq > 0:
+        return _format_id((ms, seq - 1))
+    if ms > 0:
+        return _format_id((ms - 1, _MAX_SEQ))
+    return "0-0"
 
 
 def _fill(info: StreamInfo, length: int, oldest: float) -> float | None:
@@ -466,6 +518,110 @@ class EventBroker:
             return length
         listed = list(ids)
         return int(pool.execute("XDEL", info.dead_key, *listed)) if listed else 0
+
+    # -- reading without a group -------------------------------------------------------
+
+    def tail(
+        self, stream: str, start: str = "$", *, count: int = 100, block: float = 1.0
+    ) -> Iterator[list[StreamEntry]]:
+        """Follow ``stream`` without joining a consumer group: an iterator of entries.
+
+        Nothing is acknowledged, claimed or deleted: consumers are not
+        disturbed. Only what the stream still holds can be read (consumers
+        delete the entries they acknowledge by default). The position is taken
+        when this method is called; the iterator then yields a list after each
+        read and never ends by itself: stop iterating when done.
+
+        Args:
+            stream: the stream name (``AllChanges`` or ``dirty_AllChanges``).
+            start: ``"$"`` for entries added from now on; an entry id (or
+                milliseconds since the epoch) for the entries from that one on;
+                ``"0"`` or ``"-"`` for every entry the stream holds.
+            count: the most entries per read.
+            block: seconds each read waits for new entries (0: don't wait); an
+                empty list is yielded when none came.
+
+        Raises:
+            ConfigurationError: no entity declares the stream, or ``start`` is
+                not an entry id.
+            StreamError: Redis cannot be reached or refused the read.
+        """
+        info = self._engine.stream(stream)
+        pool = self._engine.redis_pool(info.redis_pool)
+        # Resolved now, not at the first next(): "$" means from this call on.
+        if start == "$":
+            reply = pool.pipeline([("XINFO", "STREAM", info.key)], "XINFO")[0]
+            found = _checked(reply, info.key, "XINFO STREAM", missing_ok=True)
+            after = text(pairs(found).get("last-generated-id")) if found else "0-0"
+        else:
+            after = _entry_before(start, f"tail {info.key}")
+        return self._follow(pool, info, after, count, block)
+
+    def _follow(
+        self, pool: Any, info: StreamInfo, after: str, count: int, block: float
+    ) -> Iterator[list[StreamEntry]]:
+        while True:
+            wait: tuple[Any, ...] = ()
+            if block > 0:
+                wait = ("BLOCK", max(1, int(pool.blocking_timeout(block) * 1000)))
+            reply = pool.execute(
+                "XREAD", "COUNT", count, *wait, "STREAMS", info.key, after
+            )
+            entries = parse_entries(reply[0][1]) if reply else []
+            if entries:
+                after = entries[-1][0]
+            yield [
+                self._stream_entry(info.name, ident, fields)
+                for ident, fields in entries
+                if fields is not None
+            ]
+
+    def _stream_entry(
+        self, stream: str, ident: str, fields: dict[bytes, bytes]
+    ) -> StreamEntry:
+        try:
+            event = decode_entry(stream, ident, fields, self._engine.unwirer)
+        except MalformedEntryError as exc:
+            return StreamEntry(ident, None, str(exc), fields)
+        return StreamEntry(ident, event, "", fields)
+
+    def move_group(self, stream: str, group: str, start: str) -> bool:
+        """Make ``group`` deliver next the first entry at or after ``start``.
+
+        Moving a group back replays entries (those the stream still holds; see
+        :meth:`tail`); moving it forward skips entries it has not read yet.
+        Entries pending in the group stay pending. A group that does not exist
+        is created there (and the stream with it).
+
+        Args:
+            stream: the stream name.
+            group: the consumer group (``"default"`` is the consumers' default).
+            start: an entry id (or milliseconds since the epoch), ``"0"`` or
+                ``"-"`` for the beginning, ``"$"`` for "only entries added from
+                now on".
+
+        Returns:
+            ``True`` when the group was created, ``False`` when it was moved.
+
+        Raises:
+            ConfigurationError: no entity declares the stream, or ``start`` is
+                not an entry id.
+            StreamError: Redis refused or cannot be reached.
+        """
+        info = self._engine.stream(stream)
+        pool = self._engine.redis_pool(info.redis_pool)
+        after = "$" if start == "$" else _entry_before(start, f"replay {info.key}")
+        created, moved = pool.pipeline(
+            [
+                ("XGROUP", "CREATE", info.key, group, after, "MKSTREAM"),
+                ("XGROUP", "SETID", info.key, group, after),
+            ],
+            "XGROUP",
+        )
+        if isinstance(created, Exception) and "BUSYGROUP" not in str(created):
+            _checked(created, info.key, "XGROUP CREATE")
+        _checked(moved, info.key, "XGROUP SETID")
+        return not isinstance(created, Exception)
 
     # -- retention -----------------------------------------------------------------------
 

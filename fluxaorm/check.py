@@ -62,7 +62,7 @@ def _reach_mysql(pool: MySQLPool) -> None:
 
 def _matters(alter: Alter) -> bool:
     """Whether a difference keeps the ORM from working (extra tables and columns don't)."""
-    if alter.destructive and alter.sql.startswith("DROP TABLE "):
+    if alter.unknown_table:
         return False
     return not (alter.destructive and _ONLY_DROPS.match(alter.sql))
 

@@ -37,12 +37,16 @@ class Alter:
         table: the table it changes.
         destructive: whether it can lose data (dropping a table or a column, or
             narrowing a column); ``sync_schema()`` runs those only when asked.
+        unknown_table: whether it drops a table that no registered entity uses
+            (listed only by ``get_alters(drop_unknown_tables=True)``; such a
+            table may belong to another application sharing the database).
     """
 
     sql: str
     pool: str
     table: str
     destructive: bool = False
+    unknown_table: bool = False
 
     def __str__(self) -> str:
         return self.sql
@@ -314,13 +318,19 @@ def _table_alters(
 
 
 def get_alters(
-    pools: dict[str, MySQLPool], schemas: Iterable[EntitySchema], outbox: bool
+    pools: dict[str, MySQLPool],
+    schemas: Iterable[EntitySchema],
+    outbox: bool,
+    drop_unknown_tables: bool = False,
 ) -> list[Alter]:
     """Return the statements that make every pool's tables match the entities.
 
     Per pool, in order: CREATE or ALTER of each entity table (by table name), the
-    outbox table, then DROP TABLE of tables no entity uses. Destructive statements
-    (DROP TABLE, DROP COLUMN, a change that can lose values) are marked. Pools that
+    outbox table, then, only with ``drop_unknown_tables``, DROP TABLE of tables no
+    entity uses (marked ``unknown_table``): a registry that lists only some
+    entities must never drop the others' tables by accident. Destructive
+    statements (DROP TABLE, DROP COLUMN, a change that can lose values) are
+    marked. Pools that
     share a database are read separately but share its tables: a table of one is
     never dropped for the other, and the outbox table is created once. The outbox
     table is never dropped; an outbox table of an older release gets the columns
@@ -362,10 +372,14 @@ def get_alters(
                 Alter(sql, pool_name, OUTBOX_TABLE)
                 for sql in upgrade_statements(c.name for c in have)
             )
+        if not drop_unknown_tables:
+            continue
         for key, (table, _) in sorted(live.tables.items()):
             if key not in known[live.location]:
                 quoted = table.replace("`", "``")
-                alters.append(Alter(f"DROP TABLE `{quoted}`", pool_name, table, True))
+                alters.append(
+                    Alter(f"DROP TABLE `{quoted}`", pool_name, table, True, True)
+                )
     return alters
 
 

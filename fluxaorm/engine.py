@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
@@ -259,25 +259,64 @@ class Engine:
 
         check_engine(self)
 
-    def get_alters(self) -> list[ddl.Alter]:
+    def get_alters(self, *, drop_unknown_tables: bool = False) -> list[ddl.Alter]:
         """Return the statements that would make the databases match the entities.
 
         Each :class:`~fluxaorm.ddl.Alter` says whether it is destructive (drops a
         table or column, or narrows a column). Reads ``information_schema`` only.
-        """
-        return ddl.get_alters(self._mysql, self._schemas.values(), self.outbox)
 
-    def sync_schema(self, *, destructive: bool = False) -> list[ddl.Alter]:
+        Args:
+            drop_unknown_tables: also list a ``DROP TABLE`` (marked
+                ``unknown_table`` and ``destructive``) for every table of the
+                database that no registered entity uses. Off by default: such a
+                table may belong to another application, or to entities this
+                registry does not list.
+        """
+        return ddl.get_alters(
+            self._mysql, self._schemas.values(), self.outbox, drop_unknown_tables
+        )
+
+    def sync_schema(
+        self, *, destructive: bool = False, drop_unknown_tables: bool = False
+    ) -> list[ddl.Alter]:
         """Create and alter tables to match the entities; return what ran.
 
         Args:
-            destructive: also run statements that can lose data (DROP TABLE,
-                DROP COLUMN, narrowing a column). Off by default.
+            destructive: also run the statements on the entities' own tables that
+                can lose data (DROP COLUMN, narrowing a column). Off by default.
+                It never drops a table.
+            drop_unknown_tables: drop every table of the database that no
+                registered entity uses (the outbox table excepted). Off by
+                default; it is the only way a table is ever dropped, and it
+                drops the tables of any entity left out of this registry:
+                read ``get_alters(drop_unknown_tables=True)`` first.
         """
-        alters = [a for a in self.get_alters() if destructive or not a.destructive]
-        for alter in alters:
+        alters = [
+            a
+            for a in self.get_alters(drop_unknown_tables=drop_unknown_tables)
+            if (drop_unknown_tables if a.unknown_table else destructive)
+            or not a.destructive
+        ]
+        return self.apply_alters(alters)
+
+    def apply_alters(self, alters: Iterable[ddl.Alter]) -> list[ddl.Alter]:
+        """Run statements chosen from :meth:`get_alters`, in order; return them.
+
+        For a caller that showed the statements and had them confirmed: exactly
+        those run, even if the database changed meanwhile (``sync_schema()``
+        would compute them again). Each is logged at INFO on ``fluxaorm``.
+
+        Raises:
+            ConfigurationError: a statement names a pool this engine lacks.
+            DatabaseError: a statement failed; the ones before it stay applied
+                (MySQL commits DDL at once).
+        """
+        chosen = list(alters)
+        for alter in chosen:
+            self.mysql_pool(alter.pool)  # an unknown pool fails before any runs
+        for alter in chosen:
             _log.info("sync_schema [%s]: %s", alter.pool, alter.sql.replace("\n", " "))
-        return ddl.run_alters(self._mysql, alters)
+        return ddl.run_alters(self._mysql, chosen)
 
     # -- outbox ------------------------------------------------------------------------
 
@@ -336,6 +375,54 @@ class Engine:
         if first is not None:
             raise first
         return total
+
+    def backfill(
+        self,
+        entity: type,
+        stream: str,
+        *,
+        chunk: int = 1000,
+        restart: bool = False,
+        progress: Callable[[int, int, int], None] | None = None,
+    ) -> int:
+        """Publish every existing row of ``entity`` to ``stream`` as an Update event.
+
+        Rows go in id order, each as an ``Update`` event holding every field
+        (as ``orm.push_dirty`` publishes them), to ``dirty_<stream>`` only; rows
+        deleted with fake delete are left out. The table is read ``chunk`` rows
+        at a time (by id, never all at once), so memory stays bounded whatever
+        its size. Each chunk's entries and a checkpoint (the last id published,
+        kept in ``dirty_<stream>:backfill:<entity name>``) are written in one
+        MULTI/EXEC: after an interruption, even a SIGKILL, calling it again
+        resumes after the last chunk Redis took, publishing no row twice. A
+        completed backfill empties its checkpoint, so the next call starts over.
+        Run one backfill of an entity and stream at a time.
+
+        Args:
+            entity: a registered entity class that feeds ``stream``.
+            stream: the stream name (``AllChanges`` or ``dirty_AllChanges``).
+            chunk: rows per read and per MULTI/EXEC.
+            restart: ignore the checkpoint of an interrupted run and start from
+                the first row.
+            progress: called as ``progress(rows published, rows in all, last
+                id)`` before the first chunk (with the counts of an interrupted
+                run when resuming) and after each one.
+
+        Returns:
+            The number of rows this call published.
+
+        Raises:
+            ConfigurationError: the entity is not registered, does not feed the
+                stream, or ``chunk`` is not 1 or more.
+            StreamError: Redis refused a chunk or could not be reached; the
+                checkpoint stays before that chunk: call again to resume.
+            DatabaseError: reading the table failed; call again to resume.
+        """
+        from .backfill import backfill
+
+        return backfill(
+            self, entity, stream, chunk=chunk, restart=restart, progress=progress
+        )
 
     def remember_unpublished(self, pool: str, outbox_id: int) -> None:
         """Note an outbox row this process failed to publish (the relay takes it at once).

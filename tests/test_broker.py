@@ -297,3 +297,77 @@ def test_outbox_statistics_are_empty_with_the_outbox_off(make_engine):
     """With Registry(outbox=False) there is no outbox to report."""
     engine = make_engine(UserEntity, outbox=False)
     assert engine.new_orm().get_event_broker().get_outbox_statistics() == []
+
+
+# -- reading without a group, moving a group ------------------------------------------
+
+
+def _insert_users(engine: fluxaorm.Engine, *names: str) -> None:
+    orm = engine.new_orm()
+    for name in names:
+        orm.new_entity(UserEntity, name=name, email=f"{name}@example.com")
+    orm.flush()
+
+
+def test_tail_from_now_reads_only_later_entries_and_touches_no_group(
+    make_engine, redis_client
+):
+    """tail("$") skips what was there when called, yields what comes, and leaves no trace."""
+    engine = make_engine(UserEntity, CategoryEntity)
+    _insert_users(engine, "before")
+    entries = engine.get_event_broker().tail("AllChanges", block=0)
+    _insert_users(engine, "after")
+    redis_client.xadd(KEY, {"foreign": "producer"})
+
+    batch = next(entries)
+
+    assert [e.event.bind["name"] for e in batch if e.event] == ["after"]
+    assert [e.error for e in batch] == ["", "missing field 'action'"]
+    assert batch[1].fields == {b"foreign": b"producer"}
+    assert next(entries) == []
+    assert redis_client.xlen(KEY) == 3
+    assert redis_client.xinfo_groups(KEY) == []
+
+
+def test_tail_from_an_entry_id_starts_at_that_entry(make_engine, redis_client):
+    """An entry id is inclusive, milliseconds alone mean that time, 0 is the start."""
+    engine = make_engine(UserEntity, CategoryEntity)
+    _insert_users(engine, "a", "b", "c")
+    ids = [i.decode() for i, _ in redis_client.xrange(KEY)]
+    broker = engine.get_event_broker()
+
+    def read(start: str) -> list[str]:
+        return [e.message_id for e in next(broker.tail("AllChanges", start, block=0))]
+
+    assert read("0") == read("-") == ids
+    assert read(ids[1]) == ids[1:]
+    assert read(ids[0].split("-")[0]) == ids
+    with pytest.raises(fluxaorm.ConfigurationError, match="is not a stream entry id"):
+        broker.tail("AllChanges", "yesterday")
+
+
+def test_move_group_creates_then_moves_a_group(make_engine, redis_client):
+    """move_group creates a group at a point (True), then moves it back or forward (False)."""
+    engine = make_engine(UserEntity, CategoryEntity)
+    _insert_users(engine, "a", "b", "c")
+    ids = [i.decode() for i, _ in redis_client.xrange(KEY)]
+    broker = engine.get_event_broker()
+
+    assert broker.move_group("AllChanges", "replayed", ids[1]) is True
+    assert _group(broker.get_stream_statistics("AllChanges"), "replayed").lag == 2
+    assert broker.move_group("AllChanges", "replayed", "0") is False
+    assert _group(broker.get_stream_statistics("AllChanges"), "replayed").lag == 3
+    assert broker.move_group("AllChanges", "replayed", "$") is False
+    assert _group(broker.get_stream_statistics("AllChanges"), "replayed").lag == 0
+    got: list[str] = []
+    broker.move_group("AllChanges", "replayed", ids[2])
+    consumer = fluxaorm.new_dirty_stream_consumer_many(
+        engine.new_orm(),
+        "AllChanges",
+        lambda events: got.extend(e.bind["name"] for e in events),
+        group="replayed",
+        delete_acknowledged=False,
+    )
+    with consumer:
+        consumer.consume(10, 0)
+    assert got == ["c"]

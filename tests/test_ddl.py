@@ -694,15 +694,42 @@ def test_index_on_a_destructively_changed_column_waits_for_that_change(
     assert engine.get_alters() == []
 
 
-def test_unused_table_is_a_destructive_drop_table(make_engine, mysql_conn) -> None:
-    """A table no entity uses is DROP TABLE, run only by sync_schema(destructive=True)."""
+def test_unused_table_is_never_listed_nor_dropped_by_default(
+    make_engine, mysql_conn
+) -> None:
+    """A table no entity uses is left alone by get_alters() and sync_schema(destructive=True)."""
     make_engine(UserEntity, CategoryEntity, outbox=False)
     engine = make_engine(UserEntity, outbox=False, sync=False)
-    assert sqls(engine.get_alters()) == [("DROP TABLE `CategoryEntity`", True)]
-    engine.sync_schema()
-    assert "CategoryEntity" in tables(mysql_conn)
-    engine.sync_schema(destructive=True)
+    assert engine.get_alters() == []
+    assert engine.sync_schema(destructive=True) == []
+    assert set(tables(mysql_conn)) == {"UserEntity", "CategoryEntity"}
+
+
+def test_unused_table_is_dropped_only_with_drop_unknown_tables(
+    make_engine, mysql_conn
+) -> None:
+    """drop_unknown_tables=True lists the DROP TABLE (marked unknown_table) and runs it."""
+    make_engine(UserEntity, CategoryEntity, outbox=False)
+    engine = make_engine(UserEntity, outbox=False, sync=False)
+    alters = engine.get_alters(drop_unknown_tables=True)
+    assert sqls(alters) == [("DROP TABLE `CategoryEntity`", True)]
+    assert alters[0].unknown_table and alters[0].table == "CategoryEntity"
+    assert engine.sync_schema(drop_unknown_tables=True) == alters
     assert set(tables(mysql_conn)) == {"UserEntity"}
+
+
+def test_drop_unknown_tables_alone_runs_no_destructive_alter(
+    make_engine, mysql_conn
+) -> None:
+    """drop_unknown_tables=True without destructive=True drops tables, not columns."""
+    make_engine(V1, CategoryEntity, outbox=False)
+    engine = make_engine(V1Removed, outbox=False, sync=False)
+    ran = engine.sync_schema(drop_unknown_tables=True)
+    assert [(a.table, a.unknown_table) for a in ran if a.destructive] == [
+        ("CategoryEntity", True)
+    ]
+    left = engine.get_alters()
+    assert left and all(a.destructive and not a.unknown_table for a in left)
 
 
 def test_outbox_table_is_never_dropped(make_engine, mysql_conn) -> None:
@@ -792,7 +819,8 @@ def test_statements_come_in_a_stable_order(make_engine, mysql_conn) -> None:
     mysql_conn.cursor().execute("CREATE TABLE zz_unused (x int)")
     mysql_conn.cursor().execute("CREATE TABLE aa_unused (x int)")
     engine = make_engine(V1Removed, Texts2, I2, UserEntity, sync=False)
-    assert [(a.table, a.destructive) for a in engine.get_alters()] == [
+    alters = engine.get_alters(drop_unknown_tables=True)
+    assert [(a.table, a.destructive) for a in alters] == [
         ("UserEntity", False),
         ("evolving", False),
         ("evolving", True),
@@ -839,3 +867,28 @@ def test_lowercased_table_names_are_recognised(redis_client) -> None:
                 }
             finally:
                 conn.close()
+
+
+def test_apply_alters_runs_exactly_the_statements_given(
+    make_engine, mysql_conn
+) -> None:
+    """apply_alters() runs the chosen statements only; an unknown pool runs none."""
+    make_engine(UserEntity, CategoryEntity, outbox=False)
+    mysql_conn.cursor().execute("CREATE TABLE other_app (id int PRIMARY KEY)")
+    engine = make_engine(UserEntity, outbox=False, sync=False)
+    (category, other) = engine.get_alters(drop_unknown_tables=True)
+    assert (category.table, other.table) == ("CategoryEntity", "other_app")
+    mysql_conn.cursor().execute("CREATE TABLE created_meanwhile (id int PRIMARY KEY)")
+
+    assert engine.apply_alters([other]) == [other]
+    assert set(tables(mysql_conn)) == {
+        "UserEntity",
+        "CategoryEntity",
+        "created_meanwhile",
+    }
+    elsewhere = fluxaorm.Alter("DROP TABLE `UserEntity`", "nowhere", "UserEntity", True)
+    with pytest.raises(
+        fluxaorm.ConfigurationError, match="'nowhere' is not registered"
+    ):
+        engine.apply_alters([category, elsewhere])
+    assert "CategoryEntity" in tables(mysql_conn)
