@@ -28,13 +28,14 @@ _CHECKPOINT = ":backfill:"
 
 
 def checkpoint_key(stream_key: str, entity_name: str) -> str:
-    """The Redis key of a backfill's checkpoint (``dirty_<Name>:backfill:<entity>``).
+    """The Redis key of a backfill's checkpoint (``dirty_{dirty_<Name>}:backfill:<entity>``).
 
     A stream holding at most one entry: the last id published and the rows
     published so far. It lives beside the stream (the ACL pattern ``dirty_*``
-    covers it) and is deleted when the backfill completes.
+    covers it; the hash tag puts it in the stream's slot of a Redis Cluster, so
+    one MULTI/EXEC holds both) and is deleted when the backfill completes.
     """
-    return stream_key + _CHECKPOINT + entity_name
+    return "dirty_{" + stream_key + "}" + _CHECKPOINT + entity_name
 
 
 def backfill(

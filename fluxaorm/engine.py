@@ -392,7 +392,7 @@ class Engine:
         deleted with fake delete are left out. The table is read ``chunk`` rows
         at a time (by id, never all at once), so memory stays bounded whatever
         its size. Each chunk's entries and a checkpoint (the last id published,
-        kept in ``dirty_<stream>:backfill:<entity name>``) are written in one
+        kept in ``dirty_{dirty_<stream>}:backfill:<entity name>``) are written in one
         MULTI/EXEC: after an interruption, even a SIGKILL, calling it again
         resumes after the last chunk Redis took, publishing no row twice. A
         completed backfill empties its checkpoint, so the next call starts over.

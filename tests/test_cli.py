@@ -791,7 +791,7 @@ def test_backfill_of_100000_rows_resumes_after_sigkill_without_duplicates(
     assert status == 0, empty.stderr.read() if empty.stderr else ""
 
     first = _backfill_process("Customer", 2000)
-    checkpoint = "dirty_CliChanges:backfill:cli.Customer"
+    checkpoint = "dirty_{dirty_CliChanges}:backfill:cli.Customer"
     while True:
         last = redis_client.xrevrange(checkpoint, count=1)
         if last and int(last[0][1][b"last_id"]) >= 20_000:
