@@ -530,6 +530,18 @@ class MySQLPool:
             if code in _PERMANENT_HINTS:
                 _mark_permanent(error)
             raise error from None
+        except OSError as exc:
+            # pymysql wraps socket errors; what escapes is its TLS set-up
+            # reading ssl_ca/ssl_cert/ssl_key (a missing file, a bad PEM).
+            error = DatabaseError(
+                f"MySQL pool {self.name!r}: cannot set up TLS for "
+                f"{self.config.address}: {exc}; check the pool's ssl_ca, ssl_cert "
+                "and ssl_key files",
+                pool=self.name,
+                orig=exc,
+            )
+            _mark_permanent(error)
+            raise error from None
 
     def _connect(self) -> Connection:
         conn = Connection(

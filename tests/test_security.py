@@ -27,6 +27,7 @@ from pymysql.constants.CLIENT import MULTI_STATEMENTS
 import fluxaorm
 from fluxaorm.fields import COLLATION
 from fluxaorm.testing import count_queries
+from tests.conftest import MYSQL_URL
 from tests.models import CategoryEntity, UserEntity
 from tests.servers import (
     Certificates,
@@ -1193,6 +1194,19 @@ def test_mysql_tls_untrusted_server_is_a_database_error(mariadb, other_certs):
     assert f"127.0.0.1:{mariadb.port}" in str(caught.value)
     assert isinstance(caught.value.orig, pymysql.err.Error)
     assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+
+
+def test_mysql_tls_missing_ca_file_is_a_permanent_database_error(tmp_path):
+    """A pool whose ssl_ca file does not exist fails with a DatabaseError naming
+    the option to fix (not the ssl module's FileNotFoundError), never retried."""
+    missing = tmp_path / "nowhere" / "ca.pem"
+    with (
+        _mysql_engine(MYSQL_URL, ssl_ca=str(missing)) as engine,
+        pytest.raises(fluxaorm.DatabaseError, match="ssl_ca") as caught,
+    ):
+        engine.check()
+    assert caught.value.permanent
+    assert isinstance(caught.value.orig, OSError)
 
 
 @pytest.mark.parametrize(
