@@ -20,6 +20,7 @@ import redis
 from hypothesis import HealthCheck, settings
 
 import fluxaorm
+from tests.models import CategoryEntity, UserEntity
 
 MYSQL_URL = os.environ.get(
     "FLUXAORM_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"
@@ -159,3 +160,14 @@ def make_engine(clean: None) -> Iterator[EngineFactory]:
     for engine in engines:
         engine.close()
 
+
+@pytest.fixture
+def engine(make_engine: EngineFactory) -> fluxaorm.Engine:
+    """An engine with the example's ``UserEntity`` and ``CategoryEntity``, synced."""
+    return make_engine(UserEntity, CategoryEntity)
+
+
+@pytest.fixture
+def orm(engine: fluxaorm.Engine) -> fluxaorm.ORM:
+    """A new ORM of the ``engine`` fixture."""
+    return engine.new_orm()

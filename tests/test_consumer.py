@@ -162,16 +162,6 @@ def _stop_loops() -> Iterator[None]:
 
 
 @pytest.fixture
-def engine(make_engine: Any) -> fluxaorm.Engine:
-    return make_engine(UserEntity, CategoryEntity)
-
-
-@pytest.fixture
-def orm(engine: fluxaorm.Engine) -> fluxaorm.ORM:
-    return engine.new_orm()
-
-
-@pytest.fixture
 def throwaway() -> Iterator[ThrowawayRedis]:
     server = ThrowawayRedis()
     try:

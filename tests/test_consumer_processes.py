@@ -16,13 +16,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import fluxaorm
 from tests.conftest import MYSQL_URL, REDIS_URL
-from tests.models import CategoryEntity, UserEntity
 from tests.test_consumer import (
     KEY,
     STREAM,
@@ -136,11 +134,6 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         worker.proc.wait(10)
         if worker.proc.stdout is not None:
             worker.proc.stdout.close()
-
-
-@pytest.fixture
-def orm(make_engine: Any) -> fluxaorm.ORM:
-    return make_engine(UserEntity, CategoryEntity).new_orm()
 
 
 def _ints(text: str) -> list[int]:

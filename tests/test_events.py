@@ -63,10 +63,8 @@ def _unpack(data: bytes) -> Any:
 # -- the entry layout -------------------------------------------------------------------
 
 
-def test_entry_fields_of_insert_update_and_delete(make_engine, redis_client):
+def test_entry_fields_of_insert_update_and_delete(orm, redis_client):
     """Entries carry action/entity/id/s/eid, and old on updates only."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     user = orm.new_entity(UserEntity, name="Tom", email="tom@example.com")
     orm.flush()
     edited = orm.edit_entity(user)
@@ -103,11 +101,9 @@ def test_entry_fields_of_insert_update_and_delete(make_engine, redis_client):
 
 
 def test_event_id_is_unique_per_event_and_shared_by_its_streams(
-    make_engine, redis_client
+    engine, orm, redis_client
 ):
     """Every event has its own eid; the same event keeps one eid in every stream."""
-    engine = make_engine(UserEntity, CategoryEntity)
-    orm = engine.new_orm()
     users = [orm.new_entity(UserEntity, name=f"u{n}") for n in range(3)]
     orm.new_entity(CategoryEntity, code="c")
     orm.flush()
@@ -134,10 +130,8 @@ def test_event_id_is_unique_per_event_and_shared_by_its_streams(
             assert event.event_id == by_change[key]
 
 
-def test_timestamp_is_the_flush_time_in_milliseconds(make_engine, redis_client):
+def test_timestamp_is_the_flush_time_in_milliseconds(engine, orm, redis_client):
     """The event id carries when the change was flushed (ms since the epoch)."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     orm.new_entity(UserEntity, name="Tom")
     before = int(time.time() * 1000)
     orm.flush()
