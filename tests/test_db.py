@@ -327,10 +327,3 @@ def test_max_allowed_packet_option_never_exceeds_the_server(make_engine):
     with big.mysql_pool("default").connection() as conn:
         server = int(conn.query("SELECT @@max_allowed_packet")[0][0])
     assert big.mysql_pool("default").info.max_allowed_packet == server
-
-
-def test_register_mysql_rejects_unknown_options():
-    """An unknown pool option is a ConfigurationError listing the known ones."""
-    registry = fluxaorm.Registry()
-    with pytest.raises(fluxaorm.ConfigurationError, match="pool_size"):
-        registry.register_mysql(MYSQL_URL, pool_sise=2)

@@ -520,18 +520,3 @@ def test_the_largest_bigint_unsigned_id_is_a_valid_event(valid_entry):
     """An id of 2**64 - 1 (the largest the id column holds) decodes."""
     event = _decode(valid_entry, id=b"18446744073709551615")
     assert event.id == 2**64 - 1
-
-
-def test_an_event_built_without_old_shares_no_mutable_default():
-    """DirtyStreamEvent.old defaults to an empty dict that no event can change for the others."""
-    first = fluxaorm.DirtyStreamEvent("S", "1-0", "e.E", 1, Insert, {})
-    second = fluxaorm.DirtyStreamEvent("S", "2-0", "e.E", 2, Insert, {})
-
-    with pytest.raises(TypeError):
-        first.old["leaked"] = 1
-    with pytest.raises(TypeError):
-        first.old.update(leaked=1)
-
-    assert first.old == {} and second.old == {}
-    assert isinstance(second.old, dict)
-    assert fluxaorm.DirtyStreamEvent._field_defaults["old"] == {}

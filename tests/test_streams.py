@@ -92,17 +92,6 @@ class OnSecondMySQL:
     name: str = ""
 
 
-@dataclass
-class SharedOnDefault:
-    id: int = field(default=0, metadata={"orm": "dirty=Shared"})
-
-
-@fluxaorm.entity(redis_pool="other")
-@dataclass
-class SharedOnOther:
-    id: int = field(default=0, metadata={"orm": "dirty=Shared"})
-
-
 @pytest.fixture
 def other_redis() -> Iterator[ThrowawayRedis]:
     """A Redis server of our own, registered as the pool ``other``."""
@@ -166,17 +155,6 @@ def test_stream_lookup_by_key_and_unknown_name(make_engine):
     assert engine.stream("dirty_NewUsers") == engine.stream("NewUsers")
     with pytest.raises(fluxaorm.ConfigurationError, match="NoSuchStream"):
         engine.stream("NoSuchStream")
-
-
-def test_stream_fed_from_two_redis_pools_is_a_schema_error():
-    """A stream fed by entities on different Redis pools fails at validate()."""
-    registry = fluxaorm.Registry()
-    registry.register_mysql(MYSQL_URL)
-    registry.register_redis(REDIS_URL)
-    registry.register_redis(REDIS_URL, pool="other")
-    registry.register_entity(SharedOnDefault, SharedOnOther)
-    with pytest.raises(fluxaorm.SchemaError, match="Shared"):
-        registry.validate()
 
 
 def test_stream_lives_on_its_entities_redis_pool():
