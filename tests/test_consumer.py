@@ -20,7 +20,7 @@ import pytest
 import redis
 
 import fluxaorm
-from fluxaorm.testing import count_round_trips
+from fluxaorm.testing import age_pending, count_round_trips
 from tests.models import CategoryEntity, UserEntity
 from tests.servers import ThrowawayRedis
 
@@ -297,9 +297,9 @@ def test_block_and_min_idle_accept_float_seconds_and_timedelta(orm):
 
     with pytest.raises(RuntimeError, match="boom"):
         consumer.consume(10, datetime.timedelta(seconds=1))
-    time.sleep(0.1)
+    age_pending(orm.engine, STREAM, 60)
     got.fail = None
-    assert consumer.auto_claim(10, datetime.timedelta(milliseconds=50)) == 2
+    assert consumer.auto_claim(10, datetime.timedelta(minutes=1)) == 2
 
     assert got.ids == ids + ids
     with pytest.raises(fluxaorm.ConfigurationError):
@@ -489,8 +489,8 @@ def test_many_consumer_failed_events_are_claimed_by_any_consumer_once_idle(
     assert other.consume(10, 0) == 0  # not new any more
     assert other.auto_claim(10, 60.0) == 0  # not idle long enough
 
-    time.sleep(0.1)
-    assert other.auto_claim(10, 0.05) == 3
+    age_pending(orm.engine, STREAM, 60)
+    assert other.auto_claim(10, 60.0) == 3
 
     assert got.ids == ids
     assert _pending(redis_client) == {}
@@ -507,11 +507,11 @@ def test_auto_claim_walks_the_whole_pending_list_count_at_a_time(orm, redis_clie
     with pytest.raises(RuntimeError):
         failing.consume(250, 0)
     assert len(_pending(redis_client)) == 250
-    time.sleep(0.1)
+    age_pending(orm.engine, STREAM, 60)
     got = Recorder()
     claimer = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got)
 
-    assert claimer.auto_claim(20, 0.05) == 250
+    assert claimer.auto_claim(20, 60.0) == 250
 
     assert max(len(b) for b in got.batches) <= 20
     assert len(got.batches) >= 13
@@ -540,9 +540,9 @@ def test_auto_claim_reaches_every_entry_past_one_whose_handler_keeps_failing(
     got = Recorder(fail=handle)
     claimer = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got)
     for _ in range(2):
-        time.sleep(0.1)
+        age_pending(orm.engine, STREAM, 60)
         with pytest.raises(LookupError, match="poison"):
-            claimer.auto_claim(20, 0.05)
+            claimer.auto_claim(20, 60.0)
 
     assert sorted(got.ids) == sorted([*ids, poison])
     assert max(len(b) for b in got.batches) <= 20
@@ -558,13 +558,13 @@ def test_auto_claim_skips_entries_deleted_from_the_stream_while_pending(
     failing = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
     with pytest.raises(RuntimeError):
         failing.consume(10, 0)
+    age_pending(orm.engine, STREAM, 60)  # before the XDEL: XCLAIM drops deleted ids
     message_ids = _message_ids(redis_client)
     redis_client.xdel(KEY, message_ids[1], message_ids[4], message_ids[9])
-    time.sleep(0.1)
     got = Recorder()
     claimer = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got)
 
-    claimer.auto_claim(4, 0.05)
+    claimer.auto_claim(4, 60.0)
 
     assert got.ids == [i for n, i in enumerate(ids) if n not in (1, 4, 9)]
     assert _pending(redis_client) == {}
@@ -676,9 +676,9 @@ def test_malformed_pending_entries_met_by_auto_claim_are_logged_and_acked(
     malformed = _add_malformed(redis_client)
     redis_client.xreadgroup(_group(redis_client), "foreign", {KEY: ">"}, count=100)
     assert set(_pending(redis_client)) == set(malformed)
-    time.sleep(0.1)
+    age_pending(orm.engine, STREAM, 60)
 
-    assert claimer.auto_claim(100, 0.05) == 0
+    assert claimer.auto_claim(100, 60.0) == 0
 
     assert got.batches == []
     logged = "\n".join(
@@ -707,10 +707,10 @@ def test_cleanup_of_many_consumer_leaves_its_pending_events_claimable(
     assert leaving.name not in _consumers(redis_client)
     assert len(_pending(redis_client)) == 3
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    time.sleep(0.1)
+    age_pending(orm.engine, STREAM, 60)
     got = Recorder()
     assert (
-        fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got).auto_claim(10, 0.05)
+        fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got).auto_claim(10, 60.0)
         == 3
     )
     assert got.ids == ids
@@ -791,10 +791,10 @@ def test_many_consumer_as_context_manager_cleans_up_on_exit(orm, redis_client):
     ):
         failing.consume(10, 0)
     assert failing.name not in _consumers(redis_client)
-    time.sleep(0.1)
+    age_pending(orm.engine, STREAM, 60)
     got = Recorder()
     with fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got) as claimer:
-        assert claimer.auto_claim(10, 0.05) == 2
+        assert claimer.auto_claim(10, 60.0) == 2
     assert got.ids == ids
 
 
@@ -1151,12 +1151,12 @@ def test_many_consumer_moves_an_event_claimed_max_deliveries_times_to_dead(
     )
     with pytest.raises(ValueError):
         consumer.consume(10, 0)
-    time.sleep(0.1)
+    age_pending(orm.engine, STREAM, 60)
     with pytest.raises(ValueError):
-        consumer.auto_claim(10, 0.05)
-    time.sleep(0.1)
+        consumer.auto_claim(10, 60.0)
+    age_pending(orm.engine, STREAM, 60)
 
-    assert consumer.auto_claim(10, 0.05) == 0
+    assert consumer.auto_claim(10, 60.0) == 0
 
     assert got.ids == ids * 2
     dead = _dead_entries(redis_client)
@@ -1178,18 +1178,14 @@ def test_max_deliveries_is_counted_for_claimed_entries_far_apart_in_the_pending_
     for consumer, count in ((first, 1), (busy, 38), (first, 1)):
         with pytest.raises(RuntimeError):
             consumer.consume(count, 0)
-    time.sleep(0.5)
-    # `busy` is still working on its 38 entries: they are not idle.
-    busy_ids = [i for i, name in _pending(redis_client).items() if name == busy.name]
-    redis_client.xclaim(
-        KEY, _group(redis_client), busy.name, 0, busy_ids, idle=0, justid=True
-    )
+    # `busy` is still working on its 38 entries: only first's two are idle.
+    assert age_pending(orm.engine, STREAM, 60, consumer=first.name) == 2
     got = Recorder()
     claimer = fluxaorm.new_dirty_stream_consumer_many(
         orm, STREAM, got, max_deliveries=1
     )
 
-    claimer.auto_claim(10, 0.3)
+    claimer.auto_claim(10, 60.0)
 
     assert got.ids == []  # both idle entries were already delivered once
     dead = _dead_entries(redis_client)
