@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, settings
 
 import fluxaorm
 from tests.models import CategoryEntity, UserEntity
+from tests.servers import ThrowawayRedis
 
 MYSQL_URL = os.environ.get(
     "FLUXAORM_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"
@@ -52,7 +53,9 @@ def _database() -> str:
 
 UNIT_DIR = Path(__file__).parent / "unit"
 # The fixtures that talk to the test servers; no test under tests/unit may use one.
-SERVER_FIXTURES = frozenset({"mysql_conn", "redis_client", "clean", "make_engine"})
+SERVER_FIXTURES = frozenset(
+    {"mysql_conn", "redis_client", "clean", "make_engine", "other_redis"}
+)
 
 
 def _is_unit(item: pytest.Item) -> bool:
@@ -171,3 +174,22 @@ def engine(make_engine: EngineFactory) -> fluxaorm.Engine:
 def orm(engine: fluxaorm.Engine) -> fluxaorm.ORM:
     """A new ORM of the ``engine`` fixture."""
     return engine.new_orm()
+
+
+@pytest.fixture(scope="session")
+def _other_redis_server() -> Iterator[ThrowawayRedis]:
+    with ThrowawayRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def other_redis(_other_redis_server: ThrowawayRedis) -> ThrowawayRedis:
+    """A second Redis server of our own (one per session), emptied before each test.
+
+    For a second Redis pool. Never stop or reconfigure it: a test that does
+    starts a ``ThrowawayRedis`` of its own.
+    """
+    client = _other_redis_server.client()
+    client.flushall()
+    client.close()
+    return _other_redis_server

@@ -17,7 +17,7 @@ import fluxaorm
 from fluxaorm import OutboxStatistics
 from tests.conftest import MYSQL_URL
 from tests.models import CategoryEntity, UserEntity
-from tests.servers import ThrowawayRedis, free_port
+from tests.servers import free_port
 
 SPEC_STREAMS = (
     "AllChanges",
@@ -239,20 +239,19 @@ def test_streams_statistics_default_to_every_registered_stream(orm):
     ]
 
 
-def test_statistics_of_a_stream_on_another_redis_pool(clean):
+def test_statistics_of_a_stream_on_another_redis_pool(clean, other_redis):
     """A stream on the pool "other" is read from that server and reports that pool."""
-    with ThrowawayRedis() as server:
-        registry = fluxaorm.Registry()
-        registry.register_mysql(MYSQL_URL)
-        registry.register_redis(server.url, pool="other")
-        registry.register_entity(Elsewhere)
-        with registry.validate() as engine:
-            engine.sync_schema()
-            orm = engine.new_orm()
-            orm.new_entity(Elsewhere, name="x")
-            orm.new_entity(Elsewhere, name="y")
-            orm.flush()
-            stats = orm.get_event_broker().get_stream_statistics("ElsewhereStream")
+    registry = fluxaorm.Registry()
+    registry.register_mysql(MYSQL_URL)
+    registry.register_redis(other_redis.url, pool="other")
+    registry.register_entity(Elsewhere)
+    with registry.validate() as engine:
+        engine.sync_schema()
+        orm = engine.new_orm()
+        orm.new_entity(Elsewhere, name="x")
+        orm.new_entity(Elsewhere, name="y")
+        orm.flush()
+        stats = orm.get_event_broker().get_stream_statistics("ElsewhereStream")
     assert (stats.stream, stats.redis_pool, stats.len) == (
         "dirty_ElsewhereStream",
         "other",

@@ -93,13 +93,6 @@ class OnSecondMySQL:
 
 
 @pytest.fixture
-def other_redis() -> Iterator[ThrowawayRedis]:
-    """A Redis server of our own, registered as the pool ``other``."""
-    with ThrowawayRedis() as server:
-        yield server
-
-
-@pytest.fixture
 def two_pool_engine(clean: None, other_redis: ThrowawayRedis) -> Iterator[Any]:
     """An engine with the Redis pools ``default`` (test DB) and ``other`` (throwaway)."""
     registry = fluxaorm.Registry()
