@@ -73,6 +73,15 @@ def _publish(orm: fluxaorm.ORM, n: int, prefix: str = "user") -> list[int]:
     return [u.id for u in users]
 
 
+def _left_pending(orm: fluxaorm.ORM, count: int) -> fluxaorm.DirtyStreamConsumer:
+    """A "many" consumer whose handler failed on ``count`` new events: they stay
+    pending with it."""
+    failing = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
+    with pytest.raises(RuntimeError):
+        failing.consume(count, 0)
+    return failing
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -480,9 +489,7 @@ def test_many_consumer_failed_events_are_claimed_by_any_consumer_once_idle(
 ):
     """Events a "many" handler failed on go to another consumer's auto_claim once idle ≥ min_idle."""
     ids = _publish(orm, 3)
-    failing = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
-    with pytest.raises(RuntimeError):
-        failing.consume(10, 0)
+    failing = _left_pending(orm, 10)
     assert set(_pending(redis_client).values()) == {failing.name}
     got = Recorder()
     other = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got)
@@ -503,9 +510,7 @@ def test_many_consumer_failed_events_are_claimed_by_any_consumer_once_idle(
 def test_auto_claim_walks_the_whole_pending_list_count_at_a_time(orm, redis_client):
     """auto_claim follows XAUTOCLAIM's cursor: all 250 pending entries, at most 20 per handler call."""
     ids = _publish(orm, 250)
-    failing = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
-    with pytest.raises(RuntimeError):
-        failing.consume(250, 0)
+    _left_pending(orm, 250)
     assert len(_pending(redis_client)) == 250
     age_pending(orm.engine, STREAM, 60)
     got = Recorder()
@@ -526,9 +531,7 @@ def test_auto_claim_reaches_every_entry_past_one_whose_handler_keeps_failing(
     """A failing entry never stops the walk: the others are handled, then the error is raised."""
     ids = _publish(orm, 60)
     poison = ids[0]
-    failing = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
-    with pytest.raises(RuntimeError):
-        failing.consume(60, 0)
+    _left_pending(orm, 60)
 
     def handle(events: list[fluxaorm.DirtyStreamEvent]) -> None:
         for event in events:
@@ -555,9 +558,7 @@ def test_auto_claim_skips_entries_deleted_from_the_stream_while_pending(
 ):
     """Pending entries XDELed meanwhile never reach auto_claim's handler and stop being pending."""
     ids = _publish(orm, 10)
-    failing = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
-    with pytest.raises(RuntimeError):
-        failing.consume(10, 0)
+    _left_pending(orm, 10)
     age_pending(orm.engine, STREAM, 60)  # before the XDEL: XCLAIM drops deleted ids
     message_ids = _message_ids(redis_client)
     redis_client.xdel(KEY, message_ids[1], message_ids[4], message_ids[9])
@@ -698,9 +699,7 @@ def test_cleanup_of_many_consumer_leaves_its_pending_events_claimable(
 ):
     """A "many" consumer that cleans up with pending events leaves the group, and auto_claim still gets them."""
     ids = _publish(orm, 3)
-    leaving = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
-    with pytest.raises(RuntimeError):
-        leaving.consume(10, 0)
+    leaving = _left_pending(orm, 10)
 
     leaving.cleanup()
 
@@ -764,9 +763,7 @@ def test_cleanup_of_many_consumer_whose_pending_entry_was_deleted_finishes(
 ):
     """cleanup() returns and removes the consumer even when a pending entry was XDELed."""
     _publish(orm, 2)
-    leaving = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
-    with pytest.raises(RuntimeError):
-        leaving.consume(10, 0)
+    leaving = _left_pending(orm, 10)
     redis_client.xdel(KEY, _message_ids(redis_client)[0])
 
     InThread(leaving.cleanup).join(10)
@@ -975,9 +972,8 @@ def test_first_blocking_consume_during_a_short_outage_is_retried_not_raised(
 def test_run_consumes_claims_idle_events_and_stops_when_stop_is_set(orm, redis_client):
     """run() hands new events and claims idle pending ones until stop is set, then cleans up."""
     abandoned = _publish(orm, 3)
-    dead = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
-    with pytest.raises(RuntimeError):
-        dead.consume(10, 0)
+    _left_pending(orm, 10)
+    age_pending(orm.engine, STREAM, 60)
     fresh = _publish(orm, 4, prefix="fresh")
     stop = threading.Event()
     seen: set[int] = set()
@@ -989,7 +985,7 @@ def test_run_consumes_claims_idle_events_and_stops_when_stop_is_set(orm, redis_c
 
     consumer = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, handle)
     running = InThread(
-        lambda: consumer.run(10, 0.5, stop, min_idle=0.05, claim_every=0.1), stop
+        lambda: consumer.run(10, 0.5, stop, min_idle=60.0, claim_every=0.1), stop
     )
 
     handed = running.join(20)
