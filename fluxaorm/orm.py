@@ -12,7 +12,7 @@ import functools
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from . import changes as _changes
 from . import flush as _flush
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["ORM"]
 
 E = TypeVar("E")
+P = ParamSpec("P")
 F = TypeVar("F", bound=Callable[..., Any])
 # Loaded entities are tracked weakly; entries of collected ones are swept when
 # the table has grown past this many since the last sweep.
@@ -138,18 +139,27 @@ class ORM:
 
     # -- recording changes -------------------------------------------------------
 
+    # The class overload takes the constructor's parameters (ParamSpec), so a type
+    # checker reports a keyword that names no field, or a value of the wrong type.
     @overload
-    def new_entity(self, entity: type[E], /, **values: Any) -> E: ...
+    def new_entity(
+        self, entity: Callable[P, E], /, *args: P.args, **values: P.kwargs
+    ) -> E: ...
 
     @overload
     def new_entity(self, entity: E, /) -> E: ...
 
     @_exclusive
-    def new_entity(self, entity: Any, /, **values: Any) -> Any:
+    def new_entity(self, entity: Any, /, *args: Any, **values: Any) -> Any:
         """Create an entity (or adopt an instance you built) to insert at the next flush.
+
+        ``orm.new_entity(UserEntity, name="Tom")`` has the signature of
+        ``UserEntity(...)`` for a type checker, which reports a keyword that
+        names no field, or a value of the wrong type, before the code runs.
 
         Args:
             entity: an entity class, or an instance of one.
+            *args: positional field values, passed to the class as they are.
             **values: field values for a new instance; unset fields keep their
                 defaults. Values are checked at ``flush()``.
 
@@ -164,7 +174,7 @@ class ORM:
         if isinstance(entity, type):
             schema = self._engine.schema(entity)
             try:
-                instance = entity(**values)
+                instance = entity(*args, **values)
             except TypeError as exc:
                 # Only now look for the cause: the constructor checks names itself.
                 unknown = [k for k in values if k not in schema.init_names]
@@ -174,7 +184,7 @@ class ORM:
                     f"cannot create the entity: {exc}", schema.label
                 ) from None
         else:
-            if values:
+            if args or values:
                 raise ValidationError(
                     "pass field values either to the class or to the instance, not both",
                     type(entity).__qualname__,

@@ -1,21 +1,37 @@
-"""Helpers for tests (yours and ours): count the SQL statements and Redis round trips.
+"""Helpers for tests (yours and ours): count SQL statements and Redis round trips,
+and age pending events without waiting.
 
-Both hook into the engine's single choke points (``db.Connection.execute`` and
-``streams.RedisPool.round_trip``), so what they count is what went over the wire.
+The counters hook into the engine's single choke points (``db.Connection.execute``
+and ``streams.RedisPool.round_trip``), so what they count is what went over the
+wire; :func:`age_pending` sends its commands through the same Redis pool.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import attrs
 
+from .consumer import DEFAULT_GROUP
+from .errors import ConfigurationError
+from .streams import text
+
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["QueryLog", "RoundTripLog", "count_queries", "count_round_trips"]
+__all__ = [
+    "QueryLog",
+    "RoundTripLog",
+    "age_pending",
+    "count_queries",
+    "count_round_trips",
+]
+
+# Pending entries read and re-stamped per round trip by age_pending().
+_AGE_CHUNK = 1000
 
 
 @attrs.define
@@ -108,3 +124,68 @@ def count_round_trips(engine: Engine) -> Iterator[RoundTripLog]:
         yield log
     finally:
         engine.remove_round_trip_listener(log._add)
+
+
+def age_pending(
+    engine: Engine,
+    stream: str,
+    idle: float | timedelta,
+    *,
+    group: str = DEFAULT_GROUP,
+    consumer: str | None = None,
+) -> int:
+    """Make a group's pending events look idle for ``idle`` seconds, without waiting.
+
+    A test of ``auto_claim(count, min_idle)`` or of pending-age statistics would
+    otherwise sleep for ``min_idle``; after ``age_pending(engine, "AllChanges",
+    60)``, ``auto_claim(100, 60.0)`` takes over every pending event at once. Each
+    pending entry keeps its consumer and its delivery count (``max_deliveries``
+    counts as before); only its idle time is set, with ``XCLAIM <key> <group>
+    <its consumer> 0 <ids> IDLE <ms> JUSTID``
+    (https://redis.io/docs/latest/commands/xclaim/), one pipelined round trip per
+    1,000 entries. As any XCLAIM does, it drops pending entries whose stream entry
+    was deleted, and counts as activity of the consumers that own the entries
+    (their ``idle_seconds`` restarts from 0).
+
+    Args:
+        engine: the engine whose Redis pool holds the stream.
+        stream: the dirty stream (``AllChanges`` or ``dirty_AllChanges``).
+        idle: the idle time to give, in seconds or as a ``timedelta``.
+        group: the consumer group (default: the one every consumer shares).
+        consumer: age only this consumer's pending events (default: all).
+
+    Returns:
+        How many pending entries were aged (deleted ones not counted).
+
+    Raises:
+        ConfigurationError: no entity declares the stream, or ``idle`` is negative.
+        StreamError: Redis cannot be reached, or the stream or group does not exist.
+    """
+    seconds = idle.total_seconds() if isinstance(idle, timedelta) else float(idle)
+    if seconds < 0:
+        raise ConfigurationError(f"idle must be 0 or more seconds, not {idle!r}")
+    info = engine.stream(stream)
+    pool = engine.redis_pool(info.redis_pool)
+    filter_: tuple[str, ...] = (consumer,) if consumer is not None else ()
+    start, aged = "-", 0
+    while True:
+        rows = pool.execute(
+            "XPENDING", info.key, group, start, "+", _AGE_CHUNK, *filter_
+        )
+        if not rows:
+            return aged
+        owners: dict[str, list[str]] = {}
+        for row in rows:
+            owners.setdefault(text(row[1]), []).append(text(row[0]))
+        ms = int(seconds * 1000)
+        commands = [
+            ("XCLAIM", info.key, group, owner, 0, *ids, "IDLE", ms, "JUSTID")
+            for owner, ids in owners.items()
+        ]
+        for reply in pool.pipeline(commands, "XCLAIM"):
+            if isinstance(reply, Exception):
+                raise pool.error(reply, "XCLAIM")
+            aged += len(reply)  # the ids re-stamped (deleted entries are not)
+        if len(rows) < _AGE_CHUNK:
+            return aged
+        start = "(" + text(rows[-1][0])

@@ -3,12 +3,14 @@
 ``FLUXAORM_TEST_MYSQL_URL`` (default ``mysql://root@127.0.0.1:3306/test``) and
 ``FLUXAORM_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``) pick the
 servers; a server that does not answer stops the run with the URL it tried.
+Tests under ``tests/unit`` need no server: a run of only those never connects.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,6 +20,8 @@ import redis
 from hypothesis import HealthCheck, settings
 
 import fluxaorm
+from tests.models import CategoryEntity, UserEntity
+from tests.servers import ThrowawayRedis
 
 MYSQL_URL = os.environ.get(
     "FLUXAORM_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"
@@ -47,7 +51,38 @@ def _database() -> str:
     return urlsplit(MYSQL_URL).path.lstrip("/") or "test"
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+UNIT_DIR = Path(__file__).parent / "unit"
+# The fixtures that talk to the test servers; no test under tests/unit may use one.
+SERVER_FIXTURES = frozenset(
+    {"mysql_conn", "redis_client", "clean", "make_engine", "other_redis"}
+)
+
+
+def _is_unit(item: pytest.Item) -> bool:
+    return UNIT_DIR in item.path.parents
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Refuse a server fixture in tests/unit; check the servers if a test needs them."""
+    items = session.items
+    unit_with_servers = [
+        item.nodeid
+        for item in items
+        if _is_unit(item)
+        and SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+    ]
+    if unit_with_servers:
+        pytest.exit(
+            "tests under tests/unit run without MariaDB and Redis, but these use a "
+            f"server fixture ({', '.join(sorted(SERVER_FIXTURES))}): "
+            f"{', '.join(unit_with_servers)}; move them out of tests/unit",
+            returncode=4,
+        )
+    if not session.config.option.collectonly and not all(map(_is_unit, items)):
+        _check_servers()
+
+
+def _check_servers() -> None:
     """Fail the whole run at once, naming the URL, when a server does not answer."""
     try:
         conn = pymysql.connect(**_mysql_parts(), autocommit=True, connect_timeout=5)
@@ -127,3 +162,34 @@ def make_engine(clean: None) -> Iterator[EngineFactory]:
     yield make
     for engine in engines:
         engine.close()
+
+
+@pytest.fixture
+def engine(make_engine: EngineFactory) -> fluxaorm.Engine:
+    """An engine with the example's ``UserEntity`` and ``CategoryEntity``, synced."""
+    return make_engine(UserEntity, CategoryEntity)
+
+
+@pytest.fixture
+def orm(engine: fluxaorm.Engine) -> fluxaorm.ORM:
+    """A new ORM of the ``engine`` fixture."""
+    return engine.new_orm()
+
+
+@pytest.fixture(scope="session")
+def _other_redis_server() -> Iterator[ThrowawayRedis]:
+    with ThrowawayRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def other_redis(_other_redis_server: ThrowawayRedis) -> ThrowawayRedis:
+    """A second Redis server of our own (one per session), emptied before each test.
+
+    For a second Redis pool. Never stop or reconfigure it: a test that does
+    starts a ``ThrowawayRedis`` of its own.
+    """
+    client = _other_redis_server.client()
+    client.flushall()
+    client.close()
+    return _other_redis_server

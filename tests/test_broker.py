@@ -7,7 +7,6 @@ redis commands and with fluxaorm's own consumers."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +17,7 @@ import fluxaorm
 from fluxaorm import OutboxStatistics
 from tests.conftest import MYSQL_URL
 from tests.models import CategoryEntity, UserEntity
-from tests.servers import ThrowawayRedis, free_port
+from tests.servers import free_port
 
 SPEC_STREAMS = (
     "AllChanges",
@@ -50,10 +49,9 @@ def _add_aged(client: redis.Redis, seconds_ago: float, now_ms: int) -> str:
 
 
 @pytest.fixture
-def broker(make_engine) -> Iterator[Any]:
-    """The event broker of an engine with the SPEC example's entities."""
-    engine = make_engine(UserEntity, CategoryEntity)
-    yield engine.new_orm().get_event_broker()
+def broker(orm: fluxaorm.ORM) -> Any:
+    """The event broker of an engine with the example's entities."""
+    return orm.get_event_broker()
 
 
 def _group(stats: fluxaorm.StreamStatistics, name: str) -> fluxaorm.GroupStatistics:
@@ -96,10 +94,8 @@ def test_len_and_oldest_event_age_follow_the_entries(broker, redis_client):
     assert (stats.len, stats.oldest_event_seconds) == (0, 0)
 
 
-def test_oldest_event_age_grows_while_it_waits(make_engine):
+def test_oldest_event_age_grows_while_it_waits(orm):
     """A flushed event's age is about 0 at first and grows while nobody consumes it."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     orm.new_entity(UserEntity, name="Tom")
     orm.flush()
     broker = orm.get_event_broker()
@@ -154,10 +150,8 @@ def test_consumer_idle_time_grows(broker, redis_client):
     assert consumer.idle_seconds >= 0.25
 
 
-def test_statistics_follow_a_fluxaorm_consumer(make_engine, redis_client):
+def test_statistics_follow_a_fluxaorm_consumer(orm, redis_client):
     """A failing handler leaves events pending; a successful consume clears the backlog."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     for n in range(5):
         orm.new_entity(UserEntity, name=f"u{n}")
     orm.flush()
@@ -224,10 +218,8 @@ def test_lag_is_counted_exactly_in_a_long_stream(broker, redis_client):
     assert group.lag == undelivered
 
 
-def test_streams_statistics_default_to_every_registered_stream(make_engine):
+def test_streams_statistics_default_to_every_registered_stream(orm):
     """get_streams_statistics() covers every declared stream; with names, those in order."""
-    engine = make_engine(UserEntity, CategoryEntity)
-    orm = engine.new_orm()
     orm.new_entity(UserEntity, name="Tom")
     orm.flush()
     broker = orm.get_event_broker()
@@ -247,20 +239,19 @@ def test_streams_statistics_default_to_every_registered_stream(make_engine):
     ]
 
 
-def test_statistics_of_a_stream_on_another_redis_pool(clean):
+def test_statistics_of_a_stream_on_another_redis_pool(clean, other_redis):
     """A stream on the pool "other" is read from that server and reports that pool."""
-    with ThrowawayRedis() as server:
-        registry = fluxaorm.Registry()
-        registry.register_mysql(MYSQL_URL)
-        registry.register_redis(server.url, pool="other")
-        registry.register_entity(Elsewhere)
-        with registry.validate() as engine:
-            engine.sync_schema()
-            orm = engine.new_orm()
-            orm.new_entity(Elsewhere, name="x")
-            orm.new_entity(Elsewhere, name="y")
-            orm.flush()
-            stats = orm.get_event_broker().get_stream_statistics("ElsewhereStream")
+    registry = fluxaorm.Registry()
+    registry.register_mysql(MYSQL_URL)
+    registry.register_redis(other_redis.url, pool="other")
+    registry.register_entity(Elsewhere)
+    with registry.validate() as engine:
+        engine.sync_schema()
+        orm = engine.new_orm()
+        orm.new_entity(Elsewhere, name="x")
+        orm.new_entity(Elsewhere, name="y")
+        orm.flush()
+        stats = orm.get_event_broker().get_stream_statistics("ElsewhereStream")
     assert (stats.stream, stats.redis_pool, stats.len) == (
         "dirty_ElsewhereStream",
         "other",

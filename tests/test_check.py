@@ -118,10 +118,9 @@ def test_check_changes_no_stream_or_group(
 
 
 def test_check_tolerates_an_extra_table_and_an_extra_nullable_column(
-    make_engine: EngineFactory, mysql_conn: Any
+    engine: fluxaorm.Engine, mysql_conn: Any
 ) -> None:
     """A table no entity uses and a nullable column no field has do not fail check()."""
-    engine = make_engine(UserEntity, CategoryEntity)
     cursor = mysql_conn.cursor()
     cursor.execute("CREATE TABLE `someone_elses` (`x` int)")
     cursor.execute("ALTER TABLE `UserEntity` ADD COLUMN `legacy` int NULL")
@@ -144,11 +143,8 @@ def test_check_names_missing_tables_and_the_fix(make_engine: EngineFactory) -> N
     assert "CREATE TABLE `UserEntity`" in message
 
 
-def test_check_names_a_missing_column(
-    make_engine: EngineFactory, mysql_conn: Any
-) -> None:
+def test_check_names_a_missing_column(engine: fluxaorm.Engine, mysql_conn: Any) -> None:
     """A column dropped behind the ORM's back is reported with the ALTER that restores it."""
-    engine = make_engine(UserEntity, CategoryEntity)
     mysql_conn.cursor().execute("ALTER TABLE `UserEntity` DROP COLUMN `email`")
     error = check_error(engine)
     assert isinstance(error, fluxaorm.DatabaseError)
@@ -157,10 +153,9 @@ def test_check_names_a_missing_column(
 
 
 def test_check_asks_for_destructive_sync_when_a_column_is_wider(
-    make_engine: EngineFactory, mysql_conn: Any
+    engine: fluxaorm.Engine, mysql_conn: Any
 ) -> None:
     """A live column that holds NULL where the field cannot says destructive=True and why."""
-    engine = make_engine(UserEntity, CategoryEntity)
     mysql_conn.cursor().execute(
         "ALTER TABLE `UserEntity` MODIFY COLUMN `email` varchar(255) NULL"
     )
@@ -215,10 +210,9 @@ def test_missing_table_error_says_to_sync(make_engine: EngineFactory) -> None:
 
 
 def test_missing_column_error_says_to_sync(
-    make_engine: EngineFactory, mysql_conn: Any
+    engine: fluxaorm.Engine, mysql_conn: Any
 ) -> None:
     """A column missing from the table raises a permanent error with the sync_schema() hint."""
-    engine = make_engine(UserEntity)
     mysql_conn.cursor().execute("ALTER TABLE `UserEntity` DROP COLUMN `email`")
     with pytest.raises(fluxaorm.DatabaseError) as info:
         engine.new_orm().get_by_id(UserEntity, 1)
@@ -228,10 +222,9 @@ def test_missing_column_error_says_to_sync(
 
 
 def test_duplicate_key_is_not_permanent(
-    make_engine: EngineFactory, mysql_conn: Any
+    engine: fluxaorm.Engine, mysql_conn: Any
 ) -> None:
     """A duplicate key is not marked permanent: the hints cover configuration only."""
-    engine = make_engine(UserEntity)
     mysql_conn.cursor().execute(
         "INSERT INTO `UserEntity` (`id`, `name`, `email`) VALUES (1, '', '')"
     )
@@ -341,10 +334,9 @@ def test_check_names_what_the_acl_user_may_not_do(
 
 
 def test_check_stream_key_of_another_type(
-    make_engine: EngineFactory, redis_client: redis.Redis
+    engine: fluxaorm.Engine, redis_client: redis.Redis
 ) -> None:
     """A declared stream key holding a string is a permanent StreamError naming the key."""
-    engine = make_engine(UserEntity, CategoryEntity)
     redis_client.set("dirty_NewUsers", "oops")
     error = check_error(engine)
     assert isinstance(error, fluxaorm.StreamError)

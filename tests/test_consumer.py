@@ -20,7 +20,7 @@ import pytest
 import redis
 
 import fluxaorm
-from fluxaorm.testing import count_round_trips
+from fluxaorm.testing import age_pending, count_round_trips
 from tests.models import CategoryEntity, UserEntity
 from tests.servers import ThrowawayRedis
 
@@ -71,6 +71,15 @@ def _publish(orm: fluxaorm.ORM, n: int, prefix: str = "user") -> list[int]:
     ]
     orm.flush()
     return [u.id for u in users]
+
+
+def _left_pending(orm: fluxaorm.ORM, count: int) -> fluxaorm.DirtyStreamConsumer:
+    """A "many" consumer whose handler failed on ``count`` new events: they stay
+    pending with it."""
+    failing = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
+    with pytest.raises(RuntimeError):
+        failing.consume(count, 0)
+    return failing
 
 
 def _text(value: Any) -> str:
@@ -159,16 +168,6 @@ def _stop_loops() -> Iterator[None]:
         stop, thread = _LOOPS.pop()
         stop.set()
         thread.join(15)
-
-
-@pytest.fixture
-def engine(make_engine: Any) -> fluxaorm.Engine:
-    return make_engine(UserEntity, CategoryEntity)
-
-
-@pytest.fixture
-def orm(engine: fluxaorm.Engine) -> fluxaorm.ORM:
-    return engine.new_orm()
 
 
 @pytest.fixture
@@ -307,9 +306,9 @@ def test_block_and_min_idle_accept_float_seconds_and_timedelta(orm):
 
     with pytest.raises(RuntimeError, match="boom"):
         consumer.consume(10, datetime.timedelta(seconds=1))
-    time.sleep(0.1)
+    age_pending(orm.engine, STREAM, 60)
     got.fail = None
-    assert consumer.auto_claim(10, datetime.timedelta(milliseconds=50)) == 2
+    assert consumer.auto_claim(10, datetime.timedelta(minutes=1)) == 2
 
     assert got.ids == ids + ids
     with pytest.raises(fluxaorm.ConfigurationError):
@@ -490,17 +489,15 @@ def test_many_consumer_failed_events_are_claimed_by_any_consumer_once_idle(
 ):
     """Events a "many" handler failed on go to another consumer's auto_claim once idle ≥ min_idle."""
     ids = _publish(orm, 3)
-    failing = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
-    with pytest.raises(RuntimeError):
-        failing.consume(10, 0)
+    failing = _left_pending(orm, 10)
     assert set(_pending(redis_client).values()) == {failing.name}
     got = Recorder()
     other = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got)
     assert other.consume(10, 0) == 0  # not new any more
     assert other.auto_claim(10, 60.0) == 0  # not idle long enough
 
-    time.sleep(0.1)
-    assert other.auto_claim(10, 0.05) == 3
+    age_pending(orm.engine, STREAM, 60)
+    assert other.auto_claim(10, 60.0) == 3
 
     assert got.ids == ids
     assert _pending(redis_client) == {}
@@ -513,15 +510,13 @@ def test_many_consumer_failed_events_are_claimed_by_any_consumer_once_idle(
 def test_auto_claim_walks_the_whole_pending_list_count_at_a_time(orm, redis_client):
     """auto_claim follows XAUTOCLAIM's cursor: all 250 pending entries, at most 20 per handler call."""
     ids = _publish(orm, 250)
-    failing = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
-    with pytest.raises(RuntimeError):
-        failing.consume(250, 0)
+    _left_pending(orm, 250)
     assert len(_pending(redis_client)) == 250
-    time.sleep(0.1)
+    age_pending(orm.engine, STREAM, 60)
     got = Recorder()
     claimer = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got)
 
-    assert claimer.auto_claim(20, 0.05) == 250
+    assert claimer.auto_claim(20, 60.0) == 250
 
     assert max(len(b) for b in got.batches) <= 20
     assert len(got.batches) >= 13
@@ -536,9 +531,7 @@ def test_auto_claim_reaches_every_entry_past_one_whose_handler_keeps_failing(
     """A failing entry never stops the walk: the others are handled, then the error is raised."""
     ids = _publish(orm, 60)
     poison = ids[0]
-    failing = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
-    with pytest.raises(RuntimeError):
-        failing.consume(60, 0)
+    _left_pending(orm, 60)
 
     def handle(events: list[fluxaorm.DirtyStreamEvent]) -> None:
         for event in events:
@@ -550,9 +543,9 @@ def test_auto_claim_reaches_every_entry_past_one_whose_handler_keeps_failing(
     got = Recorder(fail=handle)
     claimer = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got)
     for _ in range(2):
-        time.sleep(0.1)
+        age_pending(orm.engine, STREAM, 60)
         with pytest.raises(LookupError, match="poison"):
-            claimer.auto_claim(20, 0.05)
+            claimer.auto_claim(20, 60.0)
 
     assert sorted(got.ids) == sorted([*ids, poison])
     assert max(len(b) for b in got.batches) <= 20
@@ -565,16 +558,14 @@ def test_auto_claim_skips_entries_deleted_from_the_stream_while_pending(
 ):
     """Pending entries XDELed meanwhile never reach auto_claim's handler and stop being pending."""
     ids = _publish(orm, 10)
-    failing = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
-    with pytest.raises(RuntimeError):
-        failing.consume(10, 0)
+    _left_pending(orm, 10)
+    age_pending(orm.engine, STREAM, 60)  # before the XDEL: XCLAIM drops deleted ids
     message_ids = _message_ids(redis_client)
     redis_client.xdel(KEY, message_ids[1], message_ids[4], message_ids[9])
-    time.sleep(0.1)
     got = Recorder()
     claimer = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got)
 
-    claimer.auto_claim(4, 0.05)
+    claimer.auto_claim(4, 60.0)
 
     assert got.ids == [i for n, i in enumerate(ids) if n not in (1, 4, 9)]
     assert _pending(redis_client) == {}
@@ -686,9 +677,9 @@ def test_malformed_pending_entries_met_by_auto_claim_are_logged_and_acked(
     malformed = _add_malformed(redis_client)
     redis_client.xreadgroup(_group(redis_client), "foreign", {KEY: ">"}, count=100)
     assert set(_pending(redis_client)) == set(malformed)
-    time.sleep(0.1)
+    age_pending(orm.engine, STREAM, 60)
 
-    assert claimer.auto_claim(100, 0.05) == 0
+    assert claimer.auto_claim(100, 60.0) == 0
 
     assert got.batches == []
     logged = "\n".join(
@@ -708,19 +699,17 @@ def test_cleanup_of_many_consumer_leaves_its_pending_events_claimable(
 ):
     """A "many" consumer that cleans up with pending events leaves the group, and auto_claim still gets them."""
     ids = _publish(orm, 3)
-    leaving = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
-    with pytest.raises(RuntimeError):
-        leaving.consume(10, 0)
+    leaving = _left_pending(orm, 10)
 
     leaving.cleanup()
 
     assert leaving.name not in _consumers(redis_client)
     assert len(_pending(redis_client)) == 3
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    time.sleep(0.1)
+    age_pending(orm.engine, STREAM, 60)
     got = Recorder()
     assert (
-        fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got).auto_claim(10, 0.05)
+        fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got).auto_claim(10, 60.0)
         == 3
     )
     assert got.ids == ids
@@ -774,9 +763,7 @@ def test_cleanup_of_many_consumer_whose_pending_entry_was_deleted_finishes(
 ):
     """cleanup() returns and removes the consumer even when a pending entry was XDELed."""
     _publish(orm, 2)
-    leaving = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
-    with pytest.raises(RuntimeError):
-        leaving.consume(10, 0)
+    leaving = _left_pending(orm, 10)
     redis_client.xdel(KEY, _message_ids(redis_client)[0])
 
     InThread(leaving.cleanup).join(10)
@@ -801,10 +788,10 @@ def test_many_consumer_as_context_manager_cleans_up_on_exit(orm, redis_client):
     ):
         failing.consume(10, 0)
     assert failing.name not in _consumers(redis_client)
-    time.sleep(0.1)
+    age_pending(orm.engine, STREAM, 60)
     got = Recorder()
     with fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got) as claimer:
-        assert claimer.auto_claim(10, 0.05) == 2
+        assert claimer.auto_claim(10, 60.0) == 2
     assert got.ids == ids
 
 
@@ -985,9 +972,8 @@ def test_first_blocking_consume_during_a_short_outage_is_retried_not_raised(
 def test_run_consumes_claims_idle_events_and_stops_when_stop_is_set(orm, redis_client):
     """run() hands new events and claims idle pending ones until stop is set, then cleans up."""
     abandoned = _publish(orm, 3)
-    dead = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, Recorder(fail=_boom))
-    with pytest.raises(RuntimeError):
-        dead.consume(10, 0)
+    _left_pending(orm, 10)
+    age_pending(orm.engine, STREAM, 60)
     fresh = _publish(orm, 4, prefix="fresh")
     stop = threading.Event()
     seen: set[int] = set()
@@ -999,7 +985,7 @@ def test_run_consumes_claims_idle_events_and_stops_when_stop_is_set(orm, redis_c
 
     consumer = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, handle)
     running = InThread(
-        lambda: consumer.run(10, 0.5, stop, min_idle=0.05, claim_every=0.1), stop
+        lambda: consumer.run(10, 0.5, stop, min_idle=60.0, claim_every=0.1), stop
     )
 
     handed = running.join(20)
@@ -1161,12 +1147,12 @@ def test_many_consumer_moves_an_event_claimed_max_deliveries_times_to_dead(
     )
     with pytest.raises(ValueError):
         consumer.consume(10, 0)
-    time.sleep(0.1)
+    age_pending(orm.engine, STREAM, 60)
     with pytest.raises(ValueError):
-        consumer.auto_claim(10, 0.05)
-    time.sleep(0.1)
+        consumer.auto_claim(10, 60.0)
+    age_pending(orm.engine, STREAM, 60)
 
-    assert consumer.auto_claim(10, 0.05) == 0
+    assert consumer.auto_claim(10, 60.0) == 0
 
     assert got.ids == ids * 2
     dead = _dead_entries(redis_client)
@@ -1188,18 +1174,14 @@ def test_max_deliveries_is_counted_for_claimed_entries_far_apart_in_the_pending_
     for consumer, count in ((first, 1), (busy, 38), (first, 1)):
         with pytest.raises(RuntimeError):
             consumer.consume(count, 0)
-    time.sleep(0.5)
-    # `busy` is still working on its 38 entries: they are not idle.
-    busy_ids = [i for i, name in _pending(redis_client).items() if name == busy.name]
-    redis_client.xclaim(
-        KEY, _group(redis_client), busy.name, 0, busy_ids, idle=0, justid=True
-    )
+    # `busy` is still working on its 38 entries: only first's two are idle.
+    assert age_pending(orm.engine, STREAM, 60, consumer=first.name) == 2
     got = Recorder()
     claimer = fluxaorm.new_dirty_stream_consumer_many(
         orm, STREAM, got, max_deliveries=1
     )
 
-    claimer.auto_claim(10, 0.3)
+    claimer.auto_claim(10, 60.0)
 
     assert got.ids == []  # both idle entries were already delivered once
     dead = _dead_entries(redis_client)

@@ -16,13 +16,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import fluxaorm
+from fluxaorm.testing import age_pending
 from tests.conftest import MYSQL_URL, REDIS_URL
-from tests.models import CategoryEntity, UserEntity
 from tests.test_consumer import (
     KEY,
     STREAM,
@@ -138,11 +137,6 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
             worker.proc.stdout.close()
 
 
-@pytest.fixture
-def orm(make_engine: Any) -> fluxaorm.ORM:
-    return make_engine(UserEntity, CategoryEntity).new_orm()
-
-
 def _ints(text: str) -> list[int]:
     return [int(i) for i in text.split(",")] if text else []
 
@@ -255,8 +249,8 @@ def test_events_of_a_consumer_killed_mid_batch_are_claimed_by_a_live_one(
     assert len(_pending(redis_client)) == 6
     got = Recorder()
     live = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got)
-    time.sleep(0.1)
-    assert live.auto_claim(100, 0.05) == 6
+    age_pending(orm.engine, STREAM, 60)
+    assert live.auto_claim(100, 60.0) == 6
     assert got.ids == ids
     assert worker.ids("done") == []
     assert _pending(redis_client) == {}
@@ -283,11 +277,11 @@ def test_a_handler_that_crashes_its_process_counts_toward_max_deliveries(
 
     got = Recorder(fail=fail)
     live = fluxaorm.new_dirty_stream_consumer_many(orm, STREAM, got, max_deliveries=2)
-    time.sleep(0.1)
+    age_pending(orm.engine, STREAM, 60)
     with pytest.raises(ValueError):
-        live.auto_claim(10, 0.05)
-    time.sleep(0.1)
-    assert live.auto_claim(10, 0.05) == 0
+        live.auto_claim(10, 60.0)
+    age_pending(orm.engine, STREAM, 60)
+    assert live.auto_claim(10, 60.0) == 0
 
     assert got.ids == ids  # handed once here, once in the crashed process
     dead = _dead_entries(redis_client)

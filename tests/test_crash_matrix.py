@@ -35,7 +35,7 @@ import redis
 import fluxaorm
 from tests.conftest import MYSQL_URL, REDIS_URL
 from tests.crash_child import STREAM, Flusher, Journal, Key, Ledger, event_key
-from tests.servers import ThrowawayRedis, free_port
+from tests.servers import ThrowawayMariaDB, ThrowawayRedis, free_port
 from tests.stream_reading import outbox_rows, stream_keys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -996,45 +996,54 @@ def test_poison_event_whose_move_to_dead_is_refused_by_oom_is_not_lost(
     assert dead[0][1][b"eid"] == fields[b"eid"]
 
 
+@pytest.fixture(scope="module")
+def freezable_mariadb() -> Iterator[ThrowawayMariaDB]:
+    """A MariaDB of our own that tests may SIGSTOP (and SIGCONT) meanwhile."""
+    with ThrowawayMariaDB() as server:
+        yield server
+
+
 @pytest.mark.parametrize(
     ("frozen_at", "during_commit"), [("COMMIT", True), ("INSERT", False)]
 )
 def test_a_connection_lost_while_commit_is_in_flight_is_flagged(
-    frozen_at: str, during_commit: bool, clean: None
+    frozen_at: str,
+    during_commit: bool,
+    clean: None,
+    freezable_mariadb: ThrowawayMariaDB,
 ) -> None:
     """A server that stops answering during COMMIT gives DatabaseError.during_commit=True."""
     from tests.models import UserEntity
-    from tests.servers import ThrowawayMariaDB
 
-    with ThrowawayMariaDB() as server:
-        registry = fluxaorm.Registry()
-        registry.register_mysql(server.url, read_timeout=1)
-        registry.register_redis(REDIS_URL)
-        registry.register_entity(UserEntity)
-        engine = registry.validate()
-        engine.sync_schema()
-        # Lost in a packet without COMMIT: the first of RETURNING's two packets.
-        engine.id_strategy = "returning"
-        assert server.process is not None
-        pid = server.process.pid
-        frozen: list[str] = []
+    server = freezable_mariadb
+    registry = fluxaorm.Registry()
+    registry.register_mysql(server.url, read_timeout=1)
+    registry.register_redis(REDIS_URL)
+    registry.register_entity(UserEntity)
+    engine = registry.validate()
+    engine.sync_schema()
+    # Lost in a packet without COMMIT: the first of RETURNING's two packets.
+    engine.id_strategy = "returning"
+    assert server.process is not None
+    pid = server.process.pid
+    frozen: list[str] = []
 
-        def freeze(pool: str, sql: str) -> None:
-            # Called just before the statement is sent: the server then hangs on it.
-            if not frozen and sql.split(None, 1)[0].upper() == frozen_at:
-                frozen.append(sql)
-                os.kill(pid, signal.SIGSTOP)
+    def freeze(pool: str, sql: str) -> None:
+        # Called just before the statement is sent: the server then hangs on it.
+        if not frozen and sql.split(None, 1)[0].upper() == frozen_at:
+            frozen.append(sql)
+            os.kill(pid, signal.SIGSTOP)
 
-        engine.add_statement_listener(freeze)
-        orm = engine.new_orm()
-        orm.new_entity(UserEntity, name="Tom", email="tom@example.com")
-        try:
-            with pytest.raises(fluxaorm.DatabaseError) as caught:
-                orm.flush()
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        engine.remove_statement_listener(freeze)
-        assert frozen, "the freeze never happened"
-        assert caught.value.during_commit is during_commit
-        assert orm.has_changes  # the changes stay pending either way
-        engine.close()
+    engine.add_statement_listener(freeze)
+    orm = engine.new_orm()
+    orm.new_entity(UserEntity, name="Tom", email="tom@example.com")
+    try:
+        with pytest.raises(fluxaorm.DatabaseError) as caught:
+            orm.flush()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    engine.remove_statement_listener(freeze)
+    assert frozen, "the freeze never happened"
+    assert caught.value.during_commit is during_commit
+    assert orm.has_changes  # the changes stay pending either way
+    engine.close()

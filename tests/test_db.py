@@ -246,10 +246,8 @@ def test_connection_lost_inside_a_flush_rolls_back_and_recovers(
     assert redis_client.xlen("dirty_NewUsers") == 1
 
 
-def test_statements_are_logged_at_debug_on_fluxaorm_sql(make_engine, caplog):
+def test_statements_are_logged_at_debug_on_fluxaorm_sql(engine, orm, caplog):
     """Every statement is logged at DEBUG on logger fluxaorm.sql with its pool name."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     caplog.set_level(logging.DEBUG, logger="fluxaorm.sql")
     with count_queries(engine) as log:
         orm.new_entity(UserEntity, name="Logged")
@@ -262,10 +260,8 @@ def test_statements_are_logged_at_debug_on_fluxaorm_sql(make_engine, caplog):
     assert any("'Logged'" in m for m in messages)
 
 
-def test_long_statements_are_cut_in_the_log(make_engine, caplog):
+def test_long_statements_are_cut_in_the_log(orm, caplog):
     """A statement longer than 2,000 characters is logged cut short, ending in '...'."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     for i in range(200):
         orm.new_entity(UserEntity, name=f"user number {i}")
     caplog.set_level(logging.DEBUG, logger="fluxaorm.sql")
@@ -279,9 +275,8 @@ def test_long_statements_are_cut_in_the_log(make_engine, caplog):
     assert len(insert) <= len("[default] ") + 2000 + 3
 
 
-def test_statement_log_is_silent_above_debug(make_engine, caplog):
+def test_statement_log_is_silent_above_debug(engine, caplog):
     """At INFO, fluxaorm.sql logs nothing for ordinary statements."""
-    engine = make_engine(UserEntity)
     caplog.set_level(logging.INFO, logger="fluxaorm.sql")
     orm = engine.new_orm()
     orm.new_entity(UserEntity, name="quiet")
@@ -302,9 +297,8 @@ def test_sql_errors_are_wrapped_with_the_driver_error(make_engine):
     assert orm.search(UserEntity) == []
 
 
-def test_engine_close_closes_idle_connections_and_reconnects(make_engine, mysql_conn):
+def test_engine_close_closes_idle_connections_and_reconnects(engine, mysql_conn):
     """Engine.close() closes pooled connections; the engine reconnects when used again."""
-    engine = make_engine(UserEntity)
     first = _connection_id(engine)
     engine.close()
     cursor = mysql_conn.cursor()
@@ -333,10 +327,3 @@ def test_max_allowed_packet_option_never_exceeds_the_server(make_engine):
     with big.mysql_pool("default").connection() as conn:
         server = int(conn.query("SELECT @@max_allowed_packet")[0][0])
     assert big.mysql_pool("default").info.max_allowed_packet == server
-
-
-def test_register_mysql_rejects_unknown_options():
-    """An unknown pool option is a ConfigurationError listing the known ones."""
-    registry = fluxaorm.Registry()
-    with pytest.raises(fluxaorm.ConfigurationError, match="pool_size"):
-        registry.register_mysql(MYSQL_URL, pool_sise=2)

@@ -63,10 +63,8 @@ def _unpack(data: bytes) -> Any:
 # -- the entry layout -------------------------------------------------------------------
 
 
-def test_entry_fields_of_insert_update_and_delete(make_engine, redis_client):
+def test_entry_fields_of_insert_update_and_delete(orm, redis_client):
     """Entries carry action/entity/id/s/eid, and old on updates only."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     user = orm.new_entity(UserEntity, name="Tom", email="tom@example.com")
     orm.flush()
     edited = orm.edit_entity(user)
@@ -103,11 +101,9 @@ def test_entry_fields_of_insert_update_and_delete(make_engine, redis_client):
 
 
 def test_event_id_is_unique_per_event_and_shared_by_its_streams(
-    make_engine, redis_client
+    engine, orm, redis_client
 ):
     """Every event has its own eid; the same event keeps one eid in every stream."""
-    engine = make_engine(UserEntity, CategoryEntity)
-    orm = engine.new_orm()
     users = [orm.new_entity(UserEntity, name=f"u{n}") for n in range(3)]
     orm.new_entity(CategoryEntity, code="c")
     orm.flush()
@@ -134,10 +130,8 @@ def test_event_id_is_unique_per_event_and_shared_by_its_streams(
             assert event.event_id == by_change[key]
 
 
-def test_timestamp_is_the_flush_time_in_milliseconds(make_engine, redis_client):
+def test_timestamp_is_the_flush_time_in_milliseconds(engine, orm, redis_client):
     """The event id carries when the change was flushed (ms since the epoch)."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     orm.new_entity(UserEntity, name="Tom")
     before = int(time.time() * 1000)
     orm.flush()
@@ -526,53 +520,3 @@ def test_the_largest_bigint_unsigned_id_is_a_valid_event(valid_entry):
     """An id of 2**64 - 1 (the largest the id column holds) decodes."""
     event = _decode(valid_entry, id=b"18446744073709551615")
     assert event.id == 2**64 - 1
-
-
-def test_an_event_built_without_old_shares_no_mutable_default():
-    """DirtyStreamEvent.old defaults to an empty dict that no event can change for the others."""
-    first = fluxaorm.DirtyStreamEvent("S", "1-0", "e.E", 1, Insert, {})
-    second = fluxaorm.DirtyStreamEvent("S", "2-0", "e.E", 2, Insert, {})
-
-    with pytest.raises(TypeError):
-        first.old["leaked"] = 1
-    with pytest.raises(TypeError):
-        first.old.update(leaked=1)
-
-    assert first.old == {} and second.old == {}
-    assert isinstance(second.old, dict)
-    assert fluxaorm.DirtyStreamEvent._field_defaults["old"] == {}
-
-
-def test_outbox_payload_placeholders_resolve_from_the_trailer_or_refuse() -> None:
-    """A payload written with placeholder ids reads back with the trailer's ids
-    (first id of each INSERT, then the step); without its trailer, with a trailer
-    it should not have, or with a trailer that is not ids, it refuses to load
-    (the relay quarantines such a row rather than publish wrong ids)."""
-    from fluxaorm.events import EventBatch, EventRecord, pack_bind, placeholder_id
-
-    records = [
-        EventRecord(
-            ("S",), "add", "E", placeholder_id(k, j), pack_bind({"id": 0}), None
-        )
-        for k in range(2)
-        for j in range(3)
-    ]
-    records.append(EventRecord(("S",), "edit", "E", 7, pack_bind({"x": 1}), None))
-    batch = EventBatch("default", records)
-    for payload in (batch.dumps(True), EventBatch("default", records * 20).dumps(True)):
-        loaded = EventBatch.loads(payload + b"10,40,2")
-        got = [(r.id, msgpack.unpackb(r.bind)) for r in loaded.records[:7]]
-        assert got == [
-            (10, {"id": 10}),
-            (12, {"id": 12}),
-            (14, {"id": 14}),
-            (40, {"id": 40}),
-            (42, {"id": 42}),
-            (44, {"id": 44}),
-            (7, {"x": 1}),
-        ]
-        for bad in (b"", b"10,2", b"x,1", b"0,40,2", b"10,40,0"):
-            with pytest.raises(ValueError):
-                EventBatch.loads(payload + bad)
-    with pytest.raises(ValueError):
-        EventBatch.loads(batch.dumps(False) + b"10,40,2")

@@ -84,14 +84,12 @@ def _accounts(orm: fluxaorm.ORM, n: int, prefix: str = "a") -> list[Account]:
 
 
 def test_thousand_inserts_are_one_insert_plus_outbox_in_one_transaction(
-    make_engine, mysql_conn, redis_client
+    engine, orm, mysql_conn, redis_client
 ):
     """1,000 inserts: BEGIN, one data INSERT, the first id kept in a variable, the
     outbox INSERT (placeholder ids and that variable) and COMMIT in one packet;
     one Redis round trip records the row as published; the next flush's packet
     deletes it."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     users = [
         orm.new_entity(UserEntity, name=f"U{i}", email=f"u{i}@example.com")
         for i in range(1000)
@@ -143,10 +141,8 @@ def test_thousand_inserts_without_outbox_are_begin_insert_commit(
     assert redis_client.xlen("dirty_NewUsers") == 1000
 
 
-def test_insert_events_carry_every_field_and_the_new_id(make_engine, redis_client):
+def test_insert_events_carry_every_field_and_the_new_id(engine, orm, redis_client):
     """Each insert publishes an Insert event whose bind is every field with the id."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     a = orm.new_entity(UserEntity, name="A", email="a@example.com")
     b = orm.new_entity(UserEntity, name="B", email="b@example.com")
     orm.flush()
@@ -159,10 +155,8 @@ def test_insert_events_carry_every_field_and_the_new_id(make_engine, redis_clien
     assert events[0].entity_name == "tests.models.UserEntity"
 
 
-def test_update_writes_only_the_changed_columns(make_engine, redis_client):
+def test_update_writes_only_the_changed_columns(engine, orm, redis_client):
     """An update sends only the changed column and streams only that field."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     user = orm.new_entity(UserEntity, name="Tom", email="tom@example.com")
     orm.flush()
     redis_client.delete("dirty_AllChanges", "dirty_EmailAddedOrChanged")
@@ -268,11 +262,9 @@ def test_setting_fields_to_their_current_values_costs_nothing(
     assert not orm.has_changes
 
 
-def test_deletes_are_one_delete_in_statement(make_engine, mysql_conn, redis_client):
+def test_deletes_are_one_delete_in_statement(engine, orm, mysql_conn, redis_client):
     """Deleting N entities sends one DELETE ... WHERE id IN (...); each event holds
     every field of the deleted entity."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     users = [orm.new_entity(UserEntity, name=f"U{i}") for i in range(5)]
     orm.flush()
     for user in users[:4]:
@@ -355,13 +347,11 @@ def test_mixed_flush_is_one_transaction_and_one_round_trip(make_engine, redis_cl
 
 
 def test_published_outbox_rows_are_deleted_in_batches_inside_a_later_flush(
-    make_engine, mysql_conn, redis_client, monkeypatch
+    engine, orm, mysql_conn, redis_client, monkeypatch
 ):
     """Published outbox rows wait for the 16th, or for a flush a second later, and
     are then deleted inside that flush's transaction (no round trip of their own,
     one primary-key DELETE each), and their Redis records go with them."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     for n in range(16):
         orm.new_entity(UserEntity, name=f"u{n}")
         with count_queries(engine) as log:
@@ -527,12 +517,10 @@ def test_multi_row_insert_ids_map_to_their_rows(make_engine, mysql_conn, strateg
 
 
 def test_a_bad_value_in_entity_500_of_1000_sends_nothing(
-    make_engine, mysql_conn, redis_client
+    engine, orm, mysql_conn, redis_client
 ):
     """Validation runs before any SQL: one bad value among 1,000 inserts means zero
     statements, an empty table and no stream entry."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     users = [orm.new_entity(UserEntity, name=f"U{i}") for i in range(1000)]
     users[499].name = "x" * 101
     with (
@@ -666,10 +654,8 @@ def test_duplicate_key_on_update_rolls_back(make_engine, mysql_conn, redis_clien
     assert _waiting(engine) == 0
 
 
-def test_duplicate_primary_key_names_primary(make_engine, mysql_conn):
+def test_duplicate_primary_key_names_primary(orm, mysql_conn):
     """Inserting an id that exists raises DuplicateKeyError with index 'PRIMARY'."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     orm.new_entity(UserEntity, id=7, name="first")
     orm.flush()
     orm.new_entity(UserEntity, id=7, name="second")

@@ -56,10 +56,8 @@ def _users(orm: fluxaorm.ORM, *names: str) -> list[UserEntity]:
 # -- inserts -------------------------------------------------------------------------
 
 
-def test_new_entity_from_class_and_kwargs_gets_id_on_flush(make_engine, mysql_conn):
+def test_new_entity_from_class_and_kwargs_gets_id_on_flush(orm, mysql_conn):
     """new_entity(Class, **values) builds the entity; flush() inserts it and sets id."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     user = orm.new_entity(UserEntity, name="Tom", email="tom@example.com")
     assert isinstance(user, UserEntity)
     assert user.id == 0
@@ -81,10 +79,8 @@ def test_new_entity_keeps_defaults_of_unset_fields(make_engine):
     assert orm.get_by_id(WithFactory, tagged.id) == WithFactory(tagged.id, "none")
 
 
-def test_new_entity_adopts_an_instance(make_engine, mysql_conn):
+def test_new_entity_adopts_an_instance(orm, mysql_conn):
     """new_entity(instance) adopts an entity built by the caller and returns it as is."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     built = UserEntity(name="Built", email="b@example.com")
     assert orm.new_entity(built) is built
     orm.flush()
@@ -92,19 +88,15 @@ def test_new_entity_adopts_an_instance(make_engine, mysql_conn):
     assert _rows(mysql_conn, "UserEntity") == [(built.id, "Built", "b@example.com")]
 
 
-def test_new_entity_refuses_instance_with_values(make_engine):
+def test_new_entity_refuses_instance_with_values(orm):
     """Passing both an instance and field values to new_entity is a ValidationError."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     with pytest.raises(fluxaorm.ValidationError, match="not both"):
         orm.new_entity(UserEntity(), name="x")
     assert not orm.has_changes
 
 
-def test_multi_row_insert_gives_each_entity_its_own_id(make_engine, mysql_conn):
+def test_multi_row_insert_gives_each_entity_its_own_id(orm, mysql_conn):
     """After a multi-row insert each entity's id points at the row holding its values."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     users = _users(orm, *[f"User{i}" for i in range(50)])
     ids = [u.id for u in users]
     assert len(set(ids)) == 50
@@ -112,10 +104,8 @@ def test_multi_row_insert_gives_each_entity_its_own_id(make_engine, mysql_conn):
     assert {u.id: u.name for u in users} == stored
 
 
-def test_explicit_ids_are_inserted_as_given(make_engine, mysql_conn):
+def test_explicit_ids_are_inserted_as_given(orm, mysql_conn):
     """An entity created with its own id is inserted with that id, next to auto ids."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     mine = orm.new_entity(UserEntity, id=1000, name="Mine")
     auto = orm.new_entity(UserEntity, name="Auto")
     orm.flush()
@@ -148,46 +138,36 @@ def test_attrs_entity_crud(make_engine):
 # -- reads ---------------------------------------------------------------------------
 
 
-def test_get_by_id_returns_none_when_missing(make_engine):
+def test_get_by_id_returns_none_when_missing(orm):
     """get_by_id returns None for an id with no row."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     assert orm.get_by_id(UserEntity, 12345) is None
 
 
-def test_get_by_id_returns_an_equal_fresh_object(make_engine):
+def test_get_by_id_returns_an_equal_fresh_object(orm):
     """get_by_id loads an entity equal to what was written, as a new object."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     (user,) = _users(orm, "Tom")
     loaded = orm.get_by_id(UserEntity, user.id)
     assert loaded == user
     assert loaded is not user
 
 
-def test_get_by_ids_keeps_order_duplicates_and_missing(make_engine):
+def test_get_by_ids_keeps_order_duplicates_and_missing(orm):
     """get_by_ids answers in the order asked, repeats duplicates, None for missing."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     a, b, c = _users(orm, "A", "B", "C")
     found = orm.get_by_ids(UserEntity, [c.id, 999, a.id, c.id, b.id])
     assert found == [c, None, a, c, b]
     assert found[0] is not found[3]  # each position is its own object
 
 
-def test_get_by_ids_with_no_ids_sends_nothing(make_engine):
+def test_get_by_ids_with_no_ids_sends_nothing(engine, orm):
     """get_by_ids([]) returns [] without a query."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     with count_queries(engine) as log:
         assert orm.get_by_ids(UserEntity, []) == []
     assert log.count == 0
 
 
-def test_get_by_ids_sends_one_query(make_engine):
+def test_get_by_ids_sends_one_query(engine, orm):
     """get_by_ids loads every id with one SELECT ... IN (...)."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     users = _users(orm, "A", "B", "C")
     with count_queries(engine) as log:
         orm.get_by_ids(UserEntity, [u.id for u in users])
@@ -209,10 +189,8 @@ def test_get_by_ids_splits_long_id_lists(make_engine):
     assert found == [None] * 6000 + list(reversed(users))
 
 
-def test_get_by_id_refuses_a_non_int_id(make_engine):
+def test_get_by_id_refuses_a_non_int_id(engine, orm):
     """An id that is not an int is a ValidationError, not SQL."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     with (
         count_queries(engine) as log,
         pytest.raises(fluxaorm.ValidationError, match=r"UserEntity\.id"),
@@ -223,10 +201,8 @@ def test_get_by_id_refuses_a_non_int_id(make_engine):
     assert log.count == 0
 
 
-def test_search_with_where_order_by_and_pager(make_engine):
+def test_search_with_where_order_by_and_pager(orm):
     """search applies the Where condition, its ORDER BY and the Pager's page."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     users = _users(orm, *[f"N{i:02d}" for i in range(10)])
     where = fluxaorm.Where("`name` >= ? ORDER BY `name` DESC", "N03")
     assert [u.name for u in orm.search(UserEntity, where)] == [
@@ -238,10 +214,8 @@ def test_search_with_where_order_by_and_pager(make_engine):
     assert orm.search(UserEntity) == users
 
 
-def test_search_expands_a_list_parameter_for_in(make_engine):
+def test_search_expands_a_list_parameter_for_in(orm):
     """A list parameter after IN ? becomes a parenthesised list of values."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     a, _b, c = _users(orm, "A", "B", "C")
     found = orm.search(
         UserEntity, fluxaorm.Where("`name` IN ? ORDER BY `id`", ["C", "A", "Z"])
@@ -251,19 +225,15 @@ def test_search_expands_a_list_parameter_for_in(make_engine):
     assert by_id == [c]
 
 
-def test_search_values_are_parameters_not_sql(make_engine):
+def test_search_values_are_parameters_not_sql(orm):
     """A parameter holding SQL is compared as a value, never executed."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     _users(orm, "A")
     assert orm.search(UserEntity, fluxaorm.Where("`name` = ?", "x' OR '1'='1")) == []
     assert orm.count(UserEntity, fluxaorm.Where("`name` LIKE ?", "%")) == 1
 
 
-def test_search_one_returns_first_match_or_none(make_engine):
+def test_search_one_returns_first_match_or_none(engine, orm):
     """search_one returns the first row in the Where's order, or None."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     _a, _b, c = _users(orm, "A", "B", "C")
     with count_queries(engine) as log:
         first = orm.search_one(UserEntity, fluxaorm.Where("1 ORDER BY `name` DESC"))
@@ -272,10 +242,8 @@ def test_search_one_returns_first_match_or_none(make_engine):
     assert orm.search_one(UserEntity, fluxaorm.Where("`name` = ?", "nobody")) is None
 
 
-def test_search_ids_returns_matching_ids(make_engine):
+def test_search_ids_returns_matching_ids(engine, orm):
     """search_ids returns only ids, in the Where's order and page."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     a, b, c = _users(orm, "A", "B", "C")
     where = fluxaorm.Where("`id` > ? ORDER BY `id` DESC", 0)
     assert orm.search_ids(UserEntity, where) == [c.id, b.id, a.id]
@@ -285,20 +253,16 @@ def test_search_ids_returns_matching_ids(make_engine):
     assert log.statements[0].startswith("SELECT `id` FROM")
 
 
-def test_count_counts_matches_and_ignores_order_by(make_engine):
+def test_count_counts_matches_and_ignores_order_by(orm):
     """count returns the number of matching rows, whatever ORDER BY the Where has."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     _users(orm, "A", "B", "C", "D")
     assert orm.count(UserEntity) == 4
     assert orm.count(UserEntity, fluxaorm.Where("`name` IN ?", ["A", "D"])) == 2
     assert orm.count(UserEntity, fluxaorm.Where("`name` > ? ORDER BY `name`", "B")) == 2
 
 
-def test_count_with_parameters_in_order_by(make_engine):
+def test_count_with_parameters_in_order_by(orm):
     """count accepts a Where whose ORDER BY holds ? parameters."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     _users(orm, "A", "B", "C")
     where = fluxaorm.Where("`name` <> ? ORDER BY FIELD(`name`, ?, ?)", "B", "C", "A")
     assert [u.name for u in orm.search(UserEntity, where)] == ["C", "A"]
@@ -306,10 +270,8 @@ def test_count_with_parameters_in_order_by(make_engine):
     assert orm.search_with_count(UserEntity, where, fluxaorm.Pager(1, 1))[1] == 2
 
 
-def test_search_with_count_reports_the_total_across_pages(make_engine):
+def test_search_with_count_reports_the_total_across_pages(orm):
     """search_with_count returns one page of rows and the total number of matches."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     _users(orm, *[f"U{i}" for i in range(7)])
     where = fluxaorm.Where("1 ORDER BY `id`")
     rows, total = orm.search_with_count(UserEntity, where, fluxaorm.Pager(1, 3))
@@ -324,10 +286,8 @@ def test_search_with_count_reports_the_total_across_pages(make_engine):
     assert ([u.name for u in rows], total) == (["U2"], 1)
 
 
-def test_reads_of_an_unregistered_class_raise_configuration_error(make_engine):
+def test_reads_of_an_unregistered_class_raise_configuration_error(orm):
     """Every read of a class that was never registered is a ConfigurationError."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     reads = [
         lambda: orm.get_by_id(Unregistered, 1),
         lambda: orm.get_by_ids(Unregistered, [1]),
@@ -345,10 +305,8 @@ def test_reads_of_an_unregistered_class_raise_configuration_error(make_engine):
 # -- edits ---------------------------------------------------------------------------
 
 
-def test_edit_entity_returns_a_tracked_copy(make_engine, mysql_conn):
+def test_edit_entity_returns_a_tracked_copy(orm, mysql_conn):
     """edit_entity returns a copy; its changes are written, the original is untouched."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     (user,) = _users(orm, "Tom")
     loaded = orm.get_by_id(UserEntity, user.id)
     edited = orm.edit_entity(loaded)
@@ -362,12 +320,10 @@ def test_edit_entity_returns_a_tracked_copy(make_engine, mysql_conn):
 
 
 def test_changes_to_the_original_after_edit_entity_are_refused_not_lost(
-    make_engine, mysql_conn
+    engine, orm, mysql_conn
 ):
     """A change made to the loaded object instead of its tracked copy is never
     silently dropped: flush() refuses it, names the field, and writes nothing."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     (user,) = _users(orm, "Tom")
     loaded = orm.get_by_id(UserEntity, user.id)
     edited = orm.edit_entity(loaded)
@@ -387,11 +343,9 @@ def test_changes_to_the_original_after_edit_entity_are_refused_not_lost(
     assert _rows(mysql_conn, "UserEntity") == [(user.id, "Tom", "copy@example.com")]
 
 
-def test_editing_the_same_object_twice_yields_one_tracked_copy(make_engine, mysql_conn):
+def test_editing_the_same_object_twice_yields_one_tracked_copy(engine, orm, mysql_conn):
     """edit_entity called twice on one loaded object before a flush returns the same
     copy, so both changes land in one update; after the flush a new copy is made."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     a, b = _users(orm, "A", "B")
     loaded = orm.get_by_id(UserEntity, a.id)
     orm.edit_entity(loaded).name = "first"
@@ -414,10 +368,8 @@ def test_editing_the_same_object_twice_yields_one_tracked_copy(make_engine, mysq
     assert orm.edit_entity(loaded) is not fresh
 
 
-def test_edit_entity_of_a_pending_insert_returns_it(make_engine, mysql_conn):
+def test_edit_entity_of_a_pending_insert_returns_it(engine, orm, mysql_conn):
     """Editing an entity that waits for insert returns that entity; one INSERT follows."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     user = orm.new_entity(UserEntity, name="Tom")
     assert orm.edit_entity(user) is user
     user.email = "late@example.com"
@@ -427,10 +379,8 @@ def test_edit_entity_of_a_pending_insert_returns_it(make_engine, mysql_conn):
     assert _rows(mysql_conn, "UserEntity") == [(user.id, "Tom", "late@example.com")]
 
 
-def test_a_tracked_copy_can_be_edited_again_after_flush(make_engine, mysql_conn):
+def test_a_tracked_copy_can_be_edited_again_after_flush(orm, mysql_conn):
     """A tracked copy is tracked from its flushed state: a second edit writes again."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     (user,) = _users(orm, "Tom")
     edited = orm.edit_entity(orm.get_by_id(UserEntity, user.id))
     edited.name = "Tim"
@@ -441,19 +391,15 @@ def test_a_tracked_copy_can_be_edited_again_after_flush(make_engine, mysql_conn)
     assert _rows(mysql_conn, "UserEntity", "`name`") == [("Tam",)]
 
 
-def test_edit_entity_refuses_an_unsaved_entity(make_engine):
+def test_edit_entity_refuses_an_unsaved_entity(orm):
     """edit_entity of an entity that was never flushed is a ValidationError."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     with pytest.raises(fluxaorm.ValidationError, match="never saved"):
         orm.edit_entity(UserEntity(name="x"))
     assert not orm.has_changes
 
 
-def test_changing_the_id_of_an_edited_entity_is_refused(make_engine, mysql_conn):
+def test_changing_the_id_of_an_edited_entity_is_refused(engine, orm, mysql_conn):
     """A tracked copy whose id changed fails the flush with nothing written."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     (user,) = _users(orm, "Tom")
     edited = orm.edit_entity(orm.get_by_id(UserEntity, user.id))
     edited.id = user.id + 1
@@ -472,10 +418,8 @@ def test_changing_the_id_of_an_edited_entity_is_refused(make_engine, mysql_conn)
 # -- deletes -------------------------------------------------------------------------
 
 
-def test_delete_entity_removes_the_row(make_engine, mysql_conn):
+def test_delete_entity_removes_the_row(orm, mysql_conn):
     """delete_entity + flush deletes the row; get_by_id then returns None."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     a, b = _users(orm, "A", "B")
     orm.delete_entity(orm.get_by_id(UserEntity, a.id))
     orm.flush()
@@ -483,10 +427,8 @@ def test_delete_entity_removes_the_row(make_engine, mysql_conn):
     assert _rows(mysql_conn, "UserEntity", "`id`") == [(b.id,)]
 
 
-def test_deleting_a_never_flushed_entity_forgets_it(make_engine, mysql_conn):
+def test_deleting_a_never_flushed_entity_forgets_it(engine, orm, mysql_conn):
     """Deleting an entity still waiting for insert drops it: no SQL at all."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     user = orm.new_entity(UserEntity, name="Ghost")
     orm.delete_entity(user)
     assert not orm.has_changes
@@ -497,19 +439,15 @@ def test_deleting_a_never_flushed_entity_forgets_it(make_engine, mysql_conn):
     assert _rows(mysql_conn, "UserEntity") == []
 
 
-def test_delete_entity_refuses_an_unsaved_entity(make_engine):
+def test_delete_entity_refuses_an_unsaved_entity(orm):
     """delete_entity of an entity that was never saved or added is a ValidationError."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     with pytest.raises(fluxaorm.ValidationError, match="never saved"):
         orm.delete_entity(UserEntity(name="x"))
     assert not orm.has_changes
 
 
-def test_delete_of_an_edited_copy_drops_its_update(make_engine, mysql_conn):
+def test_delete_of_an_edited_copy_drops_its_update(engine, orm, mysql_conn):
     """Deleting a tracked copy replaces its pending update by the delete."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     (user,) = _users(orm, "Tom")
     edited = orm.edit_entity(orm.get_by_id(UserEntity, user.id))
     edited.name = "Tim"
@@ -520,10 +458,8 @@ def test_delete_of_an_edited_copy_drops_its_update(make_engine, mysql_conn):
     assert _rows(mysql_conn, "UserEntity") == []
 
 
-def test_clear_flush_forgets_every_pending_change(make_engine, mysql_conn):
+def test_clear_flush_forgets_every_pending_change(engine, orm, mysql_conn):
     """clear_flush drops pending inserts, edits and deletes."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     a, b = _users(orm, "A", "B")
     orm.new_entity(UserEntity, name="C")
     edited = orm.edit_entity(orm.get_by_id(UserEntity, a.id))
@@ -666,10 +602,8 @@ def test_setting_fake_delete_by_hand_is_refused(make_engine, mysql_conn):
 # -- bad input -----------------------------------------------------------------------
 
 
-def test_unknown_field_names_entity_field_and_suggestion(make_engine):
+def test_unknown_field_names_entity_field_and_suggestion(orm):
     """An unknown keyword of new_entity is a ValidationError with 'did you mean'."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     with pytest.raises(fluxaorm.ValidationError) as caught:
         orm.new_entity(UserEntity, name="x", emial="a@b.c")
     error = caught.value
@@ -681,11 +615,9 @@ def test_unknown_field_names_entity_field_and_suggestion(make_engine):
     assert not orm.has_changes
 
 
-def test_unregistered_entity_class_is_refused_on_writes(make_engine):
+def test_unregistered_entity_class_is_refused_on_writes(orm):
     """new_entity, edit_entity and delete_entity of an unregistered class raise
     ConfigurationError naming it."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     with pytest.raises(fluxaorm.ConfigurationError, match="Unregistered"):
         orm.new_entity(Unregistered, name="x")
     with pytest.raises(fluxaorm.ConfigurationError, match="register_entity"):
@@ -758,10 +690,8 @@ def test_bad_values_fail_the_flush_before_any_sql(
     assert bad.id == 0
 
 
-def test_bad_value_in_an_edit_fails_before_any_sql(make_engine, mysql_conn):
+def test_bad_value_in_an_edit_fails_before_any_sql(engine, orm, mysql_conn):
     """A wrong value on a tracked copy raises ValidationError and writes nothing."""
-    engine = make_engine(UserEntity, CategoryEntity)
-    orm = engine.new_orm()
     (user,) = _users(orm, "Tom")
     orm.new_entity(CategoryEntity, code="c")
     edited = orm.edit_entity(orm.get_by_id(UserEntity, user.id))
@@ -780,10 +710,8 @@ def test_bad_value_in_an_edit_fails_before_any_sql(make_engine, mysql_conn):
 
 
 @pytest.mark.parametrize("ident", [-5, "7"])
-def test_invalid_explicit_id_is_refused(make_engine, mysql_conn, ident):
+def test_invalid_explicit_id_is_refused(orm, mysql_conn, ident):
     """An explicit id that is negative or not an int is a ValidationError on id."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     orm.new_entity(UserEntity, id=ident, name="x")
     with pytest.raises(fluxaorm.ValidationError, match=r"UserEntity\.id"):
         orm.flush()

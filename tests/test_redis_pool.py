@@ -16,7 +16,7 @@ import pytest
 import fluxaorm
 from fluxaorm.config import RedisConfig
 from fluxaorm.streams import RedisPool
-from tests.servers import ThrowawayRedis
+from tests.servers import ThrowawayRedis, free_port
 
 SECRET = "pool-secret-9f2"
 
@@ -67,18 +67,15 @@ def test_errors_retrying_cannot_fix_are_permanent_and_say_what_to_fix(
     assert error.pool == "default"
 
 
-def test_a_password_given_to_a_server_without_one_is_permanent():
+def test_a_password_given_to_a_server_without_one_is_permanent(other_redis):
     """AUTH to a server with no password configured is a configuration error, not an outage."""
-    with ThrowawayRedis() as server:
-        error = _error(f"redis://:{SECRET}@127.0.0.1:{server.port}/0")
+    error = _error(f"redis://:{SECRET}@127.0.0.1:{other_redis.port}/0")
     assert error.permanent and not error.connection_lost
 
 
 def test_an_unreachable_server_is_an_outage_not_permanent():
     """A refused connection stays connection_lost=True, permanent=False (worth retrying)."""
-    with ThrowawayRedis() as server:
-        port = server.port
-    error = _error(f"redis://127.0.0.1:{port}/0")
+    error = _error(f"redis://127.0.0.1:{free_port()}/0")
     assert error.connection_lost and not error.permanent
 
 

@@ -296,31 +296,33 @@ def test_dead_letters_with_odd_fields_are_listed_never_raise(
     assert letters[1].original_id == "\ufffd\ufffd"
 
 
-def test_trimming_a_lagging_group_never_reads_its_backlog(make_engine: Any) -> None:
+def test_trimming_a_lagging_group_never_reads_its_backlog(
+    make_engine: Any, other_redis: ThrowawayRedis
+) -> None:
     """max_len trim with 20,000 unread entries reads none of them: its replies stay a few hundred bytes."""
-    with ThrowawayRedis() as server:
-        client = server.client()
-        pipe = client.pipeline(transaction=False)
-        for i in range(20_000):
-            pipe.xadd("dirty_Retained", {"action": "add", "pad": "x" * 100, "n": i})
-        pipe.execute()
-        client.xgroup_create("dirty_Retained", "default", "0")
-        read = client.xreadgroup("default", "c", {"dirty_Retained": ">"}, count=10)
-        client.xack("dirty_Retained", "default", *[i for i, _ in read[0][1]])
-        engine = _engine_on(server.url, max_len=100)
-        broker = engine.get_event_broker()
-        before = int(client.info("stats")["total_net_output_bytes"])
+    server = other_redis
+    client = server.client()
+    pipe = client.pipeline(transaction=False)
+    for i in range(20_000):
+        pipe.xadd("dirty_Retained", {"action": "add", "pad": "x" * 100, "n": i})
+    pipe.execute()
+    client.xgroup_create("dirty_Retained", "default", "0")
+    read = client.xreadgroup("default", "c", {"dirty_Retained": ">"}, count=10)
+    client.xack("dirty_Retained", "default", *[i for i, _ in read[0][1]])
+    engine = _engine_on(server.url, max_len=100)
+    broker = engine.get_event_broker()
+    before = int(client.info("stats")["total_net_output_bytes"])
 
-        with count_round_trips(engine) as trips:
-            removed = broker.trim_streams("Retained")
+    with count_round_trips(engine) as trips:
+        removed = broker.trim_streams("Retained")
 
-        sent = int(client.info("stats")["total_net_output_bytes"]) - before
-        assert removed == {"dirty_Retained": 10}  # the handled ones, not the backlog
-        assert client.xlen("dirty_Retained") == 19_990
-        assert sent < 5_000, f"{sent} bytes of replies for one trim"
-        assert trips.count <= 4
-        engine.close()
-        client.close()
+    sent = int(client.info("stats")["total_net_output_bytes"]) - before
+    assert removed == {"dirty_Retained": 10}  # the handled ones, not the backlog
+    assert client.xlen("dirty_Retained") == 19_990
+    assert sent < 5_000, f"{sent} bytes of replies for one trim"
+    assert trips.count <= 4
+    engine.close()
+    client.close()
 
 
 def test_trim_by_max_len_still_removes_exactly_the_handled_excess(

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import fluxaorm
-from tests.models import CategoryEntity, UserEntity
+from tests.models import UserEntity
 
 
-def test_spec_example_round_trip(make_engine) -> None:
+def test_spec_example_round_trip(orm) -> None:
     """The SPEC's CRUD example inserts, reads, edits and deletes a user."""
-    engine = make_engine(UserEntity, CategoryEntity)
-    orm = engine.new_orm()
     user = orm.new_entity(UserEntity, name="Tom", email="tom@example.com")
     orm.flush()
     assert user.id > 0

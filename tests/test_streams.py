@@ -92,24 +92,6 @@ class OnSecondMySQL:
     name: str = ""
 
 
-@dataclass
-class SharedOnDefault:
-    id: int = field(default=0, metadata={"orm": "dirty=Shared"})
-
-
-@fluxaorm.entity(redis_pool="other")
-@dataclass
-class SharedOnOther:
-    id: int = field(default=0, metadata={"orm": "dirty=Shared"})
-
-
-@pytest.fixture
-def other_redis() -> Iterator[ThrowawayRedis]:
-    """A Redis server of our own, registered as the pool ``other``."""
-    with ThrowawayRedis() as server:
-        yield server
-
-
 @pytest.fixture
 def two_pool_engine(clean: None, other_redis: ThrowawayRedis) -> Iterator[Any]:
     """An engine with the Redis pools ``default`` (test DB) and ``other`` (throwaway)."""
@@ -168,17 +150,6 @@ def test_stream_lookup_by_key_and_unknown_name(make_engine):
         engine.stream("NoSuchStream")
 
 
-def test_stream_fed_from_two_redis_pools_is_a_schema_error():
-    """A stream fed by entities on different Redis pools fails at validate()."""
-    registry = fluxaorm.Registry()
-    registry.register_mysql(MYSQL_URL)
-    registry.register_redis(REDIS_URL)
-    registry.register_redis(REDIS_URL, pool="other")
-    registry.register_entity(SharedOnDefault, SharedOnOther)
-    with pytest.raises(fluxaorm.SchemaError, match="Shared"):
-        registry.validate()
-
-
 def test_stream_lives_on_its_entities_redis_pool():
     """A stream of an entity with redis_pool="other" is reported on that pool."""
     registry = fluxaorm.Registry()
@@ -196,11 +167,9 @@ def test_stream_lives_on_its_entities_redis_pool():
 
 
 def test_spec_example_streams_receive_exactly_what_the_spec_says(
-    make_engine, redis_client
+    engine, orm, redis_client
 ):
     """Inserts, email/name updates and deletes land on exactly the SPEC §1.1 streams."""
-    engine = make_engine(UserEntity, CategoryEntity)
-    orm = engine.new_orm()
     tom = orm.new_entity(UserEntity, name="Tom", email="tom@example.com")
     ann = orm.new_entity(UserEntity, name="Ann", email="ann@example.com")
     books = orm.new_entity(CategoryEntity, code="books")
@@ -336,10 +305,8 @@ def test_updates_in_one_flush_are_routed_by_their_own_changes(
     assert set(contents) == {"OnEdit", "WatchedChanged", "Either"}
 
 
-def test_change_of_unwatched_field_reaches_no_column_stream(make_engine, redis_client):
+def test_change_of_unwatched_field_reaches_no_column_stream(engine, orm, redis_client):
     """Only name changed: EmailAddedOrChanged gets nothing; AllChanges gets the update."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     user = orm.new_entity(UserEntity, name="Tom", email="tom@example.com")
     orm.flush()
     redis_client.flushdb()
@@ -491,9 +458,8 @@ def test_product_fake_delete_is_a_delete_event(make_engine, redis_client):
 # -- 4. one round trip per Redis pool, after COMMIT -------------------------------------
 
 
-def test_flush_publishes_in_one_round_trip_after_commit(make_engine, redis_client):
+def test_flush_publishes_in_one_round_trip_after_commit(engine, redis_client):
     """The outbox row is written before COMMIT; the one XADD round trip comes after it."""
-    engine = make_engine(UserEntity, CategoryEntity)
     log: list[tuple[str, str, Any]] = []
 
     def on_sql(pool: str, sql: str) -> None:
@@ -530,12 +496,10 @@ def test_flush_publishes_in_one_round_trip_after_commit(make_engine, redis_clien
 
 
 def test_thousand_inserts_to_three_streams_cost_one_round_trip(
-    make_engine, redis_client
+    engine, orm, redis_client
 ):
     """1,000 users feeding 3 streams: one Redis round trip carrying 3,000 XADDs
     (and, per stream, the ZADD recording the outbox row as published)."""
-    engine = make_engine(UserEntity)
-    orm = engine.new_orm()
     users = [
         orm.new_entity(UserEntity, name=f"u{n}", email=f"u{n}@example.com")
         for n in range(1000)
@@ -622,11 +586,9 @@ def test_two_mysql_pools_one_redis_pool_publish_after_both_commits(clean, redis_
 
 
 def test_push_dirty_sends_full_updates_to_every_update_stream(
-    make_engine, redis_client
+    engine, orm, redis_client
 ):
     """push_dirty: an Update with every field to id-edit and column streams only."""
-    engine = make_engine(UserEntity, CategoryEntity)
-    orm = engine.new_orm()
     user = orm.new_entity(UserEntity, name="Tom", email="tom@example.com")
     books = orm.new_entity(CategoryEntity, code="books")
     orm.flush()

@@ -1,0 +1,60 @@
+"""The event value object without a server; the wire format against Redis is tested in
+tests/test_events.py."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+import fluxaorm
+from fluxaorm import Insert
+
+
+def test_an_event_built_without_old_shares_no_mutable_default():
+    """DirtyStreamEvent.old defaults to an empty dict that no event can change for the others."""
+    first = fluxaorm.DirtyStreamEvent("S", "1-0", "e.E", 1, Insert, {})
+    second = fluxaorm.DirtyStreamEvent("S", "2-0", "e.E", 2, Insert, {})
+
+    with pytest.raises(TypeError):
+        first.old["leaked"] = 1
+    with pytest.raises(TypeError):
+        first.old.update(leaked=1)
+
+    assert first.old == {} and second.old == {}
+    assert isinstance(second.old, dict)
+    assert fluxaorm.DirtyStreamEvent._field_defaults["old"] == {}
+
+
+def test_outbox_payload_placeholders_resolve_from_the_trailer_or_refuse() -> None:
+    """A payload written with placeholder ids reads back with the trailer's ids
+    (first id of each INSERT, then the step); without its trailer, with a trailer
+    it should not have, or with a trailer that is not ids, it refuses to load
+    (the relay quarantines such a row rather than publish wrong ids)."""
+    from fluxaorm.events import EventBatch, EventRecord, pack_bind, placeholder_id
+
+    records = [
+        EventRecord(
+            ("S",), "add", "E", placeholder_id(k, j), pack_bind({"id": 0}), None
+        )
+        for k in range(2)
+        for j in range(3)
+    ]
+    records.append(EventRecord(("S",), "edit", "E", 7, pack_bind({"x": 1}), None))
+    batch = EventBatch("default", records)
+    for payload in (batch.dumps(True), EventBatch("default", records * 20).dumps(True)):
+        loaded = EventBatch.loads(payload + b"10,40,2")
+        got = [(r.id, msgpack.unpackb(r.bind)) for r in loaded.records[:7]]
+        assert got == [
+            (10, {"id": 10}),
+            (12, {"id": 12}),
+            (14, {"id": 14}),
+            (40, {"id": 40}),
+            (42, {"id": 42}),
+            (44, {"id": 44}),
+            (7, {"x": 1}),
+        ]
+        for bad in (b"", b"10,2", b"x,1", b"0,40,2", b"10,40,0"):
+            with pytest.raises(ValueError):
+                EventBatch.loads(payload + bad)
+    with pytest.raises(ValueError):
+        EventBatch.loads(batch.dumps(False) + b"10,40,2")
