@@ -120,7 +120,7 @@ class Observer:
     ) -> tuple[set[int], list[StreamError]]:
         """Run one publish inside its span; count the entries Redis accepted."""
         spans = self.spans
-        if spans is None:
+        if spans is None or not batches:
             done, errors = run()
         else:
             with spans.send(batches) as span:
