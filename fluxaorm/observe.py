@@ -23,7 +23,7 @@ from .errors import (
     StreamError,
     ValidationError,
 )
-from .events import STREAM_PREFIX
+from .events import STREAM_PREFIX, TRACEPARENT
 
 if TYPE_CHECKING:
     from .consumer import DirtyStreamConsumer
@@ -186,7 +186,7 @@ class Observer:
             return
         wanted = {e.message_id for e in events}
         traces = [
-            fields.get(b"traceparent")
+            fields.get(TRACEPARENT)
             for ident, fields in entries
             if ident in wanted and fields is not None
         ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError
+from .events import TRACEPARENT
 from .observe import attach
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["TRACEPARENT_FIELD", "disable", "enable"]
 
 #: The stream entry field that carries the producer's W3C trace context.
-TRACEPARENT_FIELD = "traceparent"
+TRACEPARENT_FIELD = TRACEPARENT.decode()
 _HINT = (
     "tracing needs OpenTelemetry: pip install 'fluxaorm[opentelemetry]' "
     "(and an OpenTelemetry SDK, e.g. opentelemetry-sdk, to export the spans)"
