@@ -231,6 +231,8 @@ class DirtyStreamConsumer:
             )
             cursor = text(reply[0])
             entries = parse_entries(reply[1])
+            if entries and self._engine.observer is not None:
+                self._engine.observer.claimed(self, len(entries))
             if entries:
                 try:
                     handed += self._deliver(entries, redelivered=True)
@@ -537,8 +539,12 @@ class DirtyStreamConsumer:
                 raise refused
             return 0
         self._acked.clear()
+        observer = self._engine.observer
         try:
-            self._handler(events)
+            if observer is None:
+                self._handler(events)
+            else:  # metrics or tracing: the call is timed, counted, a span
+                observer.handle(self, events, live, self._handler)
         except BaseException as exc:
             reason = f"{type(exc).__name__}: {exc}"
             for event in events:
@@ -657,6 +663,8 @@ class DirtyStreamConsumer:
             )
         if moved:
             self._ack(moved)
+            if self._engine.observer is not None:
+                self._engine.observer.dead_lettered(self, dead, replies)
         if not refused:
             return None
         ident, first = refused[0]

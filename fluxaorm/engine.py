@@ -30,6 +30,7 @@ from .streams import RedisPool, RoundTripListener
 
 if TYPE_CHECKING:
     from .broker import EventBroker
+    from .observe import Observer
     from .orm import ORM
 
 __all__ = ["Engine", "StreamInfo"]
@@ -109,6 +110,8 @@ class Engine:
         self._cleaning: dict[str, dict[int, _Published]] = {}
         self._lock = threading.Lock()
         self._unwire: dict[str, Unwirer] = {}
+        # Metrics and tracing (fluxaorm.metrics / fluxaorm.tracing); None: off.
+        self.observer: Observer | None = None
         for schema in self._schemas.values():
             self._unwire[schema.name] = compile_unwire(schema.columns, schema.label)
 
@@ -352,7 +355,12 @@ class Engine:
                 mine = set(self._unpublished.get(name, ()))
             try:
                 result = _relay.relay(
-                    self._mysql[name], self._redis, self.encoder, self.relay_delay, mine
+                    self._mysql[name],
+                    self._redis,
+                    self.encoder,
+                    self.relay_delay,
+                    mine,
+                    self.observer,
                 )
             except DatabaseError as exc:
                 _log.warning(
@@ -364,6 +372,8 @@ class Engine:
                 first = first or exc
                 continue
             total += result.published
+            if self.observer is not None:
+                self.observer.relayed(name, result.published)
             # Without a Redis outage every row of `mine` was seen: published,
             # quarantined, backed off, gone, or held by a concurrent relay.
             with self._lock:

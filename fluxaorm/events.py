@@ -42,9 +42,11 @@ _OUTBOX_VERSION = 1
 # :func:`placeholder_id`) and, after the msgpack body, the ids' ASCII trailer.
 _OUTBOX_PLACEHOLDERS = 2
 # Outbox payloads at least this long are zlib-compressed; shorter ones start
-# with the msgpack header of their 7-item array.
+# with the msgpack header of their 7-item array (8 with a trace context).
 _COMPRESS_FROM = 1024
-_PLAIN = b"\x97"
+_PLAIN = (b"\x97", b"\x98")
+# The entry field carrying the producer's W3C trace context (tracing on only).
+TRACEPARENT = b"traceparent"
 
 
 class Operation(enum.Enum):
@@ -104,9 +106,11 @@ class EventBatch:
             ``eid = f"{event_id}-{n}"``.
         timestamp_ms: when the batch was made (milliseconds since the epoch).
         records: the events, in publish order.
+        trace: the W3C ``traceparent`` of the span that produced the batch, set
+            only while tracing is on; written in each entry and the outbox row.
     """
 
-    __slots__ = ("event_id", "records", "redis_pool", "timestamp_ms")
+    __slots__ = ("event_id", "records", "redis_pool", "timestamp_ms", "trace")
 
     def __init__(
         self,
@@ -114,8 +118,10 @@ class EventBatch:
         records: list[EventRecord] | None = None,
         event_id: str | None = None,
         timestamp_ms: int | None = None,
+        trace: bytes | None = None,
     ):
         self.redis_pool = redis_pool
+        self.trace = trace
         self.records: list[EventRecord] = records if records is not None else []
         self.timestamp_ms = (
             timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
@@ -149,7 +155,12 @@ class EventBatch:
             )
             if current and size + grow > limit:
                 parts.append(
-                    EventBatch(self.redis_pool, current, timestamp_ms=self.timestamp_ms)
+                    EventBatch(
+                        self.redis_pool,
+                        current,
+                        timestamp_ms=self.timestamp_ms,
+                        trace=self.trace,
+                    )
                 )
                 current, size = [], 0
             current.append(r)
@@ -157,7 +168,12 @@ class EventBatch:
         if not parts:
             return [self]
         parts.append(
-            EventBatch(self.redis_pool, current, timestamp_ms=self.timestamp_ms)
+            EventBatch(
+                self.redis_pool,
+                current,
+                timestamp_ms=self.timestamp_ms,
+                trace=self.trace,
+            )
         )
         return parts
 
@@ -168,7 +184,8 @@ class EventBatch:
         millisecond, which MySQL repays when it writes, and later deletes, the row.
         A payload under 1 KiB (a flush of a few rows) is stored as is: there the
         compression costs more than it saves. :meth:`loads` reads both (a zlib
-        stream starts with 0x78, this msgpack array with 0x97).
+        stream starts with 0x78, this msgpack array with 0x97, or 0x98 when an
+        eighth item, the batch's trace context, follows).
 
         ``placeholders``: some ids are :func:`placeholder_id` values; the outbox
         row appends the trailer that resolves them (``outbox.insert_statements``),
@@ -189,17 +206,18 @@ class EventBatch:
                 entity = entities.setdefault(name, len(entities))
                 last_entity = name
             append((route, action, entity, ident, bind, old))
-        packed = _PACK(
-            (
-                _OUTBOX_PLACEHOLDERS if placeholders else _OUTBOX_VERSION,
-                self.redis_pool,
-                self.event_id,
-                self.timestamp_ms,
-                list(routes),
-                list(entities),
-                rows,
-            )
+        items: tuple[Any, ...] = (
+            _OUTBOX_PLACEHOLDERS if placeholders else _OUTBOX_VERSION,
+            self.redis_pool,
+            self.event_id,
+            self.timestamp_ms,
+            list(routes),
+            list(entities),
+            rows,
         )
+        if self.trace is not None:
+            items += (self.trace,)
+        packed = _PACK(items)
         if len(packed) < _COMPRESS_FROM:
             return bytes(packed)
         return zlib.compress(packed, 1)
@@ -212,7 +230,7 @@ class EventBatch:
             ValueError: the payload is not an outbox batch this version can read.
         """
         try:
-            if data[:1] == _PLAIN:
+            if data[:1] in _PLAIN:
                 unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(data))
                 unpacker.feed(data)
                 body = unpacker.unpack()
@@ -221,7 +239,7 @@ class EventBatch:
                 inflate = zlib.decompressobj()
                 body = msgpack.unpackb(inflate.decompress(data), raw=False)
                 trailer = inflate.unused_data
-            version, pool, event_id, ts, routes, entities, rows = body
+            version, pool, event_id, ts, routes, entities, rows, *more = body
         except zlib.error as exc:
             raise ValueError(f"outbox payload is not zlib data: {exc}") from None
         except Exception as exc:  # msgpack raises several unrelated types
@@ -230,6 +248,7 @@ class EventBatch:
             raise ValueError(f"unknown outbox payload version {version}")
         if (version == _OUTBOX_PLACEHOLDERS) != bool(trailer):
             raise ValueError("outbox payload has a trailer that does not belong")
+        trace = more[0] if more and isinstance(more[0], bytes) else None
         route_list = [tuple(r) for r in routes]
         records = [
             EventRecord(route_list[route], action, entities[entity], ident, bind, old)
@@ -237,7 +256,7 @@ class EventBatch:
         ]
         if trailer:
             records = _placeholders_resolved(records, trailer)
-        return cls(pool, records, event_id, ts)
+        return cls(pool, records, event_id, ts, trace)
 
 
 def _placeholders_resolved(
@@ -322,14 +341,23 @@ class StreamEncoder:
         self._prefixes: dict[
             tuple[tuple[str, ...], str, str, bool], tuple[bytes, ...]
         ] = {}
+        self._traced_prefixes: dict[
+            tuple[tuple[str, ...], str, str, bool], tuple[bytes, ...]
+        ] = {}
 
     def _prefixes_of(
-        self, streams: tuple[str, ...], action: str, entity: str, has_old: bool
+        self,
+        streams: tuple[str, ...],
+        action: str,
+        entity: str,
+        has_old: bool,
+        traced: bool = False,
     ) -> tuple[bytes, ...]:
         key = (streams, action, entity, has_old)
-        found = self._prefixes.get(key)
+        cache = self._traced_prefixes if traced else self._prefixes
+        found = cache.get(key)
         if found is None:
-            fields = 6 if has_old else 5
+            fields = (6 if has_old else 5) + traced
             parts = []
             for stream in streams:
                 head = [b"XADD", stream_key(stream).encode(), *self._trim(stream), b"*"]
@@ -338,11 +366,13 @@ class StreamEncoder:
                 packed.append(bulk(b"action") + bulk(action.encode()))
                 packed.append(bulk(b"entity") + bulk(entity.encode()))
                 parts.append(b"".join(packed))
-            found = self._prefixes[key] = tuple(parts)
+            found = cache[key] = tuple(parts)
         return found
 
     def encode(self, batch: EventBatch) -> tuple[bytes, int]:
         """Return ``(RESP bytes, number of commands)`` for every entry of ``batch``."""
+        if batch.trace is not None:
+            return self._encode_traced(batch, batch.trace)
         out: list[bytes] = []
         append = out.append
         eid_prefix = batch.event_id.encode() + b"-"
@@ -365,6 +395,25 @@ class StreamEncoder:
             for head in prefixes(streams, action, entity, old is not None):
                 append(head)
                 append(body)
+                count += 1
+        return b"".join(out), count
+
+    def _encode_traced(self, batch: EventBatch, trace: bytes) -> tuple[bytes, int]:
+        """:meth:`encode` with a last field, ``traceparent`` (tracing on only)."""
+        tail = bulk(TRACEPARENT) + bulk(trace)
+        out: list[bytes] = []
+        count = 0
+        for n, (streams, action, entity, ident, bind, old) in enumerate(batch.records):
+            fields = [b"id", b"%d" % ident, b"s", bind]
+            if old is not None:
+                fields += [b"old", old]
+            fields += [b"eid", b"%b-%d" % (batch.event_id.encode(), n)]
+            body = b"".join(bulk(f) for f in fields) + tail
+            for head in self._prefixes_of(
+                streams, action, entity, old is not None, traced=True
+            ):
+                out.append(head)
+                out.append(body)
                 count += 1
         return b"".join(out), count
 

@@ -533,6 +533,8 @@ class _Statements:
             batch = EventBatch(name, records)
             fits = self.sizes[name] <= limit
             batches.extend([batch] if fits else batch.split(limit))
+        if engine.observer is not None:  # tracing: the flush span's context
+            engine.observer.stamp(batches)
         if not batches or not engine.outbox:
             return
         ids = self.result.outbox_ids
@@ -1012,6 +1014,7 @@ def _publish_results(engine: Engine, results: list[FlushResult]) -> StreamError 
         outcome=outcome,
         record=[owner[1] is not None for owner in owners],
         forget=forget,
+        observer=engine.observer,
     )
     if not engine.outbox:
         if errors:

@@ -340,8 +340,12 @@ class ORM:
             for tracked, _ in copies
         ]
         deletes = [(row, entity) for row, (_, entity, _) in pending.deletes.items()]
+        observer = self._engine.observer
         try:
-            _flush.execute(self._engine, pending)
+            if observer is None:
+                _flush.execute(self._engine, pending)
+            else:
+                observer.flush(functools.partial(_flush.execute, self._engine, pending))
         finally:
             # What committed is tracked from now on with its new values.
             for schema, entity in inserts:
@@ -412,7 +416,11 @@ class ORM:
         ordered = list(batches.values())
         outcome = PublishOutcome()
         done, errors = publish(
-            self._engine.redis_pools, self._engine.encoder, ordered, outcome=outcome
+            self._engine.redis_pools,
+            self._engine.encoder,
+            ordered,
+            outcome=outcome,
+            observer=self._engine.observer,
         )
         published = sum(ordered[i].entries for i in done)
         published += sum(

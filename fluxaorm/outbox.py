@@ -30,6 +30,8 @@ from .streams import RedisPool, pack_command
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from .observe import Observer
+
 __all__ = [
     "ERROR_LIMIT",
     "MINE_LIMIT",
@@ -264,7 +266,9 @@ def _remaining(batch: EventBatch, refused: Iterable[tuple[int, str]]) -> EventBa
             records.append(
                 EventRecord((), record.action, record.entity, record.id, b"", None)
             )
-    return EventBatch(batch.redis_pool, records, batch.event_id, batch.timestamp_ms)
+    return EventBatch(
+        batch.redis_pool, records, batch.event_id, batch.timestamp_ms, batch.trace
+    )
 
 
 def without_streams(batch: EventBatch, streams: Iterable[str]) -> EventBatch:
@@ -277,7 +281,9 @@ def without_streams(batch: EventBatch, streams: Iterable[str]) -> EventBatch:
         r._replace(streams=tuple(s for s in r.streams if s not in gone))
         for r in batch.records
     ]
-    return EventBatch(batch.redis_pool, records, batch.event_id, batch.timestamp_ms)
+    return EventBatch(
+        batch.redis_pool, records, batch.event_id, batch.timestamp_ms, batch.trace
+    )
 
 
 # -- publishing --------------------------------------------------------------------------
@@ -386,6 +392,7 @@ def publish(
     record: Sequence[bool] | None = None,
     forget: Mapping[str, Sequence[tuple[str, str]]] | None = None,
     trim_records: bool = False,
+    observer: Observer | None = None,
 ) -> tuple[set[int], list[StreamError]]:
     """Publish batches: one MULTI/EXEC round trip per Redis pool.
 
@@ -408,11 +415,27 @@ def publish(
             cleanup committed, removed in that pool's transaction.
         trim_records: also drop records older than :data:`RECORD_RETENTION_MS`
             (the relay does; a flush's records go with its rows' cleanup).
+        observer: the engine's observer, when metrics or tracing are on: the
+            publish is then a span and its entries are counted.
 
     Returns:
         The indexes (in ``batches``) of the batches Redis accepted, and the errors of
         the pools that failed.
     """
+    if observer is not None:
+        return observer.publish(
+            batches,
+            outcome,
+            lambda: publish(
+                redis_pools,
+                encoder,
+                batches,
+                outcome=outcome,
+                record=record,
+                forget=forget,
+                trim_records=trim_records,
+            ),
+        )
     by_pool: dict[str, list[int]] = {}
     done: set[int] = set()
     for i, batch in enumerate(batches):

@@ -33,6 +33,8 @@ from .streams import RedisPool
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from .observe import Observer
+
 __all__ = ["RelayResult", "backlog", "newest", "relay"]
 
 _RELAY_BATCH = 100
@@ -79,6 +81,7 @@ def relay(
     encoder: StreamEncoder,
     delay: float,
     mine: Collection[int],
+    observer: Observer | None = None,
 ) -> RelayResult:
     """Publish the outbox rows of one MySQL pool that are older than ``delay`` seconds.
 
@@ -94,6 +97,8 @@ def relay(
       a backoff; the entries Redis accepted are never published again;
     * a Redis pool that is down (or refuses the whole transaction) is left out of
       the rest of the walk: its rows stay untouched.
+
+    ``observer`` (the engine's, when metrics or tracing are on) sees each publish.
 
     Returns:
         What was published and handled, and the Redis errors met (not raised).
@@ -115,7 +120,7 @@ def relay(
             with pool.transaction("READ COMMITTED") as conn:
                 rows = conn.query(sql, args)
                 if rows:
-                    _relay_rows(conn, rows, redis_pools, encoder, down, step)
+                    _relay_rows(conn, rows, redis_pools, encoder, down, step, observer)
         except DatabaseError as exc:
             if error_code(exc) in (1205, 1213) and retries < 5:
                 retries += 1  # the pass rolled back: run it again
@@ -162,6 +167,7 @@ def _relay_rows(
     encoder: StreamEncoder,
     down: dict[str, StreamError],
     result: RelayResult,
+    observer: Observer | None = None,
 ) -> None:
     """Publish one pass's locked rows, then delete, rewrite or quarantine each.
 
@@ -202,6 +208,7 @@ def _relay_rows(
         outcome=outcome,
         record=[True] * len(batches),
         trim_records=True,
+        observer=observer,
     )
     finished = [ids[i] for i in sorted(done)]
     delete_rows(conn, finished)
