@@ -841,6 +841,59 @@ def test_metrics_without_the_extra_is_one_line_naming_it(
     assert "pip install 'fluxaorm[prometheus]'" in line
 
 
+def test_metrics_serves_the_stream_gauges_until_stopped(
+    app: fluxaorm.Engine, redis_client: redis.Redis
+) -> None:
+    """fluxaorm metrics --port N serves fluxaorm_* metrics: the stream's length and
+    its group's lag and pending read at scrape time, follow a flush made by another
+    process, and the command stops with exit 0 on SIGTERM."""
+    import urllib.request
+
+    flush_customers(app, "a", "b")
+    redis_client.xgroup_create(STREAM, "billing", "0")
+    port = free_port()
+    process = start("metrics", "--port", str(port))
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def scrape() -> dict[str, float]:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as reply:
+                    text = reply.read().decode()
+                break
+            except OSError:
+                assert process.poll() is None, process.communicate()
+                assert time.monotonic() < deadline, "the endpoint never answered"
+                time.sleep(0.1)
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("fluxaorm_") and f'stream="{STREAM}"' in line
+        }
+
+    try:
+        first = scrape()
+        assert first[f'fluxaorm_stream_length{{stream="{STREAM}"}}'] == 2
+        assert first[f'fluxaorm_group_lag{{group="billing",stream="{STREAM}"}}'] == 2
+        assert (
+            first[f'fluxaorm_group_pending{{group="billing",stream="{STREAM}"}}'] == 0
+        )
+        flush_customers(app, "c")
+        redis_client.xreadgroup("billing", "worker", {STREAM: ">"}, count=1)
+        second = scrape()
+        assert second[f'fluxaorm_stream_length{{stream="{STREAM}"}}'] == 3
+        assert second[f'fluxaorm_group_lag{{group="billing",stream="{STREAM}"}}'] == 2
+        assert (
+            second[f'fluxaorm_group_pending{{group="billing",stream="{STREAM}"}}'] == 1
+        )
+    finally:
+        code = stop(process, signal.SIGTERM)
+    assert code == 0
+    assert process.stderr is not None
+    assert "Traceback" not in process.stderr.read()
+
+
 def test_without_rich_tables_and_progress_are_plain_text(
     app: fluxaorm.Engine, redis_client: redis.Redis
 ) -> None:
