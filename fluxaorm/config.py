@@ -365,6 +365,13 @@ class MySQLConfig:
             replica.replicas = ()
             return replica
         parts = _split(entry, "MySQL", name)
+        if parts.fragment:
+            # A '#' in the password: without a database the rest would pass.
+            raise ConfigurationError(
+                f"MySQL pool {name!r}: cannot parse URL {redact_url(entry)!r}; "
+                "percent-encode special characters of the user and password "
+                "(e.g. '#' as %23, '/' as %2F, '@' as %40)"
+            )
         own = dict(parse_qsl(parts.query, keep_blank_values=True))
         nested = sorted(_REPLICA_KEYS & own.keys())
         if nested:

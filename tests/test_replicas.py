@@ -18,6 +18,8 @@ import pytest
 import redis
 
 import fluxaorm
+from fluxaorm.db import ServerInfo
+from fluxaorm.replicas import _status_sql
 from fluxaorm.testing import count_queries
 from tests.conftest import REDIS_URL
 from tests.servers import ThrowawayReplication, free_port
@@ -448,6 +450,23 @@ def test_a_pool_without_replicas_reads_its_primary_as_before(
         ("default", "SELECT `id`,`name` FROM `people` WHERE `id`=1"),
         ("default", "SELECT `id`,`name` FROM `people`"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("version", "statement"),
+    [
+        ("10.11.19-MariaDB-0+deb12u1", "SHOW ALL SLAVES STATUS"),
+        ("5.7.44-log", "SHOW SLAVE STATUS"),
+        ("8.0.21", "SHOW SLAVE STATUS"),
+        ("8.0.22", "SHOW REPLICA STATUS"),
+        ("8.4.3", "SHOW REPLICA STATUS"),
+    ],
+)
+def test_the_status_statement_fits_the_server(version: str, statement: str) -> None:
+    """MariaDB is asked for every replication source; MySQL in the words its version
+    knows (8.4 no longer accepts SHOW SLAVE STATUS)."""
+    info = ServerInfo(version, "mariadb" in version.lower(), 1, 1, 1 << 24)
+    assert _status_sql(info) == statement
 
 
 # -- writes, schema and outbox ----------------------------------------------------------
