@@ -205,6 +205,40 @@ def test_an_orm_reads_its_own_writes_from_the_primary_after_a_flush(
     assert other.get_by_id(Person, ann.id) == ann
 
 
+@fluxaorm.entity(table="toys", name="tests.replicas.Toy", mysql_pool="other")
+@dataclass
+class Toy:
+    id: int = 0
+    name: str = fluxaorm.column(length=50, default="")
+
+
+def test_reading_own_writes_is_per_pool(
+    servers: ThrowawayReplication, make_engine: EngineFactory
+) -> None:
+    """A flush to one pool sends that pool's reads to its primary only: the ORM
+    still reads another pool's replica."""
+    registry = fluxaorm.Registry()
+    for pool in ("default", "other"):
+        registry.register_mysql(
+            servers.primary_url, pool, replicas=[servers.replica_url]
+        )
+    registry.register_redis(REDIS_URL)
+    registry.register_entity(Person, Toy)
+    with registry.validate() as engine:
+        engine.sync_schema()
+        servers.caught_up()
+        orm = engine.new_orm()
+        orm.new_entity(Person, name="Ann")
+        orm.flush()
+        with count_queries(engine) as log:
+            orm.search(Person)
+            orm.search(Toy)
+        assert [pool for pool, _ in log.entries if "SELECT `id`" in _] == [
+            "default",
+            "other/replica1",
+        ]
+
+
 def test_primary_true_reads_the_primary(
     servers: ThrowawayReplication, make_engine: EngineFactory
 ) -> None:
