@@ -4,8 +4,9 @@
 credentials, database), its read replicas' replication status is read, and its
 tables are compared with the entities; each Redis pool is reached (address,
 credentials, DB index) and asked, with probes that change nothing, whether its
-user may run every stream command fluxaorm sends on every declared stream key. The first problem found is raised; see
-``Engine.check()`` for the errors and the order.
+user may run every stream command fluxaorm sends on every declared stream key.
+The first problem found is raised; see ``Engine.check()`` for the errors and the
+order.
 """
 
 from __future__ import annotations

@@ -277,8 +277,8 @@ class Engine:
         then each read replica: that it accepts its user and password, has the
         database, lets its user read its replication status and replicates (a
         replica that is down or lagging is only logged: reads skip it until it
-        is back); then that the tables match the entities (an extra table or an extra
-        nullable column is fine); then each Redis pool: that it can be reached,
+        is back); then that the tables match the entities (an extra table or an
+        extra nullable column is fine); then each Redis pool: that it can be reached,
         accepts the credentials and the DB index, holds no declared stream key
         of another type, and that its ACL user may run every command fluxaorm
         sends on each declared stream and its ``:dead`` stream (XADD, XREADGROUP,
