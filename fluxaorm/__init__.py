@@ -44,6 +44,7 @@ from .events import Delete, DirtyStreamEvent, Insert, Operation, Update
 from .orm import ORM
 from .query import Pager, Where
 from .registry import Registry
+from .replicas import ReplicaStatus
 from .tags import column, entity
 
 __version__ = "0.1.0"
@@ -69,6 +70,7 @@ __all__ = [
     "OutboxStatistics",
     "Pager",
     "Registry",
+    "ReplicaStatus",
     "SchemaError",
     "StaleEntityError",
     "StreamEntry",

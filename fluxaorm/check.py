@@ -1,11 +1,12 @@
 """Start-up checks: connect to every pool and say what is wrong, before any work.
 
 ``Engine.check()`` calls :func:`check_engine`. Each MySQL pool is reached (address,
-credentials, database) and its tables are compared with the entities; each Redis
-pool is reached (address, credentials, DB index) and asked, with probes that
-change nothing, whether its user may run every stream command fluxaorm sends on
-every declared stream key. The first problem found is raised; see
-``Engine.check()`` for the errors and the order.
+credentials, database), its read replicas' replication status is read, and its
+tables are compared with the entities; each Redis pool is reached (address,
+credentials, DB index) and asked, with probes that change nothing, whether its
+user may run every stream command fluxaorm sends on every declared stream key.
+The first problem found is raised; see ``Engine.check()`` for the errors and the
+order.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .db import MySQLPool
 from .ddl import Alter
 from .errors import DatabaseError, StreamError
 from .outbox import record_key
+from .replicas import ReplicaSet
 from .streams import RedisPool
 
 if TYPE_CHECKING:
@@ -41,12 +43,16 @@ def check_engine(engine: Engine) -> None:
 
     Raises:
         DatabaseError: a MySQL pool cannot be reached, refuses the credentials,
-            has no such database, or its tables differ from the entities.
+            has no such database, or its tables differ from the entities; or a
+            read replica refuses the credentials, has no such database, does
+            not let its user read its replication status or is no replica.
         StreamError: a Redis pool cannot be reached, refuses the credentials or
             the DB index, or its user may not run a command fluxaorm needs.
     """
     for _, pool in sorted(engine.mysql_pools.items()):
         _reach_mysql(pool)
+    for name, replicas in sorted(engine.replica_sets.items()):
+        _check_replicas(name, replicas)
     _compare_tables(engine.get_alters())
     for name, rpool in sorted(engine.redis_pools.items()):
         streams = [engine.stream(s) for s in engine.streams]
@@ -58,6 +64,20 @@ def _reach_mysql(pool: MySQLPool) -> None:
     # already marked permanent and saying what to fix.
     with pool.connection() as conn:
         conn.query("SELECT 1")
+
+
+def _check_replicas(name: str, replicas: ReplicaSet) -> None:
+    # Only what waiting cannot mend is raised: reads skip a replica that is
+    # down or behind (and its status logs it), and use it again once it is back.
+    for status in replicas.status():
+        if not status.usable and status.permanent:
+            error = DatabaseError(
+                f"MySQL pool {status.pool!r} (a read replica of {name!r}, at "
+                f"{status.address}): {status.reason}",
+                pool=status.pool,
+            )
+            error.permanent = True
+            raise error
 
 
 def _matters(alter: Alter) -> bool:

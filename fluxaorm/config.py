@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -45,7 +46,12 @@ _MYSQL_STR = {
     "ssl_cert",
     "ssl_key",
 }
-_MYSQL_KEYS = _MYSQL_INT | _MYSQL_FLOAT | _MYSQL_BOOL | _MYSQL_STR
+# Options of the pool's read replicas, not of one server.
+_REPLICA_KEYS = {"replicas", "max_replica_lag", "replica_check_interval"}
+# Where and as whom to connect: a replica given by URL never takes these from
+# the keyword options of register_mysql (its URL says them).
+_IDENTITY_KEYS = {"host", "port", "user", "password", "database", "unix_socket"}
+_MYSQL_KEYS = _MYSQL_INT | _MYSQL_FLOAT | _MYSQL_BOOL | _MYSQL_STR | _REPLICA_KEYS
 # Default MySQL timeouts (seconds), so that no call waits forever on a server that
 # accepts connections and never answers (SPEC §2). The read timeout also bounds
 # the wait for each statement's reply, so it sits above InnoDB's default
@@ -55,6 +61,10 @@ _MYSQL_KEYS = _MYSQL_INT | _MYSQL_FLOAT | _MYSQL_BOOL | _MYSQL_STR
 DEFAULT_CONNECT_TIMEOUT = 10
 DEFAULT_READ_TIMEOUT = 60
 DEFAULT_WRITE_TIMEOUT = 60
+# A replica further behind its primary than this many seconds serves no reads;
+# its replication status is read at most once per DEFAULT_REPLICA_CHECK_INTERVAL.
+DEFAULT_MAX_REPLICA_LAG = 5.0
+DEFAULT_REPLICA_CHECK_INTERVAL = 1.0
 
 
 _SECRET_QUERY_RE = re.compile(
@@ -106,6 +116,21 @@ def _split(url: object, kind: str, pool: str) -> SplitResult:
             "password (e.g. '#' as %23, '/' as %2F, '@' as %40)"
         )
     return parts
+
+
+def _seconds(pool: str, given: Mapping[str, Any], key: str, default: float) -> float:
+    """Read a number of seconds, 0 or more, from the replica options."""
+    value = given.get(key, default)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0 or isinstance(value, bool):
+        raise ConfigurationError(
+            f"MySQL pool {pool!r}: option {key}={value!r} must be a number of "
+            "seconds, 0 or more"
+        )
+    return seconds
 
 
 def _parse_bool(pool: str, key: str, value: Any, server: str = "MySQL") -> bool:
@@ -168,6 +193,12 @@ class MySQLConfig:
         pool_size: the most connections the pool keeps open at once.
         pool_recycle: seconds after which an idle connection is pinged before use.
         pool_timeout: seconds to wait for a free connection when all are in use.
+        replicas: the settings of the pool's read replicas (their ``pool`` is
+            ``"<pool>/replica<n>"``, counted from 1 in the order given).
+        max_replica_lag: seconds a replica may be behind the primary and still
+            serve reads (5 by default).
+        replica_check_interval: seconds for which a replica's replication status,
+            once read, is trusted before it is read again (1 by default).
     """
 
     def __init__(self, url: str, pool: str = "default", **options: Any):
@@ -202,6 +233,7 @@ class MySQLConfig:
         }
         given: dict[str, Any] = dict(parse_qsl(parts.query, keep_blank_values=True))
         given.update(options)
+        replica_options = {k: given.pop(k) for k in _REPLICA_KEYS if k in given}
         for key, value in given.items():
             if key not in _MYSQL_KEYS:
                 raise ConfigurationError(
@@ -264,6 +296,94 @@ class MySQLConfig:
         self.pool_timeout: float = values["pool_timeout"]
         self.max_allowed_packet: int | None = values["max_allowed_packet"]
         self.ssl: dict[str, Any] | None = _pymysql_ssl(values)
+        self.max_replica_lag = _seconds(
+            pool, replica_options, "max_replica_lag", DEFAULT_MAX_REPLICA_LAG
+        )
+        self.replica_check_interval = _seconds(
+            pool,
+            replica_options,
+            "replica_check_interval",
+            DEFAULT_REPLICA_CHECK_INTERVAL,
+        )
+        shared = {
+            k: v
+            for k, v in options.items()
+            if k not in _IDENTITY_KEYS and k not in _REPLICA_KEYS
+        }
+        self.replicas: tuple[MySQLConfig, ...] = self._replica_configs(
+            replica_options.get("replicas"), shared
+        )
+
+    def _replica_configs(
+        self, given: Any, shared: dict[str, Any]
+    ) -> tuple[MySQLConfig, ...]:
+        """Build the replicas' settings from ``replicas=`` (a list, or text in a URL)."""
+        if given is None:
+            return ()
+        if isinstance(given, str):
+            # The URL form: ?replicas=host:port,host:port
+            entries = [e.strip() for e in given.split(",") if e.strip()]
+        elif isinstance(given, (list, tuple)) and all(
+            isinstance(e, str) for e in given
+        ):
+            entries = list(given)
+        else:
+            wrong = (
+                next(e for e in given if not isinstance(e, str))
+                if isinstance(given, (list, tuple))
+                else given
+            )
+            raise ConfigurationError(
+                f"MySQL pool {self.pool!r}: replicas must be a list of URLs "
+                "(['mysql://user:password@replica1:3306/db', ...]) or of "
+                f"'host:port' addresses, not {type(wrong).__name__} values"
+            )
+        return tuple(
+            self._replica(entry, f"{self.pool}/replica{number}", shared)
+            for number, entry in enumerate(entries, 1)
+        )
+
+    def _replica(self, entry: str, name: str, shared: dict[str, Any]) -> MySQLConfig:
+        if "://" not in entry:
+            # host[:port]: connect like the primary, at another address.
+            parts = _split(f"//{entry}", "MySQL", name)
+            if not parts.hostname or parts.path or parts.query or parts.username:
+                raise ConfigurationError(
+                    f"MySQL pool {name!r}: {entry!r} is neither a URL "
+                    "(mysql://user:password@host:3306/db) nor a host:port address"
+                )
+            replica = copy.copy(self)
+            replica.pool = name
+            replica.host = parts.hostname
+            replica.port = 3306 if parts.port is None else parts.port
+            if not 0 < replica.port < 65536:
+                raise ConfigurationError(
+                    f"MySQL pool {name!r}: port must be from 1 to 65535, not "
+                    f"{replica.port}"
+                )
+            replica.unix_socket = None
+            replica.replicas = ()
+            return replica
+        parts = _split(entry, "MySQL", name)
+        if parts.fragment:
+            # A '#' in the password: without a database the rest would pass.
+            raise ConfigurationError(
+                f"MySQL pool {name!r}: cannot parse URL {redact_url(entry)!r}; "
+                "percent-encode special characters of the user and password "
+                "(e.g. '#' as %23, '/' as %2F, '@' as %40)"
+            )
+        own = dict(parse_qsl(parts.query, keep_blank_values=True))
+        nested = sorted(_REPLICA_KEYS & own.keys())
+        if nested:
+            raise ConfigurationError(
+                f"MySQL pool {name!r}: {', '.join(nested)} belongs to the pool, not "
+                "to one replica's URL; pass it to register_mysql()"
+            )
+        # The replica's own query options win over the pool's keyword options.
+        merged = {**shared, **own}
+        if not parts.path.strip("/"):
+            merged["database"] = self.database
+        return MySQLConfig(entry, name, **merged)
 
     @property
     def password(self) -> str:
@@ -295,12 +415,17 @@ class MySQLConfig:
             kwargs["ssl"] = self.ssl
         return kwargs
 
-    def __repr__(self) -> str:
+    @property
+    def url(self) -> str:
+        """The server's URL with the password replaced by ``***`` (no options)."""
         password = ":***" if self._password else ""
-        return (
-            f"MySQLConfig(pool={self.pool!r}, url='mysql://{self.user}{password}@"
-            f"{self.address}/{self.database}')"
+        return f"mysql://{self.user}{password}@{self.address}/{self.database}"
+
+    def __repr__(self) -> str:
+        replicas = (
+            f", replicas={[r.url for r in self.replicas]!r}" if self.replicas else ""
         )
+        return f"MySQLConfig(pool={self.pool!r}, url={self.url!r}{replicas})"
 
 
 class RedisConfig:

@@ -38,6 +38,7 @@ __all__ = [
     "ServerInfo",
     "StatementListener",
     "error_code",
+    "missing_schema",
 ]
 
 _log = logging.getLogger("fluxaorm.sql")
@@ -131,6 +132,11 @@ def error_code(error: BaseException | None) -> int:
         error = error.orig
     args = getattr(error, "args", ())
     return args[0] if args and isinstance(args[0], int) else 0
+
+
+def missing_schema(error: BaseException | None) -> bool:
+    """Whether a MySQL error says that a table or a column does not exist."""
+    return error_code(error) in (ER.NO_SUCH_TABLE, ER.BAD_FIELD_ERROR)
 
 
 class PacketError(DatabaseError):
@@ -452,7 +458,8 @@ class MySQLPool:
     At most ``config.pool_size`` connections are open at once; a caller waits up to
     ``config.pool_timeout`` seconds for one. An idle connection older than
     ``config.pool_recycle`` seconds is pinged before reuse. After ``os.fork()`` the
-    child never touches the parent's sockets.
+    child never touches the parent's sockets. A ``read_only`` pool (a read
+    replica's) opens its sessions with ``READ ONLY`` transactions.
     """
 
     def __init__(
@@ -460,9 +467,12 @@ class MySQLPool:
         config: MySQLConfig,
         listeners: list[StatementListener],
         trips: list[RoundTripListener] | None = None,
+        *,
+        read_only: bool = False,
     ):
         self.config = config
         self.name = config.pool
+        self.read_only = read_only
         self._listeners = listeners
         self._trips: list[RoundTripListener] = trips if trips is not None else []
         # Several statements per packet (one round trip per flush) only where
@@ -508,7 +518,10 @@ class MySQLPool:
             # Flush transactions only write, by primary key: READ COMMITTED takes
             # no gap locks, so a transaction deleting outbox rows that are
             # already gone never blocks other flushes' outbox inserts.
-            raw.query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            raw.query(
+                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
+                + (", READ ONLY" if self.read_only else "")
+            )
             return raw
         except pymysql.err.Error as exc:
             code = error_code(exc)

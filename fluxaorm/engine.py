@@ -25,6 +25,7 @@ from .db import RoundTripListener as MySQLRoundTripListener
 from .errors import ConfigurationError, DatabaseError, FluxaORMError
 from .events import STREAM_PREFIX, EventBatch, StreamEncoder, dead_key
 from .render import Unwirer, compile_unwire
+from .replicas import ReplicaSet, ReplicaStatus
 from .schema import EntitySchema
 from .streams import RedisPool, RoundTripListener
 
@@ -91,6 +92,19 @@ class Engine:
             name: MySQLPool(cfg, self._sql_listeners, self._sql_trips)
             for name, cfg in mysql.items()
         }
+        self._replicas = {
+            name: ReplicaSet(
+                self._mysql[name],
+                [
+                    MySQLPool(r, self._sql_listeners, self._sql_trips, read_only=True)
+                    for r in cfg.replicas
+                ],
+                cfg.max_replica_lag,
+                cfg.replica_check_interval,
+            )
+            for name, cfg in mysql.items()
+            if cfg.replicas
+        }
         self._redis = {
             name: RedisPool(cfg, self._redis_listeners) for name, cfg in redis.items()
         }
@@ -136,6 +150,8 @@ class Engine:
         """Close every pooled connection (the engine reconnects if used again)."""
         for pool in self._mysql.values():
             pool.close()
+        for replicas in self._replicas.values():
+            replicas.close()
         for rpool in self._redis.values():
             rpool.close()
 
@@ -227,8 +243,31 @@ class Engine:
 
     @property
     def mysql_pools(self) -> Mapping[str, MySQLPool]:
-        """Every MySQL pool by name."""
+        """Every MySQL pool (its primary) by name."""
         return self._mysql
+
+    @property
+    def replica_sets(self) -> Mapping[str, ReplicaSet]:
+        """The read replicas of each MySQL pool that has some (internal)."""
+        return self._replicas
+
+    def replica_status(self, pool: str = "default") -> list[ReplicaStatus]:
+        """Read the replication status of a MySQL pool's read replicas now.
+
+        One round trip per replica (a connection to one that cannot be
+        reached). What is found also decides where the next reads go, so this
+        is how to bring a replica back before its next scheduled check.
+
+        Returns:
+            One :class:`ReplicaStatus` per replica, in the order registered;
+            an empty list for a pool without replicas.
+
+        Raises:
+            ConfigurationError: no such MySQL pool was registered.
+        """
+        self.mysql_pool(pool)
+        replicas = self._replicas.get(pool)
+        return replicas.status() if replicas is not None else []
 
     # -- schema ----------------------------------------------------------------------
 
@@ -238,8 +277,11 @@ class Engine:
         Call it at start-up: it returns None when every pool answers and allows
         what fluxaorm does. It checks, in order, each MySQL pool (by name): that
         it can be reached, accepts the user and password and has the database;
-        then that the tables match the entities (an extra table or an extra
-        nullable column is fine); then each Redis pool: that it can be reached,
+        then each read replica: that it accepts its user and password, has the
+        database, lets its user read its replication status and replicates (a
+        replica that is down or lagging is only logged: reads skip it until it
+        is back); then that the tables match the entities (an extra table or an
+        extra nullable column is fine); then each Redis pool: that it can be reached,
         accepts the credentials and the DB index, holds no declared stream key
         of another type, and that its ACL user may run every command fluxaorm
         sends on each declared stream and its ``:dead`` stream (XADD, XREADGROUP,

@@ -24,7 +24,9 @@ from .sql import chunk_rows
 
 if TYPE_CHECKING:
     from .broker import EventBroker
+    from .db import Connection, MySQLPool
     from .engine import Engine
+    from .replicas import ReplicaSet
     from .schema import EntitySchema
 
 __all__ = ["ORM"]
@@ -61,10 +63,18 @@ class ORM:
     """One unit of work: load entities, record inserts, edits and deletes, flush them.
 
     Not thread-safe: use one ORM per thread or task (``engine.new_orm()`` is cheap).
+
+    On a MySQL pool registered with read replicas, the read methods read a
+    replica, unless called with ``primary=True`` or once this ORM has flushed
+    to that pool: from then on it reads its own writes from the primary.
     """
 
     def __init__(self, engine: Engine):
         self._engine = engine
+        # MySQL pool -> its read replicas (empty when no pool has any), and the
+        # pools this ORM has flushed to, which it reads from the primary.
+        self._replicas = engine.replica_sets
+        self._wrote_to: set[str] = set()
         self._pending = _changes.Pending()
         # id(object) -> (that object, its tracked copy, row) while the copy is
         # pending: editing the same object twice yields one copy. The object is
@@ -340,6 +350,11 @@ class ORM:
             for tracked, _ in copies
         ]
         deletes = [(row, entity) for row, (_, entity, _) in pending.deletes.items()]
+        if self._replicas:
+            # Before the flush: a failing one may still have committed a pool.
+            self._wrote_to.update(schema.mysql_pool for schema, _ in inserts)
+            self._wrote_to.update(row[0].mysql_pool for row, _ in updates)
+            self._wrote_to.update(row[0].mysql_pool for row, _ in deletes)
         observer = self._engine.observer
         try:
             if observer is None:
@@ -444,11 +459,19 @@ class ORM:
 
     @_exclusive
     def get_by_id(
-        self, entity: type[E], ident: int, *, include_deleted: bool = False
+        self,
+        entity: type[E],
+        ident: int,
+        *,
+        include_deleted: bool = False,
+        primary: bool = False,
     ) -> E | None:
         """Load one entity by id; ``None`` when there is no such row.
 
         Fake-deleted rows count as missing unless ``include_deleted=True``.
+        ``primary=True`` reads the pool's primary even when it has read
+        replicas (which may lag behind it); so do all reads of an ORM that
+        has flushed to that pool.
         """
         schema = self._engine.schema(entity)
         if type(ident) is not int:
@@ -456,8 +479,7 @@ class ORM:
         sql = f"{schema.select_sql} WHERE `id`={ident}"
         if schema.alive_sql and not include_deleted:
             sql += " AND " + schema.alive_sql
-        with self._engine.mysql_pool(schema.mysql_pool).connection() as conn:
-            rows = conn.query(sql)
+        rows = self._query(schema, sql, None, primary)
         if not rows:
             return None
         found: E = self._load_rows(schema, rows)[0]
@@ -465,9 +487,17 @@ class ORM:
 
     @_exclusive
     def get_by_ids(
-        self, entity: type[E], ids: Iterable[int], *, include_deleted: bool = False
+        self,
+        entity: type[E],
+        ids: Iterable[int],
+        *,
+        include_deleted: bool = False,
+        primary: bool = False,
     ) -> list[E | None]:
-        """Load entities by id, in the order asked, with ``None`` for missing ones."""
+        """Load entities by id, in the order asked, with ``None`` for missing ones.
+
+        ``primary=True``: read the primary, as :meth:`get_by_id` says.
+        """
         schema = self._engine.schema(entity)
         wanted = [i if type(i) is int else _as_id(schema, i) for i in ids]
         if not wanted:
@@ -479,14 +509,23 @@ class ORM:
             if schema.alive_sql and not include_deleted
             else ""
         )
-        found: dict[int, Any] = {}
-        pool = self._engine.mysql_pool(schema.mysql_pool)
-        with pool.connection() as conn:
+
+        def fetch(pool: MySQLPool, conn: Connection) -> dict[int, Any]:
+            found: dict[int, Any] = {}
             for chunk in chunk_rows(
                 distinct, pool.info.max_allowed_packet, len(head) + len(alive)
             ):
                 for row in conn.query(head + ",".join(chunk) + ")" + alive):
                     found[row[0]] = row
+            return found
+
+        replicas = self._replicas_of(schema, primary) if self._replicas else None
+        if replicas is not None:
+            found = replicas.read(fetch)
+        else:
+            pool = self._engine.mysql_pool(schema.mysql_pool)
+            with pool.connection() as conn:
+                found = fetch(pool, conn)
         present = [found[i] for i in wanted if i in found]
         loaded = iter(self._load_rows(schema, present))
         return [next(loaded) if i in found else None for i in wanted]
@@ -499,10 +538,16 @@ class ORM:
         pager: Pager | None = None,
         *,
         include_deleted: bool = False,
+        primary: bool = False,
     ) -> list[E]:
-        """Load the entities matching ``where``, one page when ``pager`` is given."""
+        """Load the entities matching ``where``, one page when ``pager`` is given.
+
+        ``primary=True``: read the primary, as :meth:`get_by_id` says.
+        """
         schema = self._engine.schema(entity)
-        rows = self._select(schema, schema.select_sql, where, pager, include_deleted)
+        rows = self._select(
+            schema, schema.select_sql, where, pager, include_deleted, primary
+        )
         return self._load_rows(schema, rows)
 
     def _load_rows(
@@ -539,9 +584,19 @@ class ORM:
         where: Where | None = None,
         *,
         include_deleted: bool = False,
+        primary: bool = False,
     ) -> E | None:
-        """Load the first entity matching ``where``, or ``None``."""
-        found = self.search(entity, where, Pager(1, 1), include_deleted=include_deleted)
+        """Load the first entity matching ``where``, or ``None``.
+
+        ``primary=True``: read the primary, as :meth:`get_by_id` says.
+        """
+        found = self.search(
+            entity,
+            where,
+            Pager(1, 1),
+            include_deleted=include_deleted,
+            primary=primary,
+        )
         return found[0] if found else None
 
     @_exclusive
@@ -552,13 +607,16 @@ class ORM:
         pager: Pager | None = None,
         *,
         include_deleted: bool = False,
+        primary: bool = False,
     ) -> list[int]:
-        """Return the ids of the entities matching ``where``."""
+        """Return the ids of the entities matching ``where``.
+
+        ``primary=True``: read the primary, as :meth:`get_by_id` says.
+        """
         schema = self._engine.schema(entity)
         head = f"SELECT `id` FROM {schema.quoted_table}"
-        return [
-            int(r[0]) for r in self._select(schema, head, where, pager, include_deleted)
-        ]
+        rows = self._select(schema, head, where, pager, include_deleted, primary)
+        return [int(r[0]) for r in rows]
 
     @_exclusive
     def count(
@@ -567,12 +625,14 @@ class ORM:
         where: Where | None = None,
         *,
         include_deleted: bool = False,
+        primary: bool = False,
     ) -> int:
         """Count the entities matching ``where``: as many as ``search`` would return.
 
         A ``where`` ending in ORDER BY, GROUP BY or LIMIT (whose parameters may sit
         in that tail) is counted as a derived table, so the count always matches
-        the rows ``search`` loads without a pager.
+        the rows ``search`` loads without a pager. ``primary=True``: read the
+        primary, as :meth:`get_by_id` says.
         """
         schema = self._engine.schema(entity)
         if where is not None and where.split()[1]:
@@ -581,10 +641,9 @@ class ORM:
                 f"SELECT 1 FROM {schema.quoted_table}", alive, where, None
             )
             sql = f"SELECT COUNT(*) FROM ({inner}) AS `_fluxaorm_count`"
-            with self._engine.mysql_pool(schema.mysql_pool).connection() as conn:
-                return int(conn.query(sql, params)[0][0])
+            return int(self._query(schema, sql, params, primary)[0][0])
         head = f"SELECT COUNT(*) FROM {schema.quoted_table}"
-        rows = self._select(schema, head, where, None, include_deleted)
+        rows = self._select(schema, head, where, None, include_deleted, primary)
         return int(rows[0][0])
 
     @_exclusive
@@ -595,11 +654,19 @@ class ORM:
         pager: Pager | None = None,
         *,
         include_deleted: bool = False,
+        primary: bool = False,
     ) -> tuple[list[E], int]:
-        """Return one page of matching entities and the total number of matches."""
-        rows = self.search(entity, where, pager, include_deleted=include_deleted)
+        """Return one page of matching entities and the total number of matches.
+
+        ``primary=True``: read the primary, as :meth:`get_by_id` says.
+        """
+        rows = self.search(
+            entity, where, pager, include_deleted=include_deleted, primary=primary
+        )
         if pager is not None and (len(rows) == pager.page_size or pager.page > 1):
-            total = self.count(entity, where, include_deleted=include_deleted)
+            total = self.count(
+                entity, where, include_deleted=include_deleted, primary=primary
+            )
         else:
             total = len(rows)
         return rows, total
@@ -611,11 +678,32 @@ class ORM:
         where: Where | None,
         pager: Pager | None,
         include_deleted: bool,
+        primary: bool,
     ) -> Sequence[tuple[Any, ...]]:
         alive = "" if include_deleted else schema.alive_sql
         sql, params = render_search(head, alive, where, pager)
+        return self._query(schema, sql, params, primary)
+
+    def _query(
+        self,
+        schema: EntitySchema,
+        sql: str,
+        params: Sequence[Any] | None,
+        primary: bool,
+    ) -> Sequence[tuple[Any, ...]]:
+        """Send one read to a replica of the schema's pool, or to its primary."""
+        if self._replicas and not primary:
+            replicas = self._replicas_of(schema, primary)
+            if replicas is not None:
+                return replicas.read(lambda _, conn: conn.query(sql, params))
         with self._engine.mysql_pool(schema.mysql_pool).connection() as conn:
             return conn.query(sql, params)
+
+    def _replicas_of(self, schema: EntitySchema, primary: bool) -> ReplicaSet | None:
+        """The replicas a read of ``schema`` may use (None: read the primary)."""
+        if primary or schema.mysql_pool in self._wrote_to:
+            return None
+        return self._replicas.get(schema.mysql_pool)
 
     # -- streams ---------------------------------------------------------------------
 

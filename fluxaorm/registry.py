@@ -8,6 +8,7 @@ wrong before a connection is opened.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -53,25 +54,53 @@ class Registry:
             f"entities={[getattr(e, '__qualname__', repr(e)) for e in self._entities]}>"
         )
 
-    def register_mysql(self, url: str, pool: str = "default", **options: Any) -> None:
-        """Register a MySQL/MariaDB server as pool ``pool``.
+    def register_mysql(
+        self,
+        url: str,
+        pool: str = "default",
+        *,
+        replicas: Sequence[str] | None = None,
+        max_replica_lag: float | None = None,
+        replica_check_interval: float | None = None,
+        **options: Any,
+    ) -> None:
+        """Register a MySQL/MariaDB server as pool ``pool``, with its read replicas.
 
         Args:
             url: ``mysql://user:password@host:3306/database?charset=utf8mb4``;
-                query options as below.
+                query options as below (``?replicas=host:port,host:port`` too).
             pool: the pool name entities refer to.
+            replicas: read replicas of this server: URLs
+                (``mysql://reader:password@replica1:3306/database``; without a
+                database, the primary's) or ``host:port`` addresses (connected
+                to like the primary). The ORM's read methods use them; writes,
+                schema sync and the outbox never do.
+            max_replica_lag: seconds a replica may be behind and still serve
+                reads (5 by default).
+            replica_check_interval: seconds a replica's replication status is
+                trusted before it is read again (1 by default; 0: before every
+                read).
             **options: ``connect_timeout`` (10 s by default), ``read_timeout``
                 and ``write_timeout`` (60 s: every reply, the server's greeting
                 included, comes within it or the call fails), ``pool_size``,
                 ``pool_recycle``, ``pool_timeout``, ``charset``, ``unix_socket``,
                 ``ssl`` / ``ssl_ca`` / ``ssl_cert`` / ``ssl_key``
-                / ``ssl_verify_cert`` / ``ssl_verify_identity``.
+                / ``ssl_verify_cert`` / ``ssl_verify_identity``. Those other than
+                the address and credentials apply to the replicas too (a
+                replica URL's own query options win).
 
         Raises:
             ConfigurationError: the URL or an option is invalid, or the pool exists.
         """
         if pool in self._mysql:
             raise ConfigurationError(f"MySQL pool {pool!r} is already registered")
+        for key, value in (
+            ("replicas", replicas),
+            ("max_replica_lag", max_replica_lag),
+            ("replica_check_interval", replica_check_interval),
+        ):
+            if value is not None:
+                options[key] = value
         self._mysql[pool] = MySQLConfig(url, pool, **options)
 
     def register_redis(self, url: str, pool: str = "default", **options: Any) -> None:

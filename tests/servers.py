@@ -13,8 +13,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,7 +246,8 @@ class ThrowawayMariaDB(_Throwaway):
     any ``extra_args`` (``--auto-increment-increment=2``...), waits until it
     answers and creates the database ``test``. ``close()`` stops it and removes
     the folder; ``start()`` does the same before raising when the server does not
-    come up. Use it as a context manager.
+    come up. ``restart()`` starts a stopped server again on its data. Use it as a
+    context manager. ``log_bin=True`` keeps the binary log (off by default).
     """
 
     stop_grace = 30.0
@@ -253,9 +255,15 @@ class ThrowawayMariaDB(_Throwaway):
     binary = "/usr/sbin/mariadbd"
     installer = "mariadb-install-db"
 
-    def __init__(self, autoinc_lock_mode: int = 1, extra_args: Sequence[str] = ()):
+    def __init__(
+        self,
+        autoinc_lock_mode: int = 1,
+        extra_args: Sequence[str] = (),
+        log_bin: bool = False,
+    ):
         self.autoinc_lock_mode = autoinc_lock_mode
         self.extra_args = list(extra_args)
+        self.log_bin = log_bin
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="fluxaorm-mariadb-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -292,6 +300,54 @@ class ThrowawayMariaDB(_Throwaway):
             return "(no error log)"
         return "\n".join(lines[-15:])
 
+    def _tmpdir(self) -> str:
+        # A folder of its own: a mariadbd starting elsewhere deletes the #sql
+        # files it finds in a shared /tmp, failing a bootstrap running meanwhile.
+        folder = self.dir / "tmp"
+        folder.mkdir(exist_ok=True)
+        return f"--tmpdir={folder}"
+
+    def _launch(self) -> None:
+        """Start mariadbd on the data folder and wait until it answers."""
+        binlog = (
+            f"--log-bin={self.dir / 'binlog'}" if self.log_bin else "--skip-log-bin"
+        )
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--no-defaults",
+                f"--datadir={self.dir / 'data'}",
+                self._tmpdir(),
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={self.dir / 'sock'}",
+                f"--pid-file={self.dir / 'mariadbd.pid'}",
+                f"--log-error={self.dir / 'error.log'}",
+                f"--innodb-autoinc-lock-mode={self.autoinc_lock_mode}",
+                binlog,
+                "--innodb-buffer-pool-size=32M",
+                "--innodb-log-file-size=8M",
+                "--skip-name-resolve",
+                *self._as_user(),
+                *self.extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def answers() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise _ServerExitedError(f"mariadbd exited:\n{self._log_tail()}")
+            self.connect(None).close()
+            return True
+
+        _wait(answers, f"mariadbd on port {self.port}", stop_on=_ServerExitedError)
+
+    def restart(self) -> None:
+        """Start the stopped server again, on the same port and data."""
+        if self.process is None:
+            self._launch()
+
     def start(self) -> ThrowawayMariaDB:
         data = self.dir / "data"
         try:
@@ -301,9 +357,7 @@ class ThrowawayMariaDB(_Throwaway):
                     "--no-defaults",
                     "--auth-root-authentication-method=normal",
                     f"--datadir={data}",
-                    # Its own temporary folder: bootstraps running at the same
-                    # time in /tmp trip over each other's temporary tables.
-                    f"--tmpdir={self.dir}",
+                    self._tmpdir(),
                     "--skip-test-db",
                     *self._as_user(),
                 ],
@@ -312,36 +366,7 @@ class ThrowawayMariaDB(_Throwaway):
                 stderr=subprocess.PIPE,
                 timeout=120,
             )
-            self.process = subprocess.Popen(
-                [
-                    self.binary,
-                    "--no-defaults",
-                    f"--datadir={data}",
-                    f"--tmpdir={self.dir}",
-                    f"--port={self.port}",
-                    "--bind-address=127.0.0.1",
-                    f"--socket={self.dir / 'sock'}",
-                    f"--pid-file={self.dir / 'mariadbd.pid'}",
-                    f"--log-error={self.dir / 'error.log'}",
-                    f"--innodb-autoinc-lock-mode={self.autoinc_lock_mode}",
-                    "--skip-log-bin",
-                    "--innodb-buffer-pool-size=32M",
-                    "--innodb-log-file-size=8M",
-                    "--skip-name-resolve",
-                    *self._as_user(),
-                    *self.extra_args,
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-
-            def answers() -> bool:
-                if self.process is not None and self.process.poll() is not None:
-                    raise _ServerExitedError(f"mariadbd exited:\n{self._log_tail()}")
-                self.connect(None).close()
-                return True
-
-            _wait(answers, f"mariadbd on port {self.port}", stop_on=_ServerExitedError)
+            self._launch()
             conn = self.connect(None)
             try:
                 conn.cursor().execute("CREATE DATABASE `test` CHARACTER SET utf8mb4")
@@ -358,3 +383,193 @@ class ThrowawayMariaDB(_Throwaway):
 
 class _ServerExitedError(RuntimeError):
     """The server process ended while we waited for it."""
+
+
+class ThrowawayReplication:
+    """A MariaDB primary and one read replica of it (binlog replication), both ours.
+
+    The primary writes a ROW binary log; the replica runs ``--read-only`` and
+    follows it by GTID from the primary's position at start-up. Both keep a
+    general log in the table ``mysql.general_log``, so a test can see every
+    statement each server received and from which user. The users fluxaorm
+    connects as: ``app`` on the primary (every privilege on ``test``) and
+    ``reader`` on the replica (SELECT on ``test`` and SLAVE MONITOR, to read its
+    replication status). ``root`` (no password) is for the tests themselves.
+    """
+
+    app_password = "app-pw"
+    reader_password = "r3plica-S3cret"
+
+    def __init__(self) -> None:
+        general_log = ["--general-log=1", "--log-output=TABLE"]
+        self.primary = ThrowawayMariaDB(
+            extra_args=["--server-id=1", "--binlog-format=ROW", *general_log],
+            log_bin=True,
+        )
+        self.replica = ThrowawayMariaDB(
+            extra_args=["--server-id=2", "--read-only=1", *general_log]
+        )
+
+    @property
+    def primary_url(self) -> str:
+        return f"mysql://app:{self.app_password}@127.0.0.1:{self.primary.port}/test"
+
+    @property
+    def replica_url(self) -> str:
+        return (
+            f"mysql://reader:{self.reader_password}@127.0.0.1:{self.replica.port}/test"
+        )
+
+    def start(self) -> ThrowawayReplication:
+        """Start both servers (side by side), create the users, start replicating."""
+        failures: list[BaseException] = []
+
+        def start(server: ThrowawayMariaDB) -> None:
+            try:
+                server.start()
+            except BaseException as exc:  # re-raised below, in the caller's thread
+                failures.append(exc)
+
+        threads = [
+            threading.Thread(target=start, args=(s,))
+            for s in (self.primary, self.replica)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            self.close()
+            raise failures[0]
+        try:
+            self.primary_sql(
+                f"CREATE USER 'app'@'%' IDENTIFIED BY '{self.app_password}'",
+                "GRANT ALL ON `test`.* TO 'app'@'%'",
+                replicate=False,
+            )
+            self.replica_sql(
+                f"CREATE USER 'reader'@'%' IDENTIFIED BY '{self.reader_password}'",
+                "GRANT SELECT ON `test`.* TO 'reader'@'%'",
+                "GRANT SLAVE MONITOR ON *.* TO 'reader'@'%'",
+            )
+            position = self.primary_sql("SELECT @@gtid_binlog_pos")[0][0]
+            self.replica_sql(
+                f"SET GLOBAL gtid_slave_pos = '{position}'",
+                f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', "
+                f"MASTER_PORT={self.primary.port}, MASTER_USER='root', "
+                "MASTER_PASSWORD='', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
+                "START SLAVE",
+            )
+            self.wait_for_lag(lambda lag: lag == 0)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Stop both servers and remove their folders."""
+        self.replica.close()
+        self.primary.close()
+
+    def __enter__(self) -> ThrowawayReplication:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- statements -----------------------------------------------------------------
+
+    @staticmethod
+    def _run(
+        server: ThrowawayMariaDB, statements: Sequence[str], prefix: Sequence[str]
+    ) -> tuple[tuple[Any, ...], ...]:
+        conn = server.connect()
+        try:
+            cursor = conn.cursor()
+            rows: tuple[tuple[Any, ...], ...] = ()
+            for sql in [*prefix, *statements]:
+                cursor.execute(sql)
+                rows = cursor.fetchall()
+            return rows
+        finally:
+            conn.close()
+
+    def primary_sql(
+        self, *statements: str, replicate: bool = True
+    ) -> tuple[tuple[Any, ...], ...]:
+        """Run statements on the primary as root; return the last one's rows.
+
+        ``replicate=False`` keeps them out of the binary log (the replica never
+        sees them).
+        """
+        prefix = [] if replicate else ["SET SESSION sql_log_bin = 0"]
+        return self._run(self.primary, statements, prefix)
+
+    def replica_sql(self, *statements: str) -> tuple[tuple[Any, ...], ...]:
+        """Run statements on the replica as root; return the last one's rows."""
+        return self._run(self.replica, statements, [])
+
+    # -- replication ----------------------------------------------------------------
+
+    def caught_up(self, timeout: float = 30.0) -> None:
+        """Wait until the replica has applied everything the primary has written."""
+        position = self.primary_sql("SELECT @@gtid_binlog_pos")[0][0]
+        waited = self.replica_sql(f"SELECT MASTER_GTID_WAIT('{position}', {timeout})")[
+            0
+        ][0]
+        if waited != 0:
+            raise RuntimeError(
+                f"the replica did not reach {position} in {timeout}s: {self.status()}"
+            )
+
+    def status(self) -> dict[str, Any]:
+        """The replica's SHOW SLAVE STATUS as a dict."""
+        conn = self.replica.connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute("SHOW SLAVE STATUS")
+            names = [d[0] for d in cursor.description or ()]
+            row = cursor.fetchone()
+            return dict(zip(names, row)) if row else {}
+        finally:
+            conn.close()
+
+    def lag(self) -> int | None:
+        """``Seconds_Behind_Master`` as the replica reports it now."""
+        value = self.status().get("Seconds_Behind_Master")
+        return None if value is None else int(value)
+
+    def wait_for_lag(self, condition: Callable[[int | None], bool]) -> int | None:
+        """Poll the replica's lag until ``condition(lag)`` holds; return that lag."""
+        seen: list[int | None] = []
+
+        def check() -> bool:
+            seen.append(self.lag())
+            return condition(seen[-1])
+
+        _wait(check, "the replica's lag condition")
+        return seen[-1]
+
+    # -- general logs ---------------------------------------------------------------
+
+    def clear_logs(self) -> None:
+        """Empty both servers' general logs."""
+        self.primary_sql("TRUNCATE TABLE mysql.general_log", replicate=False)
+        self.replica_sql("TRUNCATE TABLE mysql.general_log")
+
+    def statements(self, server: ThrowawayMariaDB, user: str) -> list[str]:
+        """The statements ``server`` received from ``user`` since the logs were cleared."""
+        conn = server.connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(
+                "SELECT argument FROM mysql.general_log WHERE command_type = 'Query' "
+                "AND user_host LIKE %s ORDER BY event_time",
+                (f"{user}[%",),
+            )
+            return [
+                a.decode() if isinstance(a, bytes) else str(a)
+                for (a,) in cursor.fetchall()
+            ]
+        finally:
+            conn.close()

@@ -238,6 +238,117 @@ def test_mysql_url_must_be_text() -> None:
     assert "must be a str, not NoneType" in config_error(lambda: MySQLConfig(None))  # type: ignore[arg-type]
 
 
+# -- MySQL read replicas ---------------------------------------------------------------------------
+
+
+def test_mysql_replicas_default_to_none() -> None:
+    """Without replicas= a pool has none; the lag bound and check interval default to 5 s and 1 s."""
+    cfg = MySQLConfig("mysql://127.0.0.1/test")
+    assert cfg.replicas == ()
+    assert (cfg.max_replica_lag, cfg.replica_check_interval) == (5.0, 1.0)
+
+
+def test_mysql_replica_urls_keep_their_own_identity() -> None:
+    """A replica URL has its own user, password, address and query options; it takes
+    the primary's database when it names none and the keyword options that are not
+    about the address or the credentials."""
+    cfg = MySQLConfig(
+        f"mysql://app:{ENCODED}@primary:3306/shop?charset=latin1",
+        pool="main",
+        replicas=[
+            f"mysql://reader:{ENCODED}x@replica1:3307?read_timeout=9",
+            "mysql://other@replica2/archive",
+        ],
+        max_replica_lag=2.5,
+        replica_check_interval=0,
+        password=PASSWORD,
+        pool_size=3,
+        read_timeout=20,
+    )
+    first, second = cfg.replicas
+    assert (first.pool, second.pool) == ("main/replica1", "main/replica2")
+    assert (first.user, first.password, first.host, first.port) == (
+        "reader",
+        PASSWORD + "x",
+        "replica1",
+        3307,
+    )
+    assert (first.database, first.read_timeout, first.pool_size) == ("shop", 9, 3)
+    assert first.charset == "utf8mb4"  # the primary's URL options are its own
+    assert (second.user, second.password, second.database) == ("other", "", "archive")
+    assert second.read_timeout == 20
+    assert (cfg.max_replica_lag, cfg.replica_check_interval) == (2.5, 0.0)
+    assert first.replicas == ()
+
+
+def test_mysql_replica_addresses_connect_like_the_primary() -> None:
+    """host:port replicas (a list, or ?replicas=a,b in the URL) take every setting of
+    the primary but its address."""
+    cfg = MySQLConfig(
+        f"mysql://app:{ENCODED}@primary:3306/shop?ssl=true&read_timeout=7"
+        "&replicas=10.0.0.2:3307,replica3&max_replica_lag=30",
+        pool_size=2,
+    )
+    assert [(r.host, r.port) for r in cfg.replicas] == [
+        ("10.0.0.2", 3307),
+        ("replica3", 3306),
+    ]
+    for replica in cfg.replicas:
+        assert (replica.user, replica.password, replica.database) == (
+            "app",
+            PASSWORD,
+            "shop",
+        )
+        assert (replica.read_timeout, replica.pool_size) == (7, 2)
+        assert replica.ssl == cfg.ssl is not None
+    assert cfg.max_replica_lag == 30.0
+    assert (
+        MySQLConfig("mysql://h/db", replicas=["[::1]:3307"]).replicas[0].host == "::1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"replicas": [3306]}, "replicas must be a list of URLs"),
+        ({"replicas": 3306}, "replicas must be a list of URLs"),
+        ({"replicas": ["replica/db"]}, "neither a URL"),
+        ({"replicas": ["replica:0"]}, "port must be from 1 to 65535"),
+        ({"replicas": ["postgres://replica/db"]}, "URL must start with mysql://"),
+        ({"replicas": ["mysql://replica/db?max_replica_lag=1"]}, "belongs to the pool"),
+        ({"replicas": ["mysql://replica/db?colour=red"]}, "unknown option 'colour'"),
+        ({"max_replica_lag": -1}, "max_replica_lag=-1 must be a number of seconds"),
+        ({"max_replica_lag": "soon"}, "max_replica_lag='soon'"),
+        ({"replica_check_interval": True}, "replica_check_interval=True"),
+    ],
+)
+def test_mysql_replica_errors(options: dict[str, Any], fragment: str) -> None:
+    """Bad replica settings are ConfigurationErrors naming the pool or the replica."""
+    message = config_error(lambda: MySQLConfig("mysql://primary/db", **options))
+    assert message.startswith(
+        ("MySQL pool 'default': ", "MySQL pool 'default/replica1': ")
+    )
+    assert fragment in message
+
+
+def test_register_mysql_takes_the_replica_options() -> None:
+    """Registry.register_mysql passes replicas, max_replica_lag and
+    replica_check_interval on, and keywords win over the URL's."""
+    registry = fluxaorm.Registry()
+    registry.register_mysql(
+        "mysql://app@primary/db?replicas=r1&max_replica_lag=9",
+        replicas=["r2:3307"],
+        replica_check_interval=0.5,
+    )
+    engine = registry.validate()
+    replicas = engine.replica_sets["default"]
+    assert [p.config.address for p in replicas.pools] == ["r2:3307"]
+    assert [p.name for p in replicas.pools] == ["default/replica1"]
+    assert (replicas.max_lag, replicas.interval) == (9.0, 0.5)
+    assert all(p.read_only for p in replicas.pools)
+    assert not engine.mysql_pool("default").read_only
+
+
 # -- Redis ---------------------------------------------------------------------------------------
 
 
@@ -330,6 +441,8 @@ def _configs() -> list[object]:
         MySQLConfig(f"mysql://bob:{ENCODED}@h/db"),
         MySQLConfig("mysql://bob@h/db", password=PASSWORD),
         MySQLConfig(f"mysql://bob@h/db?password={ENCODED}"),
+        MySQLConfig("mysql://bob@h/db", replicas=[f"mysql://r:{ENCODED}@r1/db"]),
+        MySQLConfig(f"mysql://bob:{ENCODED}@h/db?replicas=r1:3307"),
         RedisConfig(f"redis://:{ENCODED}@h/0"),
         RedisConfig(f"rediss://app:{ENCODED}@h/0"),
         RedisConfig("redis://h/0", password=PASSWORD),
@@ -382,6 +495,11 @@ def test_registry_and_engine_never_show_the_password() -> None:
         lambda: MySQLConfig(f"mysql://bob:{PASSWORD}@h:port/db"),
         lambda: MySQLConfig(f"mysql://bob@h/db?password={ENCODED}&ssl=perhaps"),
         lambda: MySQLConfig(f"postgres://h/db?password={ENCODED}"),
+        lambda: MySQLConfig("mysql://h/db", replicas=[f"mysql://r:{PASSWORD}#x@r/db"]),
+        lambda: MySQLConfig("mysql://h/db", replicas=[f"pg://r:{ENCODED}@r/db"]),
+        lambda: MySQLConfig(
+            "mysql://h/db", replicas=[f"mysql://r:{ENCODED}@r:port/db"]
+        ),
         lambda: RedisConfig(f"http://:{ENCODED}@h/0"),
         lambda: RedisConfig(f"redis://:{ENCODED}@h/x"),
         lambda: RedisConfig(f"redis://:{PASSWORD}/x@h/0"),
