@@ -87,9 +87,11 @@ class _Step:
             ``"gone"`` (a delete whose rows may be gone: rerun carefully).
         ids: the ids it names, for the stale error.
         then: called with its result once it ran (ids of new rows, outbox ids).
+        checks: the counted step just before, whose row count this statement
+            checks itself (an outbox INSERT standing in for that step's guard).
     """
 
-    __slots__ = ("expect", "ids", "schema", "short", "sql", "then")
+    __slots__ = ("checks", "expect", "ids", "schema", "short", "sql", "then")
 
     def __init__(
         self,
@@ -106,6 +108,7 @@ class _Step:
         self.short = short
         self.ids = ids
         self.then = then
+        self.checks: _Step | None = None
 
 
 class _Short(Exception):  # noqa: N818 - internal control flow, never raised to users
@@ -525,8 +528,12 @@ class _Statements:
 
     # -- the outbox ----------------------------------------------------------------------
 
-    def outbox(self, engine: Engine) -> None:
-        """Split the events into batches and queue their outbox rows."""
+    def outbox(self, engine: Engine, after: _Step | None = None) -> None:
+        """Split the events into batches and queue their outbox rows.
+
+        ``after``: the statement the outbox rows follow in the packet; when it is
+        counted, the first outbox INSERT checks its row count (no guard of its own).
+        """
         limit = payload_limit(self.max_packet)
         batches = self.result.batches
         for name, records in self.records.items():
@@ -539,10 +546,20 @@ class _Statements:
             return
         ids = self.result.outbox_ids
         id_step = self.pool.info.autoinc_increment if self.id_vars else 0
+        checks = after if after is not None and after.expect is not None else None
         for sql, count in insert_statements(
-            batches, self.max_packet, self.pool.packets, self.id_vars, id_step
+            batches,
+            self.max_packet,
+            self.pool.packets,
+            self.id_vars,
+            id_step,
+            checks.expect if checks is not None else None,
         ):
+            first = len(self.steps)
             self.auto_ids(sql, OUTBOX_Q, count, None, ids.extend)
+            if checks is not None:
+                self.steps[first].checks = checks
+                checks = None
 
 
 def _run(conn: Connection, sql: str | bytes, schema: EntitySchema | None) -> Any:
@@ -725,7 +742,7 @@ def _run_packets(
         else:
             queued, steps.steps = steps.steps, []
             if engine.outbox:  # every event is known: no id is waited for
-                steps.outbox(engine)
+                steps.outbox(engine, queued[-1] if queued else None)
             _finish(
                 conn,
                 pool,
@@ -763,11 +780,15 @@ def _finish(
     """
     packet: list[_Step] = []
     guards: dict[int, _Step] = {}
-    for step in queued:
+    for i, step in enumerate(queued):
         packet.append(step)
-        if step.expect is not None:
-            guards[len(packet)] = step
-            packet.append(_Step(_GUARD.format(n=step.expect), None))
+        if step.checks is not None:  # an outbox INSERT checking the step before
+            guards[len(packet) - 1] = step.checks
+        elif step.expect is not None:
+            following = queued[i + 1] if i + 1 < len(queued) else None
+            if following is None or following.checks is not step:
+                guards[len(packet)] = step
+                packet.append(_Step(_GUARD.format(n=step.expect), None))
     inside = bool(cleanup) and not snapshot
     if inside:
         packet.extend(_Step(sql, None) for sql in _cleanup(cleanup))

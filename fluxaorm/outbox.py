@@ -143,6 +143,7 @@ def insert_statements(
     raw: bool = True,
     id_vars: int = 0,
     id_step: int = 1,
+    guard: int | None = None,
 ) -> list[tuple[bytes, int]]:
     """Render the INSERTs of one outbox row per batch, as few as ``max_packet`` allows.
 
@@ -152,7 +153,10 @@ def insert_statements(
     server's UTC time. ``id_vars``: the batches hold placeholder ids of that many
     auto-id INSERTs earlier in the transaction, whose first ids are in
     ``@fluxaorm_id0`` ...; each payload ends with them and ``id_step``
-    (``first_0,first_1,...,step``, see ``EventBatch.loads``).
+    (``first_0,first_1,...,step``, see ``EventBatch.loads``). ``guard``: the
+    statement just before must have matched that many rows; the first row's
+    ``entries`` then fails the INSERT (error 1690) when ``ROW_COUNT()`` differs,
+    which saves the transaction a statement of its own for that check.
 
     Returns:
         ``(statement, rows)`` pairs, in the order of ``batches``.
@@ -170,9 +174,13 @@ def insert_statements(
         payload = binary_literal(b.dumps(bool(id_vars)), raw)
         if trailer:
             payload = b"CONCAT(" + payload + trailer
-        row = b"(UTC_TIMESTAMP(6),'%s',%d,%s)" % (
+        entries = b"%d" % b.entries
+        if guard is not None:
+            entries = b"IF(ROW_COUNT()=%d,%s,~0+1)" % (guard, entries)
+            guard = None
+        row = b"(UTC_TIMESTAMP(6),'%s',%s,%s)" % (
             b.redis_pool.encode(),
-            b.entries,
+            entries,
             payload,
         )
         if rows and size + len(row) + 1 > budget:
