@@ -206,18 +206,20 @@ class ThrowawayCluster:
         return next(n for n in self.nodes if n.port == port)
 
     def masters(self) -> list[ClusterNode]:
-        """The nodes that are masters now (alive ones, as their own INFO says)."""
+        """The nodes that are masters now (running ones, as their own INFO says)."""
         return [
             n
             for n in self.nodes
-            if n.alive and n.info("replication").get("role") == "master"
+            if n.alive
+            and not n.paused
+            and n.info("replication").get("role") == "master"
         ]
 
     def replicas(self) -> list[ClusterNode]:
         return [
             n
             for n in self.nodes
-            if n.alive and n.info("replication").get("role") == "slave"
+            if n.alive and not n.paused and n.info("replication").get("role") == "slave"
         ]
 
     def master_of_slot(self, slot: int) -> ClusterNode:
