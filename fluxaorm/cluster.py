@@ -566,21 +566,22 @@ class ClusterPool(RedisPool):
             return None
         seen = replies[1:] if unit.block else replies
         for reply in seen:
+            if not isinstance(reply, _FOLLOWED):
+                continue
+            _log.debug(
+                "[%s] slot %s: %s %s", self.name, unit.slot, type(reply).__name__, reply
+            )
             if isinstance(reply, redis.exceptions.MovedError):
                 manager.move_slot(reply)
                 unit.node, unit.asking = None, False
                 return _RESEND
+            unit.node, unit.asking = None, False
             if isinstance(reply, redis.exceptions.AskError):
                 unit.node, unit.asking = f"{reply.host}:{reply.port}", True
                 return _RESEND
-            if isinstance(
-                reply,
-                (redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError),
-            ):
-                unit.node, unit.asking = None, False
-                if isinstance(reply, redis.exceptions.ClusterDownError):
-                    self.stale()
-                return reply
+            if isinstance(reply, redis.exceptions.ClusterDownError):
+                self.stale()
+            return reply
         return None
 
     # -- publishing ----------------------------------------------------------------------

@@ -281,6 +281,49 @@ class ThrowawayCluster:
             with master.client() as client:
                 client.flushall()
 
+    def node_id(self, node: ClusterNode) -> str:
+        with node.client() as client:
+            raw = client.execute_command("CLUSTER MYID")
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def migrate_slot(
+        self,
+        slot: int,
+        target: ClusterNode,
+        between: Callable[[str], None] = lambda step: None,
+    ) -> None:
+        """Move ``slot`` to ``target`` the way ``redis-cli --cluster reshard`` does.
+
+        SETSLOT IMPORTING on the target and MIGRATING on the source, MIGRATE of
+        the slot's keys (all at once), then SETSLOT NODE on every master.
+        ``between(step)`` runs after "marked" (keys still on the source) and after
+        "moved" (keys on the target, the slot not handed over yet): a test lets
+        traffic hit each state there.
+        """
+        source = self.master_of_slot(slot)
+        if source.port == target.port:
+            raise ValueError(f"slot {slot} is on {target.address} already")
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        self.broken = True
+        with target.client() as tc, source.client() as sc:
+            tc.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+            sc.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+            between("marked")
+            while True:
+                keys = sc.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000)
+                if not keys:
+                    break
+                sc.execute_command(
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
+                )
+            between("moved")
+            tc.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+            sc.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        for master in self.masters():
+            if master.port not in (source.port, target.port):
+                with master.client() as client:
+                    client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+
     def client(self) -> redis.cluster.RedisCluster:
         """A redis-py cluster client of the throwaway cluster (for checks)."""
         return redis.cluster.RedisCluster(
