@@ -89,13 +89,15 @@ def _commands(payload: bytes) -> list[tuple[bytes, bytes | None, int, int]]:
         count = int(payload[pos + 1 : end])
         pos = end + 2
         args: list[bytes] = []
-        for _ in range(count):
+        keep = 3  # the name and the key come first (XREADGROUP: after STREAMS)
+        for n in range(count):
             end = index(b"\r\n", pos)
             length = int(payload[pos + 1 : end])
             start = end + 2
-            # Only the first few arguments name the command and its key.
-            if len(args) < 3 or args[0].upper() in (b"XREADGROUP", b"XREAD"):
+            if n < keep:
                 args.append(payload[start : start + length])
+                if n == 0 and args[0].upper() in (b"XREADGROUP", b"XREAD"):
+                    keep = count
             pos = start + length + 2
         out.append((args[0].upper(), _key_of(args), begin, pos))
     return out
@@ -633,21 +635,20 @@ class ClusterPool(RedisPool):
         for i in indexes:
             batch = batches[i]
             try:
-                payload, _ = encoder.encode(batch)
+                entries = encoder.encode_each(batch)
             except Exception as exc:  # whatever a corrupt batch makes the encoder raise
                 if outcome is None:
                     raise
                 outcome.broken[i] = f"cannot be encoded: {type(exc).__name__}: {exc}"
                 continue
             sent.append(i)
-            spans = _commands(payload)
             position = 0
             for n, rec in enumerate(batch.records):
                 for stream in rec.streams:
-                    start, end = spans[position][2:]
+                    command = entries[position][1]
                     position += 1
                     slot = slot_of(stream)
-                    by_slot.setdefault(slot, []).append(payload[start:end])
+                    by_slot.setdefault(slot, []).append(command)
                     owners.setdefault(slot, []).append((i, n, stream))
             if record is not None and record[i]:
                 waits = waits or self.wait_replicas > 0

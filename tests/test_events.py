@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 
 import fluxaorm
 from fluxaorm import Delete, Insert, Update
-from fluxaorm.events import MalformedEntryError, decode_entries, decode_entry
+from fluxaorm.events import (
+    EventBatch,
+    EventRecord,
+    MalformedEntryError,
+    StreamEncoder,
+    decode_entries,
+    decode_entry,
+)
 from tests.models import AllTypes, CategoryEntity, Color, Level, UserEntity
 from tests.stream_reading import raw_entries, read_events
 
@@ -541,3 +548,32 @@ def test_an_event_built_without_old_shares_no_mutable_default():
     assert first.old == {} and second.old == {}
     assert isinstance(second.old, dict)
     assert fluxaorm.DirtyStreamEvent._field_defaults["old"] == {}
+
+
+@given(
+    records=st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(["A", "B", "Cc"]), unique=True, max_size=3),
+            st.sampled_from(["add", "edit", "delete"]),
+            st.integers(min_value=1, max_value=2**64 - 1),
+            st.binary(max_size=40),
+            st.one_of(st.none(), st.binary(max_size=20)),
+        ),
+        max_size=8,
+    )
+)
+def test_entries_encoded_one_by_one_equal_the_pipelined_encoding(records):
+    """encode_each (a cluster's per-slot publisher) packs exactly what encode packs."""
+    encoder = StreamEncoder()
+    batch = EventBatch(
+        "default",
+        [
+            EventRecord(tuple(streams), action, "x.Row", ident, bind, old)
+            for streams, action, ident, bind, old in records
+        ],
+    )
+    payload, count = encoder.encode(batch)
+    each = encoder.encode_each(batch)
+    assert b"".join(command for _, command in each) == payload
+    assert len(each) == count
+    assert [s for s, _ in each] == [s for r in batch.records for s in r.streams]
