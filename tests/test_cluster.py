@@ -321,3 +321,29 @@ def test_a_frozen_master_delays_only_its_own_streams(
     client = redis_cluster.client()
     assert [len(raw_entries(client, s)) for s in names] == [1, 1, 1]
     client.close()
+
+
+def test_check_passes_on_the_cluster_and_names_a_missing_wait_permission(
+    make_engine: Any, redis_cluster: ThrowawayCluster
+) -> None:
+    """engine.check() probes a cluster too: all allowed passes; a user without
+    +wait (which a cluster pool sends) is told to grant it."""
+    names = streams_on(redis_cluster, redis_cluster.masters()[0], 1)
+    cls = entity_feeding(*names)
+    make_engine(cls).check()
+    rule = ["limited", "on", ">pw", "~*", "+@all", "-wait"]
+    for node in redis_cluster.nodes:
+        with node.client() as client:
+            client.execute_command("ACL SETUSER", *rule)
+    try:
+        seed = redis_cluster.url.replace("://", "://limited:pw@")
+        engine = make_engine(cls, redis_url=seed, sync=False)
+        with pytest.raises(fluxaorm.StreamError) as info:
+            engine.check()
+        assert info.value.permanent
+        assert "WAIT" in str(info.value) and "+wait" in str(info.value)
+        assert ":pw@" not in str(info.value)
+    finally:
+        for node in redis_cluster.nodes:
+            with node.client() as client:
+                client.execute_command("ACL DELUSER", "limited")
