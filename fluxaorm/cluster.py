@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis.connection
 import redis.exceptions
-from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
+from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, NodesManager, cleanup_kwargs
 from redis.crc import key_slot
 
 from .config import RedisConfig
@@ -170,7 +170,7 @@ def _unit_of(parts: Sequence[bytes], slot: int) -> _Unit:
 
 
 class ClusterPool(RedisPool):
-    """A Redis Cluster seen as one pool (redis-py's ``RedisCluster`` keeps the map).
+    """A Redis Cluster seen as one pool (redis-py's ``NodesManager`` keeps the map).
 
     Nothing connects before the first command: the slot map is read then (one
     ``CLUSTER SLOTS``) and again after a redirection or a node that cannot be
@@ -216,7 +216,7 @@ class ClusterPool(RedisPool):
         self._kwargs = kwargs
         timeout = kwargs.get("socket_timeout")
         self.socket_timeout: float | None = float(timeout) if timeout else None
-        self._client: RedisCluster | None = None
+        self._map: NodesManager | None = None
         self._lock = threading.Lock()
         self._stale = False
         self._refreshed = 0.0
@@ -232,39 +232,45 @@ class ClusterPool(RedisPool):
 
     # -- topology ------------------------------------------------------------------------
 
-    def nodes(self, what: str) -> Any:
-        """The NodesManager, read (again) when needed; StreamError when unreachable."""
-        client = self._client
-        if client is not None and not self._stale:
-            return client.nodes_manager
+    def nodes(self, what: str, force: bool = False) -> Any:
+        """The slot map, read (again) when needed; StreamError when unreachable.
+
+        Read at first use and, once :meth:`stale`, at most every 0.1 s (or at
+        once with ``force``): ``CLUSTER SLOTS`` from a seed or known node.
+        """
+        found = self._map
+        if found is not None and not self._stale and not force:
+            return found
         with self._lock:
-            client = self._client
+            found = self._map
             try:
-                if client is None:
+                if found is None:
                     self.heard("CLUSTER SLOTS", 1, 0)
                     seeds = [
                         ClusterNode(h, p)  # type: ignore[no-untyped-call]
                         for h, p in self.config.nodes
                     ]
-                    client = self._client = RedisCluster(
+                    # The map alone: redis-py's RedisCluster client would also
+                    # fetch COMMAND (a large reply, and one more ACL permission).
+                    found = self._map = NodesManager(
                         startup_nodes=seeds,
                         require_full_coverage=False,
-                        **self._kwargs,
+                        **cleanup_kwargs(**self._kwargs),  # type: ignore[no-untyped-call]
                     )
                     self._stale = False
-                elif (
+                elif force or (
                     self._stale and time.monotonic() - self._refreshed >= _REFRESH_EVERY
                 ):
                     self._refreshed = time.monotonic()
                     self.heard("CLUSTER SLOTS", 1, 0)
-                    client.nodes_manager.initialize()
+                    found.initialize()
                     self._stale = False
             except (
                 redis.exceptions.RedisError,
                 redis.exceptions.RedisClusterException,
             ) as exc:
                 raise self.error(exc, f"{what}: reading the cluster's slots") from exc
-        return client.nodes_manager
+        return found
 
     def stale(self) -> None:
         """Read the slot map again before the next exchange (a node failed)."""
@@ -281,6 +287,9 @@ class ClusterPool(RedisPool):
         if unit.node is not None:
             host, _, port = unit.node.rpartition(":")
             node = manager.get_node(host=host, port=int(port))
+            if node is None:  # a node the map does not know yet
+                manager = self.nodes("following a redirection", force=True)
+                node = manager.get_node(host=host, port=int(port))
             if node is not None:
                 return node
             unit.node = None
@@ -317,9 +326,11 @@ class ClusterPool(RedisPool):
     def close(self) -> None:
         """Close every connection to every node (reconnects on next use)."""
         with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+            found, self._map = self._map, None
+        if found is not None:
+            for node in list(found.nodes_cache.values()):
+                if node.redis_connection is not None:
+                    node.redis_connection.close()
 
     # -- errors --------------------------------------------------------------------------
 
@@ -574,8 +585,10 @@ class ClusterPool(RedisPool):
                 "[%s] slot %s: %s %s", self.name, unit.slot, type(reply).__name__, reply
             )
             if isinstance(reply, redis.exceptions.MovedError):
-                manager.move_slot(reply)
-                unit.node, unit.asking = None, False
+                # Sent again to the node named; the whole map is read again
+                # before long (a resharding or failover moves more slots).
+                self.stale()
+                unit.node, unit.asking = f"{reply.host}:{reply.port}", False
                 return _RESEND
             unit.node, unit.asking = None, False
             if isinstance(reply, redis.exceptions.AskError):

@@ -347,3 +347,61 @@ def test_check_passes_on_the_cluster_and_names_a_missing_wait_permission(
         for node in redis_cluster.nodes:
             with node.client() as client:
                 client.execute_command("ACL DELUSER", "limited")
+
+
+PRODUCER = "+multi +exec +xadd +zadd +zrem +zmscore +zremrangebyscore"
+CONSUMER = (
+    "+xgroup|create +xgroup|delconsumer +xreadgroup +xack +xdel +xpending "
+    "+xautoclaim +xclaim +xadd"
+)
+ON_A_CLUSTER = "+cluster|slots +asking +wait"
+
+
+def test_least_privilege_users_work_on_a_cluster(
+    make_engine: Any, redis_cluster: ThrowawayCluster
+) -> None:
+    """The documented producer and consumer ACLs, plus +cluster|slots +asking +wait,
+    are all a cluster pool needs: flush, relay and consume."""
+    names = [
+        s for m in redis_cluster.masters() for s in streams_on(redis_cluster, m, 1)
+    ]
+    cls = entity_feeding(*names)
+    users = {
+        "producer": f"{PRODUCER} {ON_A_CLUSTER}",
+        "consumer": f"{CONSUMER} {ON_A_CLUSTER}",
+    }
+    for node in redis_cluster.nodes:
+        with node.client() as client:
+            for user, rules in users.items():
+                client.execute_command(
+                    "ACL SETUSER",
+                    user,
+                    "reset",
+                    "on",
+                    ">pw",
+                    "~dirty_*",
+                    *rules.split(),
+                )
+    try:
+        url = redis_cluster.url.replace("://", "://producer:pw@")
+        producer = make_engine(cls, redis_url=url, outbox_relay_delay=0)
+        orm = producer.new_orm()
+        row = orm.new_entity(cls, name="a")
+        orm.flush()
+        assert producer.relay_outbox() == 0
+        url = redis_cluster.url.replace("://", "://consumer:pw@")
+        consumer_engine = make_engine(cls, redis_url=url, sync=False)
+        got: list[int] = []
+        for name in names:
+            consumer = fluxaorm.new_dirty_stream_consumer_single(
+                consumer_engine.new_orm(),
+                name,
+                lambda evs: got.extend(e.id for e in evs),
+            )
+            assert consumer.consume(10, 0) == 1
+            consumer.cleanup()
+        assert got == [row.id] * 3
+    finally:
+        for node in redis_cluster.nodes:
+            with node.client() as client:
+                client.execute_command("ACL DELUSER", *users)
