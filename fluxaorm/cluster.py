@@ -6,19 +6,18 @@ keeps ``RedisPool``'s interface (``execute``, ``pipeline``, ``round_trip``,
 ``error``), so the broker, the relay and the checks run on it unchanged: commands
 are grouped by the master serving their key's hash slot, written to every node
 before any reply is read (one round trip per node), and MOVED, ASK, TRYAGAIN and
-CLUSTERDOWN replies are followed. ``outbox.publish`` hands a flush's batches to
-:meth:`ClusterPool.publish` (one MULTI/EXEC per hash slot, then WAIT), the relay
-asks :func:`confirmed_records`, and consumers talk through :class:`ClusterSession`.
-With ``streams.py``, the only module that imports redis.
+CLUSTERDOWN replies are followed, with WAIT after a node's commands on request.
+A flush's publishing and the relay's reading of records on a cluster are
+``cluster_outbox.py``'s; consumers talk through :class:`ClusterSession`. With
+``streams.py``, the only module that imports redis.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis.connection
@@ -29,7 +28,6 @@ from redis.crc import key_slot
 from .config import RedisConfig
 from .errors import ConfigurationError, StreamError
 from .events import stream_key
-from .outbox import PublishOutcome, record_key, recorded
 from .streams import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_SOCKET_TIMEOUT,
@@ -42,9 +40,16 @@ from .streams import (
 )
 
 if TYPE_CHECKING:
-    from .events import EventBatch, StreamEncoder
+    pass
 
-__all__ = ["ClusterPool", "ClusterSession", "confirmed_records", "publish_pool"]
+__all__ = [
+    "ClusterPool",
+    "ClusterSession",
+    "Unit",
+    "block_unit",
+    "slot_of",
+    "split_commands",
+]
 
 _log = logging.getLogger("fluxaorm.redis")
 _MULTI = pack_command("MULTI")
@@ -77,7 +82,7 @@ _SHORT_PAUSE = 5.0
 # -- splitting pre-packed commands -------------------------------------------------------
 
 
-def _commands(payload: bytes) -> list[tuple[bytes, bytes | None, int, int]]:
+def split_commands(payload: bytes) -> list[tuple[bytes, bytes | None, int, int]]:
     """Split packed RESP commands: ``(name, key, start, end)`` per command."""
     out: list[tuple[bytes, bytes | None, int, int]] = []
     pos = 0
@@ -103,6 +108,11 @@ def _commands(payload: bytes) -> list[tuple[bytes, bytes | None, int, int]]:
     return out
 
 
+def slot_of(key: bytes) -> int:
+    """The hash slot of a key (its ``{hash tag}`` when it has one)."""
+    return int(key_slot(key))
+
+
 def _key_of(args: Sequence[bytes]) -> bytes | None:
     """The key a command works on (the first one), or None for a keyless command."""
     name = args[0].upper()
@@ -119,7 +129,7 @@ def _key_of(args: Sequence[bytes]) -> bytes | None:
     return args[1]
 
 
-class _Unit:
+class Unit:
     """Commands sent to one node together: one command, or a MULTI ... EXEC block."""
 
     __slots__ = ("asking", "block", "node", "payload", "replies", "slot")
@@ -135,16 +145,16 @@ class _Unit:
         self.asking = False
 
 
-def _units(payload: bytes) -> list[_Unit]:
+def _units(payload: bytes) -> list[Unit]:
     """Cut a pre-packed payload into units; a MULTI ... EXEC block stays whole."""
-    units: list[_Unit] = []
+    units: list[Unit] = []
     block: list[Any] | None = None  # [start, slot, commands]
-    for name, key, start, end in _commands(payload):
+    for name, key, start, end in split_commands(payload):
         slot = key_slot(key) if key is not None else None
         if block is not None:
             if name in (b"EXEC", b"DISCARD"):
                 units.append(
-                    _Unit(payload[block[0] : end], block[2] + 2, block[1], True)
+                    Unit(payload[block[0] : end], block[2] + 2, block[1], True)
                 )
                 block = None
             else:
@@ -155,15 +165,15 @@ def _units(payload: bytes) -> list[_Unit]:
         if name == b"MULTI":
             block = [start, None, 0]
             continue
-        units.append(_Unit(payload[start:end], 1, slot))
+        units.append(Unit(payload[start:end], 1, slot))
     if block is not None:  # a MULTI never closed: its replies all the same
-        units.append(_Unit(payload[block[0] :], block[2] + 1, block[1], True))
+        units.append(Unit(payload[block[0] :], block[2] + 1, block[1], True))
     return units
 
 
-def _unit_of(parts: Sequence[bytes], slot: int) -> _Unit:
+def block_unit(parts: Sequence[bytes], slot: int) -> Unit:
     """A MULTI/EXEC block of packed commands, all of one slot."""
-    return _Unit(_MULTI + b"".join(parts) + _EXEC, len(parts) + 2, slot, True)
+    return Unit(_MULTI + b"".join(parts) + _EXEC, len(parts) + 2, slot, True)
 
 
 # -- the pool ----------------------------------------------------------------------------
@@ -283,7 +293,7 @@ class ClusterPool(RedisPool):
             found = self._slots[stream] = key_slot(stream_key(stream).encode())
         return found
 
-    def _node(self, manager: Any, unit: _Unit, fallback: int | None) -> Any:
+    def _node(self, manager: Any, unit: Unit, fallback: int | None) -> Any:
         if unit.node is not None:
             host, _, port = unit.node.rpartition(":")
             node = manager.get_node(host=host, port=int(port))
@@ -382,7 +392,7 @@ class ClusterPool(RedisPool):
         return out
 
     def exchange(
-        self, units: list[_Unit], what: str, wait: bool = False, flush: bool = False
+        self, units: list[Unit], what: str, wait: bool = False, flush: bool = False
     ) -> tuple[list[list[Any] | None], dict[int, StreamError], list[int | None]]:
         """Send units to their nodes, following redirections; one write per node.
 
@@ -434,7 +444,7 @@ class ClusterPool(RedisPool):
 
     def _attempt(
         self,
-        units: list[_Unit],
+        units: list[Unit],
         todo: list[int],
         what: str,
         results: list[list[Any] | None],
@@ -535,7 +545,7 @@ class ClusterPool(RedisPool):
         pool: Any,
         conn: Any,
         members: list[int],
-        units: list[_Unit],
+        units: list[Unit],
         results: list[list[Any] | None],
         failed: dict[int, StreamError],
         what: str,
@@ -567,7 +577,7 @@ class ClusterPool(RedisPool):
             "WAIT", self.wait_replicas, max(1, int(self.wait_timeout * 1000))
         )
 
-    def follow(self, manager: Any, unit: _Unit, replies: list[Any] | None) -> Any:
+    def follow(self, manager: Any, unit: Unit, replies: list[Any] | None) -> Any:
         """Look at a unit's replies: follow a MOVED or ASK; say what to do.
 
         Returns:
@@ -599,289 +609,8 @@ class ClusterPool(RedisPool):
             return reply
         return None
 
-    # -- publishing ----------------------------------------------------------------------
-
-    def publish(
-        self,
-        encoder: StreamEncoder,
-        batches: Sequence[EventBatch],
-        indexes: list[int],
-        done: set[int],
-        outcome: PublishOutcome | None,
-        record: Sequence[bool] | None,
-        forget: Sequence[bytes],
-        now_ms: int,
-        trim: bool,
-        record_commands: Any,
-    ) -> StreamError | None:
-        """Publish batches: one MULTI/EXEC per hash slot, one round trip per node.
-
-        Each stream's entries and the record that its outbox row's entries
-        arrived share the stream's slot, so one transaction holds both: a
-        stream never gets half of a flush. A batch spanning slots is done when
-        every slot's transaction ran and, for an outbox row when
-        ``wait_replicas`` is set, ``WAIT`` counted enough replicas on each node;
-        a slot that failed (a node down) leaves its streams unrecorded, and the
-        relay publishes only those later.
-
-        Args:
-            encoder: packs the XADD commands.
-            batches: every batch of the publish.
-            indexes: the batches of this pool.
-            done: filled in with the indexes of the batches done.
-            outcome: filled in with the details of those not done (see
-                ``outbox.publish``).
-            record: per batch, whether it is an outbox row's.
-            forget: packed ZREM commands of records to remove.
-            now_ms: the records' score.
-            trim: also trim old records (the relay does).
-            record_commands: ``outbox._record_commands``.
-
-        Returns:
-            The error that kept some batch from being done, else None.
-        """
-        by_slot: dict[int, list[bytes]] = {}
-        owners: dict[int, list[tuple[int, int, str] | None]] = {}
-        waits = False
-        sent: list[int] = []
-        slot_of = self.slot
-        for i in indexes:
-            batch = batches[i]
-            try:
-                entries = encoder.encode_each(batch)
-            except Exception as exc:  # whatever a corrupt batch makes the encoder raise
-                if outcome is None:
-                    raise
-                outcome.broken[i] = f"cannot be encoded: {type(exc).__name__}: {exc}"
-                continue
-            sent.append(i)
-            position = 0
-            for n, rec in enumerate(batch.records):
-                for stream in rec.streams:
-                    command = entries[position][1]
-                    position += 1
-                    slot = slot_of(stream)
-                    by_slot.setdefault(slot, []).append(command)
-                    owners.setdefault(slot, []).append((i, n, stream))
-            if record is not None and record[i]:
-                waits = waits or self.wait_replicas > 0
-                commands, _ = record_commands(batch, now_ms, trim)
-                self._add_keyed(commands, by_slot, owners, i)
-        for command in forget:
-            self._add_keyed([command], by_slot, owners, None)
-        if not sent:
-            return None
-        slots = list(by_slot)
-        units = [_unit_of(by_slot[s], s) for s in slots]
-        results, failed, acks = self.exchange(units, "XADD", wait=waits, flush=not trim)
-        return self._sort(
-            batches, sent, slots, owners, results, failed, acks, waits, done, outcome
-        )
-
-    @staticmethod
-    def _add_keyed(
-        commands: Iterable[bytes],
-        by_slot: dict[int, list[bytes]],
-        owners: dict[int, list[tuple[int, int, str] | None]],
-        batch: int | None,
-    ) -> None:
-        for command in commands:
-            for _, key, start, end in _commands(command):
-                slot = key_slot(key) if key is not None else 0
-                by_slot.setdefault(slot, []).append(command[start:end])
-                owners.setdefault(slot, []).append(None)
-
-    def _sort(
-        self,
-        batches: Sequence[EventBatch],
-        sent: list[int],
-        slots: list[int],
-        owners: dict[int, list[tuple[int, int, str] | None]],
-        results: list[list[Any] | None],
-        failed: dict[int, StreamError],
-        acks: list[int | None],
-        waits: bool,
-        done: set[int],
-        outcome: PublishOutcome | None,
-    ) -> StreamError | None:
-        """Sort the batches by what their slots' transactions did."""
-        refused: dict[int, list[tuple[int, str]]] = {}
-        missing: set[int] = set()  # batches with a slot that did not run
-        unconfirmed: set[int] = set()
-        first: StreamError | None = None
-        for u, slot in enumerate(slots):
-            members = {o[0] for o in owners[slot] if o is not None}
-            result = results[u]
-            reply = result[-1] if result else None
-            if u in failed or not isinstance(reply, list):
-                missing |= members
-                if first is None:
-                    first = failed.get(u) or self._refused(result, reply)
-                continue
-            if waits and (acks[u] or 0) < self.wait_replicas:
-                unconfirmed |= members
-            for owner, each in zip(owners[slot], reply):
-                if owner is not None and isinstance(each, Exception):
-                    i, n, stream = owner
-                    refused.setdefault(i, []).append((n, stream))
-                    if first is None:
-                        first = self._refusal(
-                            f"XADD refused inside MULTI/EXEC on {stream_key(stream)!r}: "
-                            f"{type(each).__name__}: {each}",
-                            each,
-                        )
-        untrue = [
-            (stream, batches[i].event_id)
-            for i, entries in refused.items()
-            for stream in {s for _, s in entries}
-        ]
-        for i in sent:
-            if i in missing:
-                continue
-            if i in refused:
-                if outcome is not None:
-                    outcome.refused[i] = refused[i]
-                continue
-            if i in unconfirmed:
-                continue
-            done.add(i)
-        if untrue:
-            self._forget_untrue(untrue)
-        if missing and outcome is not None and first is not None:
-            outcome.failed_pools[self.name] = first
-        short = unconfirmed - missing - set(refused)
-        if short and first is None:
-            first = StreamError(
-                f"Redis pool {self.name!r}: {len(short)} published batches were not "
-                f"confirmed by {self.wait_replicas} replica(s) within "
-                f"{self.wait_timeout:g}s (WAIT); their outbox rows stay until a "
-                "relay finds a replica has them",
-                pool=self.name,
-                connection_lost=True,
-            )
-        return first
-
-    def _refused(self, result: list[Any] | None, reply: Any) -> StreamError:
-        errors = [r for r in (result or ()) if isinstance(r, Exception)]
-        cause = errors[0] if errors else reply
-        if isinstance(cause, Exception):
-            return self.error(cause, "MULTI/EXEC refused")
-        return self._refusal("MULTI/EXEC refused: EXEC aborted", None)
-
-    def _refusal(self, what: str, reply: Any) -> StreamError:
-        error = StreamError(
-            f"Redis pool {self.name!r} at {self.config.address}: {what}",
-            pool=self.name,
-            orig=reply if isinstance(reply, Exception) else None,
-        )
-        return error
-
-    def _forget_untrue(self, untrue: list[tuple[str, str]]) -> None:
-        """Take back records of streams that refused the entries they record."""
-        by_stream: dict[str, list[bytes]] = {}
-        for stream, member in untrue:
-            by_stream.setdefault(stream, []).append(member.encode())
-        payload = b"".join(
-            pack_command(b"ZREM", record_key(s), *m) for s, m in by_stream.items()
-        )
-        try:
-            self.round_trip(payload, len(by_stream), "ZREM")
-        except StreamError as exc:
-            _log.warning(
-                "outbox records of refused entries could not be removed: %s", exc
-            )
-
-    # -- the relay's records ---------------------------------------------------------------
-
-    def confirmed_records(
-        self, batches: Sequence[EventBatch]
-    ) -> tuple[list[set[str]], set[int]]:
-        """Per batch, the streams recorded as having its entries; and which to hold.
-
-        One round trip per node: each record found is rewritten (a new score,
-        so the write reaches the replicas) and ``WAIT`` then says whether a
-        replica has everything the node wrote before it, the record and the
-        entries included. A batch recorded on a node no replica confirmed is
-        held: its outbox row is neither deleted nor published again now.
-
-        Raises:
-            StreamError: a node could not be reached or refused.
-        """
-        members: dict[str, list[tuple[int, bytes]]] = {}
-        for i, batch in enumerate(batches):
-            member = batch.event_id.encode()
-            for stream in dict.fromkeys(s for r in batch.records for s in r.streams):
-                members.setdefault(stream, []).append((i, member))
-        out: list[set[str]] = [set() for _ in batches]
-        held: set[int] = set()
-        if not members:
-            return out, held
-        streams = list(members)
-        # Distinct from every score a publish writes (whole milliseconds).
-        score = b"%d.%03d" % (int(time.time() * 1000), random.randint(1, 999))
-        units = []
-        for stream in streams:
-            key = record_key(stream)
-            names = [m for _, m in members[stream]]
-            touch = [a for m in names for a in (score, m)]
-            units.append(
-                _Unit(
-                    pack_command(b"ZADD", key, b"XX", *touch)
-                    + pack_command(b"ZMSCORE", key, *names),
-                    2,
-                    self.slot(stream),
-                )
-            )
-        results, failed, acks = self.exchange(units, "ZMSCORE", wait=True)
-        if failed:
-            raise next(iter(failed.values()))
-        for u, stream in enumerate(streams):
-            replies = results[u] or []
-            reply = replies[-1] if replies else None
-            if isinstance(reply, Exception) or not isinstance(reply, list):
-                raise self.error(
-                    reply if isinstance(reply, Exception) else RuntimeError("no reply"),
-                    f"reading the outbox records of {stream_key(stream)!r}",
-                )
-            for (i, _), found in zip(members[stream], reply):
-                if found is None:
-                    continue
-                out[i].add(stream)
-                if (acks[u] or 0) < self.wait_replicas:
-                    held.add(i)
-        return out, held
-
 
 _RESEND = object()
-
-
-def publish_pool(
-    pool: RedisPool,
-    encoder: StreamEncoder,
-    batches: Sequence[EventBatch],
-    indexes: list[int],
-    done: set[int],
-    outcome: PublishOutcome | None,
-    record: Sequence[bool] | None,
-    forget: Sequence[bytes],
-    now_ms: int,
-    trim: bool,
-    record_commands: Any,
-) -> StreamError | None:
-    """``outbox.publish``'s step for a cluster pool: see :meth:`ClusterPool.publish`."""
-    assert isinstance(pool, ClusterPool)
-    return pool.publish(
-        encoder,
-        batches,
-        indexes,
-        done,
-        outcome,
-        record,
-        forget,
-        now_ms,
-        trim,
-        record_commands,
-    )
 
 
 # Replies a session hands to the pool to follow.
@@ -890,20 +619,6 @@ _FOLLOWED = (
     redis.exceptions.TryAgainError,
     redis.exceptions.ClusterDownError,
 )
-
-
-def confirmed_records(
-    pool: RedisPool, batches: Sequence[EventBatch]
-) -> tuple[list[set[str]], set[int]]:
-    """The relay's reading of the records: recorded streams per batch, batches to hold.
-
-    On one server (or a cluster with ``wait_replicas=0``) nothing is held: a
-    record found means the entries are there. On a cluster that waits for
-    replicas, see :meth:`ClusterPool.confirmed_records`.
-    """
-    if isinstance(pool, ClusterPool) and pool.wait_replicas:
-        return pool.confirmed_records(batches)
-    return recorded(pool, batches), set()
 
 
 # -- consumers ---------------------------------------------------------------------------
@@ -978,7 +693,7 @@ class ClusterSession(Session):
         self.failed += [r for r in follow if isinstance(r, Exception)]
 
     def _follow(
-        self, units: list[_Unit], replies: list[Any], what: str, owed: bool = False
+        self, units: list[Unit], replies: list[Any], what: str, owed: bool = False
     ) -> list[Any]:
         """Resend the units whose replies redirect; return the replies in order.
 

@@ -422,7 +422,7 @@ def publish(
             continue
         if pool.cluster:
             # A Redis Cluster's publisher: one MULTI/EXEC per hash slot.
-            from .cluster import publish_pool
+            from .cluster_outbox import publish_pool
 
             failure = publish_pool(
                 pool,

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .cluster import confirmed_records
+from .cluster_outbox import confirmed_records
 from .db import Connection, MySQLPool, error_code
 from .errors import DatabaseError, StreamError
 from .events import EventBatch, StreamEncoder

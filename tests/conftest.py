@@ -222,7 +222,13 @@ def make_engine(clean: None, redis_target: RedisTarget) -> Iterator[EngineFactor
     ) -> fluxaorm.Engine:
         registry = fluxaorm.Registry(**registry_options)
         registry.register_mysql(mysql_url, **(mysql_options or {}))
-        registry.register_redis(redis_url or redis_target.url, **(redis_options or {}))
+        redis_options = dict(redis_options or {})
+        url = redis_url or redis_target.url
+        if url.startswith("redis+cluster://"):
+            # A WAIT that times out on a loaded machine makes the pool skip WAIT
+            # for a while, and round-trip counts with it: give it time.
+            redis_options.setdefault("wait_timeout", 5)
+        registry.register_redis(url, **redis_options)
         registry.register_entity(*entities)
         for stream, limits in (stream_retention or {}).items():
             registry.set_stream_retention(stream, **limits)
