@@ -5,7 +5,9 @@ and the consumers (the hand-written pipelined one of ``baseline.py``, fluxaorm's
 ``consume()`` and ``run()`` of ``fluxa.py``), runs ``harness.race`` and hands the
 results to ``report.py``, which writes ``benchmarks/results/latest.json``,
 ``table.md``, ``bench.png`` and a copy of the chart at
-``docs/img/benchmarks.png``. ``--help`` lists the options.
+``docs/img/benchmarks.png``. ``--only cluster`` runs the Redis Cluster scenario
+of ``cluster.py`` instead (not part of the default run). ``--help`` lists the
+options.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 import pymysql
 
-from benchmarks import report
+from benchmarks import cluster, report
 from benchmarks.baseline import Baseline, PipelinedConsumer
 from benchmarks.fluxa import Fluxa, FluxaConsumer
 from benchmarks.harness import Plan, race
@@ -99,7 +101,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=",".join(KEYS),
-        help=f"comma-separated competitors and consumers (default all: {','.join(KEYS)})",
+        help=f"comma-separated competitors and consumers (default all: {','.join(KEYS)}); "
+        "or cluster: a flush across 100 streams on a Redis Cluster against one server",
     )
     parser.add_argument(
         "--mysql-url",
@@ -112,6 +115,18 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="Redis URL of the benchmark's own DB (default $FLUXAORM_BENCH_REDIS_URL, "
         "else redis://127.0.0.1:6379/8)",
+    )
+    parser.add_argument(
+        "--cluster-url",
+        default=None,
+        help="with --only cluster: a redis+cluster:// URL to use (default: start a "
+        "throwaway cluster of three masters with a replica each on loopback ports)",
+    )
+    parser.add_argument(
+        "--cluster-rows",
+        default=None,
+        help="with --only cluster: comma-separated rows per flush (default 1,10,100; "
+        "each row feeds 100 streams)",
     )
     parser.add_argument(
         "--no-profile",
@@ -196,6 +211,22 @@ def main(argv: list[str] | None = None) -> int:
     consume_rows = args.consume_rows or (200 if args.quick else 10_000)
     runs = args.runs if args.runs is not None else (2 if args.quick else 5)
     keys = [k for k in args.only.split(",") if k]
+    if keys == ["cluster"]:
+        config = Config.from_env(args.mysql_url, args.redis_url)
+        _create_database(config)
+        cluster.run(
+            config,
+            cluster_url=args.cluster_url,
+            rows=_numbers(
+                "--cluster-rows",
+                args.cluster_rows or ("1,10" if args.quick else "1,10,100"),
+            ),
+            flushes=5 if args.quick else 20,
+            runs=runs,
+            results=RESULTS,
+        )
+        print(f"wrote {RESULTS / 'cluster.json'}, {RESULTS / 'cluster.md'}")
+        return 0
     plan = Plan(
         sizes=sizes,
         consume_sizes=consume_sizes,

@@ -188,6 +188,13 @@ def _probes(streams: Sequence[StreamInfo]) -> list[_Probe]:
 
 def _probe_redis(pool: RedisPool, streams: Sequence[StreamInfo]) -> None:
     probes = _probes(streams)
+    if pool.cluster:
+        # A cluster pool also sends WAIT (after a flush's transactions) and
+        # ASKING (following a slot being migrated); WAIT 0 returns at once.
+        probes[-3:-3] = [
+            ("WAIT", None, ("WAIT", 0, 1)),
+            ("ASKING", None, ("ASKING",)),
+        ]
     # Reaching the server, AUTH and SELECT happen here: a StreamError saying
     # whether retrying can help.
     replies = pool.pipeline([args for _, _, args in probes], "check")
@@ -246,7 +253,7 @@ def _denied(
         f"fluxaorm needs (first refusal: {what}{' ' + key if key else ''}: {first}). "
         f"Retrying cannot help: grant it, e.g. ACL SETUSER {user} "
         "+@stream +@transaction +time +zadd +zrem +zmscore +zremrangebyscore "
-        "~dirty_*",
+        f"{'+wait +asking +cluster|slots ' if pool.cluster else ''}~dirty_*",
         pool=pool.name,
         orig=first,
         permanent=True,

@@ -25,6 +25,10 @@ __all__ = ["MySQLConfig", "RedisConfig", "redact_url"]
 
 _MYSQL_SCHEMES = {"mysql", "mysql+pymysql", "mariadb", "mariadb+pymysql"}
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
+_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+# Options of cluster pools that fluxaorm reads itself (never given to redis-py).
+DEFAULT_WAIT_REPLICAS = 1
+DEFAULT_WAIT_TIMEOUT = 0.5
 _MYSQL_INT = {
     "port",
     "connect_timeout",
@@ -434,24 +438,44 @@ class RedisConfig:
     Attributes:
         pool: the pool name.
         url: the URL with its password replaced by ``***``.
-        host, port: where to connect (``host`` is empty for ``unix://``).
-        tls: whether the URL is ``rediss://``.
+        host, port: where to connect (``host`` is empty for ``unix://``; the
+            first seed node of a cluster).
+        tls: whether the URL is ``rediss://`` (or ``rediss+cluster://``).
         username: the ACL user of the URL, or ``None``.
         db: the database number (``?db=``, else the URL path, else the ``db``
-            option, as redis-py reads it).
+            option, as redis-py reads it); always 0 on a cluster.
+        cluster: whether the URL is ``redis+cluster://`` (a Redis Cluster).
+        nodes: the seed nodes ``(host, port)`` of a cluster (the one server
+            otherwise).
+        wait_replicas: on a cluster, how many replicas must have a flush's
+            entries before its outbox row is deleted (``WAIT``; 0: none).
+        wait_timeout: on a cluster, the seconds one ``WAIT`` may take.
         options: keyword options for ``redis.ConnectionPool.from_url``.
     """
 
     def __init__(self, url: str, pool: str = "default", **options: Any):
         self.pool = pool
+        self.cluster = isinstance(url, str) and (
+            url.partition("://")[0].lower() in _CLUSTER_SCHEMES
+        )
+        self.wait_replicas = 0
+        self.wait_timeout = DEFAULT_WAIT_TIMEOUT
+        if self.cluster:
+            url, options = self._cluster_url(url, pool, options)
         parts = _split(url, "Redis", pool)
         port = parts.port
         if parts.scheme not in _REDIS_SCHEMES:
             raise ConfigurationError(
                 f"Redis pool {pool!r}: URL must start with redis://, rediss:// or unix:// "
-                f"(got {redact_url(url)!r})"
+                f"(redis+cluster:// for a Redis Cluster; got {redact_url(url)!r})"
             )
         query_pairs = parse_qsl(parts.query, keep_blank_values=True)
+        for key in ("wait_replicas", "wait_timeout"):
+            if key in options or any(k == key for k, _ in query_pairs):
+                raise ConfigurationError(
+                    f"Redis pool {pool!r}: {key} applies to a Redis Cluster "
+                    "(redis+cluster:// or rediss+cluster://), not to one server"
+                )
         ssl_flag = [v for k, v in query_pairs if k == "ssl"]
         if ssl_flag and parts.scheme != "unix":
             # redis-py has no ?ssl= option: the scheme says TLS or not (SPEC §2).
@@ -460,10 +484,15 @@ class RedisConfig:
             rest = [(k, v) for k, v in query_pairs if k != "ssl"]
             parts = parts._replace(query=urlencode(rest))
             url = urlunsplit(parts)
-        self._url = url
-        self.url = redact_url(url)
+        if self.cluster:
+            self._seed_url = url
+        else:
+            self._url = self._seed_url = url
+            self.url = redact_url(url)
         self.host = parts.hostname or ("127.0.0.1" if parts.scheme != "unix" else "")
         self.port = port or 6379
+        if not self.cluster:
+            self.nodes: tuple[tuple[str, int], ...] = ((self.host, self.port),)
         self.tls = parts.scheme == "rediss"
         self.username: str | None = unquote(parts.username) if parts.username else None
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -484,11 +513,89 @@ class RedisConfig:
             raise ConfigurationError(
                 f"Redis pool {pool!r}: the database number must be 0 or more"
             )
+        if self.cluster and self.db != 0:
+            raise ConfigurationError(
+                f"Redis pool {pool!r}: a Redis Cluster has only database 0, not "
+                f"{self.db} ({self.url})"
+            )
         self.options: Mapping[str, Any] = dict(options)
         self._shown_options = {
             k: ("***" if _SECRET_OPTION_RE.search(k) else v)
             for k, v in self.options.items()
         }
+
+    def _cluster_url(
+        self, url: str, pool: str, options: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """Read a ``redis+cluster://`` URL: keep the seed nodes and wait options.
+
+        Returns:
+            The URL of the first seed node (``redis://`` or ``rediss://``, with
+            the userinfo, path and query, the wait options taken out) and the
+            other options.
+        """
+        scheme, _, rest = url.partition("://")
+        self._url = url
+        self.url = redact_url(url)
+        userinfo, at, after = rest.rpartition("@")
+        end = len(after)
+        for mark in "/?#":
+            found = after.find(mark)
+            if found != -1:
+                end = min(end, found)
+        hosts, tail = after[:end], after[end:]
+        nodes: list[tuple[str, int]] = []
+        for text in hosts.split(","):
+            try:
+                seed: SplitResult | None = urlsplit(f"redis://{text.strip()}")
+                seed.port  # type: ignore[union-attr]  # noqa: B018 - raises when bad
+            except ValueError:
+                seed = None
+            if seed is None or not seed.hostname or seed.path or seed.query:
+                raise ConfigurationError(
+                    f"Redis pool {pool!r}: cannot read the seed node {text.strip()!r} "
+                    f"of {self.url!r}; write redis+cluster://host:port,host:port/"
+                )
+            nodes.append((seed.hostname, seed.port or 6379))
+        self.nodes = tuple(nodes)
+        query, hash_sep, fragment = tail.partition("#")
+        path, _, query_text = query.partition("?")
+        pairs = parse_qsl(query_text, keep_blank_values=True)
+        given = {k: v for k, v in pairs if k in ("wait_replicas", "wait_timeout")}
+        options = dict(options)
+        for key in ("wait_replicas", "wait_timeout"):
+            if key in options:
+                given[key] = options.pop(key)
+        self.wait_replicas = self._wait_option(
+            pool, "wait_replicas", given.get("wait_replicas", DEFAULT_WAIT_REPLICAS)
+        )
+        self.wait_timeout = self._wait_option(
+            pool, "wait_timeout", given.get("wait_timeout", DEFAULT_WAIT_TIMEOUT)
+        )
+        kept = urlencode([(k, v) for k, v in pairs if k not in given])
+        first = f"{nodes[0][0]}:{nodes[0][1]}"
+        if ":" in nodes[0][0]:
+            first = f"[{nodes[0][0]}]:{nodes[0][1]}"
+        single = f"{_CLUSTER_SCHEMES[scheme.lower()]}://{userinfo}{at}{first}{path}"
+        return single + (f"?{kept}" if kept else "") + hash_sep + fragment, options
+
+    @staticmethod
+    def _wait_option(pool: str, key: str, value: Any) -> Any:
+        try:
+            number = int(value) if key == "wait_replicas" else float(value)
+        except (TypeError, ValueError):
+            number = -1
+        if key == "wait_replicas" and number < 0:
+            raise ConfigurationError(
+                f"Redis pool {pool!r}: wait_replicas={value!r} must be a whole "
+                "number, 0 or more (0: no WAIT)"
+            )
+        if key == "wait_timeout" and not number > 0:
+            raise ConfigurationError(
+                f"Redis pool {pool!r}: wait_timeout={value!r} must be more than 0 "
+                "seconds"
+            )
+        return number
 
     @property
     def secret_url(self) -> str:
@@ -496,8 +603,15 @@ class RedisConfig:
         return self._url
 
     @property
+    def seed_url(self) -> str:
+        """The URL of one server (a cluster's first seed node), password included."""
+        return self._seed_url
+
+    @property
     def address(self) -> str:
-        """``host:port`` (or the socket path), for messages."""
+        """``host:port`` (or the socket path; the seed nodes of a cluster), for messages."""
+        if self.cluster:
+            return ",".join(f"{h}:{p}" for h, p in self.nodes)
         if self.host:
             return f"{self.host}:{self.port}"
         return urlsplit(self._url).path

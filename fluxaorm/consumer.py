@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError, DatabaseError, StreamError
 from .events import DirtyStreamEvent, dead_key, dead_letter_fields, decode_entries
-from .streams import RawEntry, Session, pack_ack, parse_entries, text
+from .streams import RawEntry, pack_ack, parse_entries, text
 
 if TYPE_CHECKING:
     from .orm import ORM
@@ -90,7 +90,7 @@ class DirtyStreamConsumer:
         self._pool = self._engine.redis_pool(self._info.redis_pool)
         # One connection for this consumer: acknowledgements are written as the
         # handler returns and their replies read with the next command.
-        self._io = Session(self._pool)
+        self._io = self._pool.session(self._info.key)
         self._key = self._info.key
         self._stream = self._info.name
         self._handler = handler

@@ -19,6 +19,7 @@ import attrs
 from . import ddl
 from . import outbox as _outbox
 from . import relay as _relay
+from .cluster import ClusterPool
 from .config import MySQLConfig, RedisConfig
 from .db import MySQLPool, StatementListener
 from .db import RoundTripListener as MySQLRoundTripListener
@@ -105,8 +106,12 @@ class Engine:
             for name, cfg in mysql.items()
             if cfg.replicas
         }
+        # A cluster gets its own pool class (and publisher), chosen here once.
         self._redis = {
-            name: RedisPool(cfg, self._redis_listeners) for name, cfg in redis.items()
+            name: (ClusterPool if cfg.cluster else RedisPool)(
+                cfg, self._redis_listeners
+            )
+            for name, cfg in redis.items()
         }
         self._schemas: dict[type, EntitySchema] = {s.cls: s for s in schemas}
         self._by_name = {s.name: s for s in self._schemas.values()}

@@ -465,18 +465,36 @@ def publish(
             if outcome is not None:
                 outcome.failed_pools[pool_name] = error
             continue
-        failure = _publish_pool(
-            pool,
-            encoder,
-            batches,
-            indexes,
-            done,
-            outcome,
-            record,
-            (forget or {}).get(pool_name, ()),
-            now_ms,
-            trim_records,
-        )
+        if pool.cluster:
+            # A Redis Cluster's publisher: one MULTI/EXEC per hash slot.
+            from .cluster_outbox import publish_pool
+
+            failure = publish_pool(
+                pool,
+                encoder,
+                batches,
+                indexes,
+                done,
+                outcome,
+                record,
+                _forget_commands((forget or {}).get(pool_name, ()))[0],
+                now_ms,
+                trim_records,
+                _record_commands,
+            )
+        else:
+            failure = _publish_pool(
+                pool,
+                encoder,
+                batches,
+                indexes,
+                done,
+                outcome,
+                record,
+                (forget or {}).get(pool_name, ()),
+                now_ms,
+                trim_records,
+            )
         if failure is not None:
             errors.append(failure)
     return done, errors

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .cluster_outbox import confirmed_records
 from .db import Connection, MySQLPool, error_code
 from .errors import DatabaseError, StreamError
 from .events import EventBatch, StreamEncoder
@@ -190,9 +191,20 @@ def _relay_rows(
         batches.append(batch)
         ids.append(int(ident))
     known_down = set(down)
-    batches, ids, already = _unrecorded(batches, ids, redis_pools, down)
+    batches, ids, already, held = _unrecorded(batches, ids, redis_pools, down)
     delete_rows(conn, already)
     result.handled.update(already)
+    if held:
+        # Published, but no replica has confirmed the entries yet: the rows stay.
+        result.waiting = True
+        result.errors.append(
+            StreamError(
+                f"{len(held)} outbox rows were published to a Redis Cluster but no "
+                "replica confirmed their entries yet (WAIT); they stay until one does",
+                pool=held[0],
+                connection_lost=True,
+            )
+        )
     if any(b.redis_pool in down for b in batches):
         # A pool found down while reading its records: its rows stay untouched.
         result.waiting = True
@@ -243,27 +255,33 @@ def _unrecorded(
     ids: list[int],
     redis_pools: Mapping[str, RedisPool],
     down: dict[str, StreamError],
-) -> tuple[list[EventBatch], list[int], list[int]]:
+) -> tuple[list[EventBatch], list[int], list[int], list[str]]:
     """Drop what Redis already recorded as published, one round trip per Redis pool.
+
+    On a Redis Cluster that waits for replicas, a row recorded on a node no
+    replica has confirmed is held: neither published again nor deleted now.
 
     Returns:
         The batches still to publish (narrowed to their unrecorded streams), their
-        row ids, and the ids of rows every stream of which has them already.
+        row ids, the ids of rows every stream of which has them already, and the
+        Redis pool of each row held.
     """
     by_pool: dict[str, list[int]] = {}
     for i, batch in enumerate(batches):
         by_pool.setdefault(batch.redis_pool, []).append(i)
     seen: dict[int, set[str]] = {}
+    hold: set[int] = set()
     for name, indexes in by_pool.items():
         pool = redis_pools.get(name)
         if pool is None or name in down:
             continue  # publish() reports it
         try:
-            found = recorded(pool, [batches[i] for i in indexes])
+            found, held = confirmed_records(pool, [batches[i] for i in indexes])
         except StreamError as exc:
             if exc.connection_lost or exc.permanent:
                 down[name] = exc
             continue
+        hold.update(indexes[n] for n in held)
         for i, got in zip(indexes, found):
             if got:
                 seen[i] = got
@@ -271,6 +289,8 @@ def _unrecorded(
     keep_ids: list[int] = []
     already: list[int] = []
     for i, batch in enumerate(batches):
+        if i in hold:
+            continue
         recorded_streams = seen.get(i)
         if recorded_streams is None:
             keep_batches.append(batch)
@@ -282,7 +302,7 @@ def _unrecorded(
             keep_ids.append(ids[i])
         else:
             already.append(ids[i])
-    return keep_batches, keep_ids, already
+    return keep_batches, keep_ids, already, [batches[i].redis_pool for i in hold]
 
 
 def _decode(payload: bytes, redis_pool: str) -> EventBatch:

@@ -1,6 +1,7 @@
 """The Redis driver boundary: pools, pipelined round trips and stream commands.
 
-This is the only module that imports redis. Every exchange with Redis goes through
+This module and ``cluster.py`` (Redis Cluster pools, built on these classes) are
+the only ones that import redis. Every exchange with one server goes through
 :meth:`RedisPool.round_trip`, which logs it at DEBUG on ``fluxaorm.redis``, tells
 the engine's round-trip listeners (``fluxaorm.testing.count_round_trips``) and
 turns redis-py exceptions into :class:`~fluxaorm.StreamError`. Replies come back
@@ -80,7 +81,13 @@ class RedisPool(_Commands):
     Args:
         config: the pool's URL and options.
         listeners: called as ``listener(pool, what, commands)`` for each round trip.
+
+    Attributes:
+        cluster: False here; True for ``cluster.ClusterPool``, which publishes
+            with a publisher of its own.
     """
+
+    cluster = False
 
     def __init__(self, config: RedisConfig, listeners: list[RoundTripListener]):
         self.config = config
@@ -129,6 +136,10 @@ class RedisPool(_Commands):
             raise
         finally:
             self._pool.release(conn)
+
+    def session(self, key: str) -> Session:
+        """Return a :class:`Session` for one consumer of the stream ``key``."""
+        return Session(self)
 
     def connect(self, what: str) -> Any:
         """Take a connection out of the pool (give it back with :meth:`release`)."""
@@ -311,7 +322,7 @@ class Session(_Commands):
     def _using(self, what: str) -> Iterator[Any]:
         """Lend the connection; a failure drops it (replies owed on it are lost)."""
         if self._conn is None:
-            self._conn = self.pool.connect(what)
+            self._conn = self._connect(what)
         try:
             yield self._conn
         except redis.exceptions.RedisError as exc:
@@ -321,11 +332,17 @@ class Session(_Commands):
             self._drop()
             raise
 
+    def _connect(self, what: str) -> Any:
+        return self.pool.connect(what)
+
+    def _release(self, conn: Any) -> None:
+        self.pool.release(conn)
+
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.disconnect()
-            self.pool.release(conn)
+            self._release(conn)
         self.lost += self._owed
         self._owed = 0
 
@@ -376,7 +393,7 @@ class Session(_Commands):
         finally:
             conn, self._conn = self._conn, None
             if conn is not None:
-                self.pool.release(conn)
+                self._release(conn)
 
 
 def _name(args: Sequence[Any]) -> str:

@@ -4,12 +4,19 @@
 ``FLUXAORM_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``) pick the
 servers; a server that does not answer stops the run with the URL it tried.
 Tests under ``tests/unit`` need no server: a run of only those never connects.
+
+A test module marked ``pytestmark = pytest.mark.also_on_cluster`` runs each of its
+tests that use ``make_engine``, ``redis_client`` or ``redis_target`` twice: on that
+Redis server and on a throwaway Redis Cluster (``tests/cluster.py``) started once
+per session (a test marked ``single_redis`` stays on the server alone). A cluster
+has only database 0, so such tests empty the throwaway cluster instead of a DB.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +27,8 @@ import redis
 from hypothesis import HealthCheck, settings
 
 import fluxaorm
+from fluxaorm.cluster import ClusterPool
+from tests.cluster import ThrowawayCluster
 from tests.models import CategoryEntity, UserEntity
 from tests.servers import ThrowawayRedis
 
@@ -54,7 +63,15 @@ def _database() -> str:
 UNIT_DIR = Path(__file__).parent / "unit"
 # The fixtures that talk to the test servers; no test under tests/unit may use one.
 SERVER_FIXTURES = frozenset(
-    {"mysql_conn", "redis_client", "clean", "make_engine", "other_redis"}
+    {
+        "mysql_conn",
+        "redis_client",
+        "clean",
+        "make_engine",
+        "other_redis",
+        "redis_target",
+        "redis_cluster",
+    }
 )
 
 
@@ -98,6 +115,94 @@ def _check_servers() -> None:
         pytest.exit(f"Redis at {REDIS_URL} does not answer: {exc}", returncode=3)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "also_on_cluster: run the module's Redis tests on a throwaway Redis Cluster too",
+    )
+    config.addinivalue_line(
+        "markers", "single_redis: keep this test on the one Redis server"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the tests of ``also_on_cluster`` modules on both Redis topologies."""
+    if "redis_target" not in metafunc.fixturenames:
+        return
+    node = metafunc.definition
+    if node.get_closest_marker("also_on_cluster") is None:
+        return
+    if node.get_closest_marker("single_redis") is not None:
+        return
+    metafunc.parametrize("redis_target", ["single", "cluster"], indirect=True)
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where a test's Redis lives: the one test server, or the throwaway cluster."""
+
+    kind: str
+    url: str
+    cluster: ThrowawayCluster | None = None
+
+    def client(self) -> Any:
+        """A raw redis-py client: ``Redis`` on the DB, ``RedisCluster`` on the cluster."""
+        if self.cluster is not None:
+            return self.cluster.client()
+        return redis.Redis.from_url(self.url)
+
+    def nodes_of(self, *streams: str) -> set[int]:
+        """The masters (ports) holding these dirty streams; ``{0}`` on one server."""
+        if self.cluster is None:
+            return {0}
+        return {self.cluster.master_of_key(f"dirty_{s}").port for s in streams}
+
+    def trips(
+        self,
+        per_stream: dict[str, int],
+        what: str = "XADD",
+        pool: str = "default",
+        wait: bool = True,
+    ) -> list[tuple[str, str, int]]:
+        """The round trips a publish of ``per_stream`` commands makes, sorted.
+
+        One on a server; one per master on a cluster, each also carrying a WAIT
+        when ``wait`` (an outbox flush waits for a replica by default).
+        """
+        if self.cluster is None:
+            return [(pool, what, sum(per_stream.values()))]
+        by_node: dict[int, int] = {}
+        for stream, commands in per_stream.items():
+            (port,) = self.nodes_of(stream)
+            by_node[port] = by_node.get(port, 0) + commands
+        return sorted((pool, what, n + wait) for n in by_node.values())
+
+    def empty(self) -> None:
+        """FLUSHDB the test DB, or FLUSHALL every master of the throwaway cluster."""
+        if self.cluster is not None:
+            self.cluster.flushall()
+            return
+        with redis.Redis.from_url(self.url) as client:
+            client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ThrowawayCluster]:
+    """A throwaway Redis Cluster (three masters, one replica each) for the session."""
+    with ThrowawayCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
+    """The Redis a test runs on (see the module docstring)."""
+    if getattr(request, "param", "single") == "cluster":
+        cluster: ThrowawayCluster = request.getfixturevalue("redis_cluster")
+        cluster.heal()
+        return RedisTarget("cluster", cluster.url, cluster)
+    return RedisTarget("single", REDIS_URL)
+
+
 @pytest.fixture
 def mysql_conn() -> Iterator[pymysql.connections.Connection[Any]]:
     """A raw pymysql connection to the test database, for checking what was written."""
@@ -107,9 +212,9 @@ def mysql_conn() -> Iterator[pymysql.connections.Connection[Any]]:
 
 
 @pytest.fixture
-def redis_client() -> Iterator[redis.Redis]:
-    """A raw redis-py client on the test Redis DB, for checking what was published."""
-    client = redis.Redis.from_url(REDIS_URL)
+def redis_client(redis_target: RedisTarget) -> Iterator[redis.Redis]:
+    """A raw redis-py client on the test's Redis, for checking what was published."""
+    client = redis_target.client()
     yield client
     client.close()
 
@@ -123,20 +228,28 @@ def drop_all_tables(conn: pymysql.connections.Connection[Any]) -> None:
 
 
 @pytest.fixture
-def clean(mysql_conn: Any, redis_client: redis.Redis) -> None:
-    """Start from an empty test database and an empty Redis DB."""
+def clean(mysql_conn: Any, redis_target: RedisTarget) -> None:
+    """Start from an empty test database and an empty Redis DB (or cluster)."""
     drop_all_tables(mysql_conn)
-    redis_client.flushdb()
+    redis_target.empty()
 
 
 EngineFactory = Callable[..., fluxaorm.Engine]
 
 
+def read_slot_map(engine: fluxaorm.Engine) -> None:
+    """Let cluster pools read their slot map now, before a test counts round trips."""
+    for pool in engine.redis_pools.values():
+        if isinstance(pool, ClusterPool):
+            pool.nodes("reading the slot map before the test counts")
+
+
 @pytest.fixture
-def make_engine(clean: None) -> Iterator[EngineFactory]:
+def make_engine(clean: None, redis_target: RedisTarget) -> Iterator[EngineFactory]:
     """Build an engine for some entities on the test servers and sync its schema.
 
-    Call it as ``make_engine(UserEntity, outbox=False, sync=True, **registry_options)``.
+    Call it as ``make_engine(UserEntity, outbox=False, sync=True, **registry_options)``;
+    ``stream_retention={"Name": {"max_len": 10}}`` sets streams' retention.
     """
     engines: list[fluxaorm.Engine] = []
 
@@ -144,17 +257,27 @@ def make_engine(clean: None) -> Iterator[EngineFactory]:
         *entities: type,
         sync: bool = True,
         mysql_url: str = MYSQL_URL,
-        redis_url: str = REDIS_URL,
+        redis_url: str | None = None,
         mysql_options: dict[str, Any] | None = None,
         redis_options: dict[str, Any] | None = None,
+        stream_retention: dict[str, dict[str, Any]] | None = None,
         **registry_options: Any,
     ) -> fluxaorm.Engine:
         registry = fluxaorm.Registry(**registry_options)
         registry.register_mysql(mysql_url, **(mysql_options or {}))
-        registry.register_redis(redis_url, **(redis_options or {}))
+        redis_options = dict(redis_options or {})
+        url = redis_url or redis_target.url
+        if url.startswith("redis+cluster://"):
+            # A WAIT that times out on a loaded machine makes the pool skip WAIT
+            # for a while, and round-trip counts with it: give it time.
+            redis_options.setdefault("wait_timeout", 5)
+        registry.register_redis(url, **redis_options)
         registry.register_entity(*entities)
+        for stream, limits in (stream_retention or {}).items():
+            registry.set_stream_retention(stream, **limits)
         engine = registry.validate()
         engines.append(engine)
+        read_slot_map(engine)
         if sync:
             engine.sync_schema()
         return engine

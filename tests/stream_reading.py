@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis
+import redis.cluster
 
 import fluxaorm
 from fluxaorm.events import DirtyStreamEvent, EventBatch, decode_entry
@@ -68,9 +69,17 @@ def eid_counts(client: redis.Redis, names: Iterable[str]) -> Counter[tuple[str, 
     return counts
 
 
+def all_keys(client: Any, pattern: str) -> list[bytes]:
+    """KEYS ``pattern`` on one server, or on every master of a cluster client."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        found = client.keys(pattern, target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+        return list(found)
+    return list(client.keys(pattern))
+
+
 def stream_keys(client: redis.Redis) -> list[bytes]:
     """The dirty streams' keys (and dead letters'), not the outbox records beside them."""
-    return sorted(k for k in client.keys("dirty_*") if b"{" not in k)
+    return sorted(k for k in all_keys(client, "dirty_*") if b"{" not in k)
 
 
 def outbox_rows(mysql_conn: Any, redis_client: Any = None) -> tuple[int, int]:

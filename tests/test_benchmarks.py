@@ -164,3 +164,30 @@ def test_race_reports_ratios_and_counts_per_flush(
     assert "vs_baseline" in consume["fluxaorm-run"]
     table = report.markdown_table({**data, "summary": summary, "machine": _MACHINE})
     assert "| 1 | insert | 2 (2) / 1 |" in table
+
+
+def test_cluster_scenario_counts_one_round_trip_per_master(
+    config: Config, redis_cluster: Any, tmp_path: Any
+) -> None:
+    """--only cluster: the 100-stream flush makes 1 round trip on one server and 3
+    on the three masters, with the same entries; its table is written."""
+    from benchmarks import cluster
+
+    data = cluster.run(
+        config,
+        cluster_url=redis_cluster.url,
+        rows=(2,),
+        flushes=2,
+        runs=1,
+        results=tmp_path,
+    )
+    sizes = data["sizes"]["2"]
+    assert sizes["single"]["redis_round_trips"] == 1
+    assert sizes["cluster"]["redis_round_trips"] == 3
+    assert sizes["cluster-no-wait"]["redis_round_trips"] == 3
+    # 200 XADDs and 100 records (and maybe a cleanup's ZREMs); and with the
+    # default a WAIT per master, unless one timed out on this loaded machine
+    assert sizes["single"]["redis_commands"] >= 300
+    assert sizes["cluster-no-wait"]["redis_commands"] >= 300
+    assert sizes["cluster"]["redis_commands"] >= 300
+    assert "Redis Cluster, wait_replicas=1" in (tmp_path / "cluster.md").read_text()

@@ -19,6 +19,9 @@ from tests.conftest import MYSQL_URL
 from tests.models import CategoryEntity, UserEntity
 from tests.servers import free_port
 
+# Every test here runs on one Redis server and on a Redis Cluster (conftest).
+pytestmark = pytest.mark.also_on_cluster
+
 SPEC_STREAMS = (
     "AllChanges",
     "NewUsers",
@@ -239,6 +242,7 @@ def test_streams_statistics_default_to_every_registered_stream(orm):
     ]
 
 
+@pytest.mark.single_redis  # on a Redis server (or address) of its own
 def test_statistics_of_a_stream_on_another_redis_pool(clean, other_redis):
     """A stream on the pool "other" is read from that server and reports that pool."""
     registry = fluxaorm.Registry()
@@ -259,6 +263,7 @@ def test_statistics_of_a_stream_on_another_redis_pool(clean, other_redis):
     )
 
 
+@pytest.mark.single_redis  # on a Redis server (or address) of its own
 def test_outbox_statistics_count_rows_entries_and_age(make_engine, mysql_conn):
     """get_outbox_statistics(): rows and entries waiting per MySQL pool, oldest row's age."""
     engine = make_engine(

@@ -24,6 +24,9 @@ from fluxaorm.testing import age_pending, count_round_trips
 from tests.models import CategoryEntity, UserEntity
 from tests.servers import ThrowawayRedis
 
+# Every test here runs on one Redis server and on a Redis Cluster (conftest).
+pytestmark = pytest.mark.also_on_cluster
+
 STREAM = "AllChanges"
 KEY = "dirty_AllChanges"
 DEAD_KEY = "dirty_AllChanges:dead"
@@ -872,6 +875,7 @@ def _blocking_consume(
     return waiting
 
 
+@pytest.mark.single_redis  # on a Redis server (or address) of its own
 def test_killed_connection_during_a_block_is_retried_not_raised(
     make_engine, throwaway, caplog
 ):
@@ -894,6 +898,7 @@ def test_killed_connection_during_a_block_is_retried_not_raised(
     assert got.ids == ids
 
 
+@pytest.mark.single_redis  # on a Redis server (or address) of its own
 def test_redis_restart_during_a_block_is_retried_and_later_events_delivered(
     make_engine, throwaway, caplog
 ):
@@ -920,6 +925,7 @@ def test_redis_restart_during_a_block_is_retried_and_later_events_delivered(
     assert got.ids == ids + ids2
 
 
+@pytest.mark.single_redis  # on a Redis server (or address) of its own
 def test_redis_down_longer_than_the_retry_window_raises_stream_error_naming_it(
     make_engine, throwaway, caplog
 ):
@@ -940,6 +946,7 @@ def test_redis_down_longer_than_the_retry_window_raises_stream_error_naming_it(
     assert len(_retry_warnings(caplog)) >= 3  # retried with backoff before giving up
 
 
+@pytest.mark.single_redis  # on a Redis server (or address) of its own
 def test_first_blocking_consume_during_a_short_outage_is_retried_not_raised(
     make_engine, throwaway
 ):
@@ -996,6 +1003,7 @@ def test_run_consumes_claims_idle_events_and_stops_when_stop_is_set(orm, redis_c
     assert consumer.name not in _consumers(redis_client)
 
 
+@pytest.mark.single_redis  # on a Redis server (or address) of its own
 def test_run_relays_the_outbox_written_while_redis_was_down(make_engine, throwaway):
     """A flush committed while Redis was down reaches the handler once Redis is back and run() relays."""
     engine = make_engine(UserEntity, CategoryEntity, redis_url=throwaway.url)
@@ -1332,6 +1340,7 @@ def test_cleanup_that_cannot_hand_entries_over_ends_and_keeps_the_consumer(
     assert "could not be handed over" in caplog.text
 
 
+@pytest.mark.single_redis  # on a Redis server (or address) of its own
 @pytest.mark.parametrize("how", ["stream deleted", "group destroyed"])
 def test_stream_or_group_deleted_while_consume_waits_is_created_again(
     make_engine, throwaway, how
@@ -1368,6 +1377,7 @@ def test_stream_or_group_deleted_while_consume_waits_is_created_again(
 # -- 11. errors that retrying cannot fix -------------------------------------------------
 
 
+@pytest.mark.single_redis  # on a Redis server (or address) of its own
 def test_consumer_never_retries_a_wrong_password(make_engine, caplog):
     """A wrong Redis password raises a permanent StreamError at once: no retry, no password in the message."""
     caplog.set_level(logging.DEBUG, logger="fluxaorm.consumer")
@@ -1386,6 +1396,7 @@ def test_consumer_never_retries_a_wrong_password(make_engine, caplog):
     assert _retry_warnings(caplog) == []
 
 
+@pytest.mark.single_redis  # on a Redis server (or address) of its own
 def test_run_stops_on_a_permanent_error_instead_of_looping(make_engine):
     """run() raises a permanent StreamError (missing ACL permission) instead of retrying it forever."""
     users = ["--user", "reader", "on", ">pw", "~*", "+@all", "-xreadgroup"]

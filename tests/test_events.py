@@ -20,7 +20,11 @@ from hypothesis import strategies as st
 
 import fluxaorm
 from fluxaorm import Delete, Insert, Update
-from fluxaorm.events import MalformedEntryError, decode_entries, decode_entry
+from fluxaorm.events import (
+    MalformedEntryError,
+    decode_entries,
+    decode_entry,
+)
 from tests.models import AllTypes, CategoryEntity, Color, Level, UserEntity
 from tests.stream_reading import raw_entries, read_events
 

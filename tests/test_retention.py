@@ -17,6 +17,9 @@ from fluxaorm.testing import count_round_trips
 from tests.conftest import MYSQL_URL, REDIS_URL
 from tests.servers import ThrowawayRedis
 
+# Every test here runs on one Redis server and on a Redis Cluster (conftest).
+pytestmark = pytest.mark.also_on_cluster
+
 
 @dataclass
 class RetainedEntity:
@@ -27,14 +30,7 @@ class RetainedEntity:
 def engine_with(
     make_engine: Callable[..., fluxaorm.Engine], **retention: Any
 ) -> fluxaorm.Engine:
-    registry = fluxaorm.Registry()
-    registry.register_mysql(MYSQL_URL)
-    registry.register_redis(REDIS_URL)
-    registry.register_entity(RetainedEntity)
-    registry.set_stream_retention("Retained", **retention)
-    engine = registry.validate()
-    engine.sync_schema()
-    return engine
+    return make_engine(RetainedEntity, stream_retention={"Retained": retention})
 
 
 def insert(engine: fluxaorm.Engine, n: int) -> None:
@@ -236,6 +232,7 @@ def _engine_on(redis_url: str, **retention: Any) -> fluxaorm.Engine:
     return registry.validate()
 
 
+@pytest.mark.single_redis  # on a Redis server (or address) of its own
 def test_requeue_under_oom_keeps_every_dead_letter(make_engine: Any) -> None:
     """Redis out of memory: requeue_dead_letters raises, adds nothing and keeps all 5 dead letters."""
     with ThrowawayRedis(["--maxmemory-policy", "noeviction"]) as server:
@@ -296,6 +293,7 @@ def test_dead_letters_with_odd_fields_are_listed_never_raise(
     assert letters[1].original_id == "\ufffd\ufffd"
 
 
+@pytest.mark.single_redis  # on a Redis server (or address) of its own
 def test_trimming_a_lagging_group_never_reads_its_backlog(
     make_engine: Any, other_redis: ThrowawayRedis
 ) -> None:

@@ -17,10 +17,13 @@ import redis
 import fluxaorm
 from fluxaorm import Delete, Insert, Update
 from fluxaorm.testing import count_queries, count_round_trips
-from tests.conftest import MYSQL_URL, REDIS_URL
+from tests.conftest import MYSQL_URL, REDIS_URL, RedisTarget, read_slot_map
 from tests.models import AllTypes, CategoryEntity, ProductEntity, UserEntity
 from tests.servers import ThrowawayRedis
 from tests.stream_reading import raw_entries, read_events, stream_contents, stream_keys
+
+# Every test here runs on one Redis server and on a Redis Cluster (conftest).
+pytestmark = pytest.mark.also_on_cluster
 
 SPEC_STREAMS = {
     "AllChanges",
@@ -93,15 +96,18 @@ class OnSecondMySQL:
 
 
 @pytest.fixture
-def two_pool_engine(clean: None, other_redis: ThrowawayRedis) -> Iterator[Any]:
-    """An engine with the Redis pools ``default`` (test DB) and ``other`` (throwaway)."""
+def two_pool_engine(
+    clean: None, other_redis: ThrowawayRedis, redis_target: RedisTarget
+) -> Iterator[Any]:
+    """An engine with the Redis pools ``default`` (the test's) and ``other`` (throwaway)."""
     registry = fluxaorm.Registry()
     registry.register_mysql(MYSQL_URL)
-    registry.register_redis(REDIS_URL)
+    registry.register_redis(redis_target.url)
     registry.register_redis(other_redis.url, pool="other")
     registry.register_entity(UserEntity, OnDefault, OnOther)
     engine = registry.validate()
     engine.sync_schema()
+    read_slot_map(engine)
     yield engine
     engine.close()
 
@@ -458,8 +464,12 @@ def test_product_fake_delete_is_a_delete_event(make_engine, redis_client):
 # -- 4. one round trip per Redis pool, after COMMIT -------------------------------------
 
 
-def test_flush_publishes_in_one_round_trip_after_commit(engine, redis_client):
-    """The outbox row is written before COMMIT; the one XADD round trip comes after it."""
+def test_flush_publishes_in_one_round_trip_after_commit(
+    make_engine, redis_client, redis_target
+):
+    """The outbox row is written before COMMIT; the XADD round trip (one per cluster
+    node) comes after it."""
+    engine = make_engine(UserEntity, CategoryEntity)
     log: list[tuple[str, str, Any]] = []
 
     def on_sql(pool: str, sql: str) -> None:
@@ -486,27 +496,38 @@ def test_flush_publishes_in_one_round_trip_after_commit(engine, redis_client):
         for i, step in enumerate(log)
         if step[1] == "INSERT" and "_fluxaorm_outbox" in step[2]
     ]
-    assert len(trips) == 1 and len(commits) == 1 and len(outbox) == 1
+    assert len(commits) == 1 and len(outbox) == 1
     assert outbox[0] < commits[0] < trips[0]
     # 2 users x 3 streams + 1 category x 2 streams, and one ZADD per stream
-    # recording the outbox row as published (AllChanges, NewUsers,
-    # EmailAddedOrChanged, CategoryAddedDeleted)
-    assert log[trips[0]] == ("redis", "XADD", 2 * 3 + 2 + 4)
+    # recording the outbox row as published
+    expected = redis_target.trips(
+        {
+            "AllChanges": 3 + 1,
+            "NewUsers": 2 + 1,
+            "EmailAddedOrChanged": 2 + 1,
+            "CategoryAddedDeleted": 1 + 1,
+        }
+    )
+    assert sorted(("default", *log[i][1:]) for i in trips) == expected
     assert redis_client.xlen("dirty_AllChanges") == 3
 
 
 def test_thousand_inserts_to_three_streams_cost_one_round_trip(
-    engine, orm, redis_client
+    make_engine, redis_client, redis_target
 ):
-    """1,000 users feeding 3 streams: one Redis round trip carrying 3,000 XADDs
-    (and, per stream, the ZADD recording the outbox row as published)."""
+    """1,000 users feeding 3 streams: one Redis round trip (per cluster node) carrying
+    3,000 XADDs (and, per stream, the ZADD recording the outbox row as published)."""
+    engine = make_engine(UserEntity)
+    orm = engine.new_orm()
     users = [
         orm.new_entity(UserEntity, name=f"u{n}", email=f"u{n}@example.com")
         for n in range(1000)
     ]
     with count_round_trips(engine) as trips:
         orm.flush()
-    assert trips.entries == [("default", "XADD", 3000 + 3)]
+    assert sorted(trips.entries) == redis_target.trips(
+        {"AllChanges": 1001, "NewUsers": 1001, "EmailAddedOrChanged": 1001}
+    )
     ids = {u.id for u in users}
     for name in ("AllChanges", "NewUsers", "EmailAddedOrChanged"):
         entries = raw_entries(redis_client, name)
@@ -515,8 +536,11 @@ def test_thousand_inserts_to_three_streams_cost_one_round_trip(
     assert redis_client.exists("dirty_DeletedUsers") == 0
 
 
-def test_one_round_trip_per_redis_pool(two_pool_engine, redis_client, other_redis):
-    """Entities on two Redis pools: one XADD round trip per pool, each to its own server."""
+def test_one_round_trip_per_redis_pool(
+    two_pool_engine, redis_client, other_redis, redis_target
+):
+    """Entities on two Redis pools: one XADD round trip per pool (per node of a
+    cluster), each to its own server."""
     engine = two_pool_engine
     orm = engine.new_orm()
     for n in range(5):
@@ -528,10 +552,20 @@ def test_one_round_trip_per_redis_pool(two_pool_engine, redis_client, other_redi
     with count_round_trips(engine) as trips:
         orm.flush()
     # XADDs, plus one ZADD per stream recording the outbox row as published
-    assert sorted(trips.entries) == [
-        ("default", "XADD", 5 * 2 + 2 * 3 + 5),
-        ("other", "XADD", 4 + 1),
-    ]
+    assert sorted(trips.entries) == sorted(
+        [
+            *redis_target.trips(
+                {
+                    "DefaultOne": 5 + 1,
+                    "DefaultTwo": 5 + 1,
+                    "AllChanges": 2 + 1,
+                    "NewUsers": 2 + 1,
+                    "EmailAddedOrChanged": 2 + 1,
+                }
+            ),
+            ("other", "XADD", 4 + 1),
+        ]
+    )
     other: redis.Redis = other_redis.client()
     try:
         assert redis_client.xlen("dirty_DefaultOne") == 5
@@ -543,15 +577,19 @@ def test_one_round_trip_per_redis_pool(two_pool_engine, redis_client, other_redi
         other.close()
 
 
-def test_two_mysql_pools_one_redis_pool_publish_after_both_commits(clean, redis_client):
-    """A flush over two MySQL pools commits both, then makes one XADD round trip."""
+def test_two_mysql_pools_one_redis_pool_publish_after_both_commits(
+    clean, redis_client, redis_target
+):
+    """A flush over two MySQL pools commits both, then makes one XADD round trip
+    (one per node of a cluster)."""
     registry = fluxaorm.Registry()
     registry.register_mysql(MYSQL_URL)
     registry.register_mysql(MYSQL_URL, pool="second")
-    registry.register_redis(REDIS_URL)
+    registry.register_redis(redis_target.url)
     registry.register_entity(UserEntity, OnSecondMySQL)
     with registry.validate() as engine:
         engine.sync_schema()
+        read_slot_map(engine)
         log: list[tuple[str, ...]] = []
 
         def on_sql(pool: str, sql: str) -> None:
@@ -574,11 +612,18 @@ def test_two_mysql_pools_one_redis_pool_publish_after_both_commits(clean, redis_
         commits = [i for i, step in enumerate(log) if step[2] == "COMMIT"]
         trips = [i for i, step in enumerate(log) if step[0] == "redis"]
         assert sorted(log[i][1] for i in commits) == ["default", "second"]
-        assert len(trips) == 1
         assert max(commits) < trips[0]
         # XADDs, and one ZADD per stream and outbox row (two MySQL pools: two
         # rows): AllChanges, NewUsers, EmailAddedOrChanged, and the second's one
-        assert log[trips[0]] == ("redis", "default", "XADD", str(2 * 3 + 2 + 3 + 1))
+        expected = redis_target.trips(
+            {"AllChanges": 4 + 2, "NewUsers": 2 + 1, "EmailAddedOrChanged": 2 + 1}
+        )
+        assert (
+            sorted(
+                (step[1], step[2], int(step[3])) for step in map(log.__getitem__, trips)
+            )
+            == expected
+        )
         assert redis_client.xlen("dirty_AllChanges") == 4
 
 
@@ -586,7 +631,7 @@ def test_two_mysql_pools_one_redis_pool_publish_after_both_commits(clean, redis_
 
 
 def test_push_dirty_sends_full_updates_to_every_update_stream(
-    engine, orm, redis_client
+    make_engine, redis_client, redis_target
 ):
     """push_dirty: an Update with every field to id-edit and column streams only."""
     user = orm.new_entity(UserEntity, name="Tom", email="tom@example.com")
@@ -598,7 +643,9 @@ def test_push_dirty_sends_full_updates_to_every_update_stream(
     with count_queries(engine) as queries, count_round_trips(engine) as trips:
         written = orm.push_dirty(loaded_user, loaded_books)
     assert queries.count == 0
-    assert trips.entries == [("default", "XADD", 3)]
+    assert sorted(trips.entries) == redis_target.trips(
+        {"AllChanges": 2, "EmailAddedOrChanged": 1}, wait=False
+    )
     assert written == 3
     full_user = _user_bind(user)
     assert stream_contents(redis_client, engine) == {
@@ -610,7 +657,9 @@ def test_push_dirty_sends_full_updates_to_every_update_stream(
     }
 
 
-def test_push_dirty_reaches_column_streams_and_edit_streams(make_engine, redis_client):
+def test_push_dirty_reaches_column_streams_and_edit_streams(
+    make_engine, redis_client, redis_target
+):
     """push_dirty reaches OnEdit and every column stream, never add/delete streams."""
     engine = make_engine(Routed, ColumnsOnly)
     orm = engine.new_orm()
@@ -621,7 +670,9 @@ def test_push_dirty_reaches_column_streams_and_edit_streams(make_engine, redis_c
     with count_queries(engine) as queries, count_round_trips(engine) as trips:
         assert orm.push_dirty(row, only) == 4
     assert queries.count == 0
-    assert trips.count == 1
+    assert sorted(trips.entries) == redis_target.trips(
+        {"OnEdit": 1, "WatchedChanged": 1, "Either": 1, "AChanged": 1}, wait=False
+    )
     full = {"id": row.id, "watched": "w", "other": "o", "plain": "p"}
     assert stream_contents(redis_client, engine) == {
         "OnEdit": [("Routed", Update, row.id, full)],
@@ -633,8 +684,11 @@ def test_push_dirty_reaches_column_streams_and_edit_streams(make_engine, redis_c
     }
 
 
-def test_push_dirty_round_trip_per_redis_pool(two_pool_engine, other_redis):
-    """push_dirty of entities on two Redis pools makes one round trip per pool."""
+def test_push_dirty_round_trip_per_redis_pool(
+    two_pool_engine, other_redis, redis_target
+):
+    """push_dirty of entities on two Redis pools makes one round trip per pool (per
+    node of a cluster)."""
     engine = two_pool_engine
     orm = engine.new_orm()
     here = orm.new_entity(OnDefault, name="d")
@@ -643,7 +697,12 @@ def test_push_dirty_round_trip_per_redis_pool(two_pool_engine, other_redis):
     with count_queries(engine) as queries, count_round_trips(engine) as trips:
         assert orm.push_dirty(here, there) == 3
     assert queries.count == 0
-    assert sorted(trips.entries) == [("default", "XADD", 2), ("other", "XADD", 1)]
+    assert sorted(trips.entries) == sorted(
+        [
+            *redis_target.trips({"DefaultOne": 1, "DefaultTwo": 1}, wait=False),
+            ("other", "XADD", 1),
+        ]
+    )
     other = other_redis.client()
     try:
         assert other.xlen("dirty_OtherOne") == 2  # the insert, then the push

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import fluxaorm
 from fluxaorm import Insert
+from fluxaorm.events import EventBatch, EventRecord, StreamEncoder
 
 
 def test_an_event_built_without_old_shares_no_mutable_default():
@@ -58,3 +61,35 @@ def test_outbox_payload_placeholders_resolve_from_the_trailer_or_refuse() -> Non
                 EventBatch.loads(payload + bad)
     with pytest.raises(ValueError):
         EventBatch.loads(batch.dumps(False) + b"10,40,2")
+
+
+@given(
+    records=st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(["A", "B", "Cc"]), unique=True, max_size=3),
+            st.sampled_from(["add", "edit", "delete"]),
+            st.integers(min_value=1, max_value=2**64 - 1),
+            st.binary(max_size=40),
+            st.one_of(st.none(), st.binary(max_size=20)),
+        ),
+        max_size=8,
+    ),
+    trace=st.one_of(st.none(), st.just(b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")),
+)
+def test_entries_encoded_one_by_one_equal_the_pipelined_encoding(records, trace):
+    """encode_each (a cluster's per-slot publisher) packs exactly what encode packs,
+    the traceparent field of a traced batch included."""
+    encoder = StreamEncoder()
+    batch = EventBatch(
+        "default",
+        [
+            EventRecord(tuple(streams), action, "x.Row", ident, bind, old)
+            for streams, action, ident, bind, old in records
+        ],
+    )
+    batch.trace = trace
+    payload, count = encoder.encode(batch)
+    each = encoder.encode_each(batch)
+    assert b"".join(command for _, command in each) == payload
+    assert len(each) == count
+    assert [s for s, _ in each] == [s for r in batch.records for s in r.streams]
