@@ -634,6 +634,8 @@ def test_push_dirty_sends_full_updates_to_every_update_stream(
     make_engine, redis_client, redis_target
 ):
     """push_dirty: an Update with every field to id-edit and column streams only."""
+    engine = make_engine(UserEntity, CategoryEntity)
+    orm = engine.new_orm()
     user = orm.new_entity(UserEntity, name="Tom", email="tom@example.com")
     books = orm.new_entity(CategoryEntity, code="books")
     orm.flush()
