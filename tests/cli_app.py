@@ -15,12 +15,19 @@ from decimal import Decimal
 
 import fluxaorm
 
-MYSQL_URL = os.environ.get("CLI_APP_MYSQL_URL") or os.environ.get(
-    "FLUXAORM_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"
-)
-REDIS_URL = os.environ.get("CLI_APP_REDIS_URL") or os.environ.get(
-    "FLUXAORM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
-)
+
+def _mysql_url() -> str:
+    return os.environ.get("CLI_APP_MYSQL_URL") or os.environ.get(
+        "FLUXAORM_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"
+    )
+
+
+def _redis_url() -> str:
+    # Read when a registry is made: a test on the throwaway Redis Cluster points
+    # the app there (in its own process and in the commands it starts).
+    return os.environ.get("CLI_APP_REDIS_URL") or os.environ.get(
+        "FLUXAORM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
+    )
 
 
 @fluxaorm.entity(name="cli.Customer", table="cli_customers")
@@ -41,15 +48,21 @@ class Order:
 def make_registry(*entities: type) -> fluxaorm.Registry:
     """A registry of ``entities`` (both by default) on the test servers."""
     registry = fluxaorm.Registry()
-    registry.register_mysql(MYSQL_URL)
-    registry.register_redis(REDIS_URL)
+    registry.register_mysql(_mysql_url())
+    registry.register_redis(_redis_url())
     registry.register_entity(*(entities or (Customer, Order)))
     return registry
 
 
-registry = make_registry()
-# Another application's view of the same database: it knows only customers.
-partial_registry = make_registry(Customer)
+def __getattr__(name: str) -> fluxaorm.Registry:
+    """``registry`` (both entities) and ``partial_registry`` (another application's
+    view of the same database: it knows only customers), made when ``--app``
+    reads them, on the servers the environment names then."""
+    if name == "registry":
+        return make_registry()
+    if name == "partial_registry":
+        return make_registry(Customer)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def engine_factory() -> fluxaorm.Engine:

@@ -34,6 +34,9 @@ from tests.cli_app import Customer, Order, make_registry
 from tests.conftest import MYSQL_URL
 from tests.servers import ThrowawayRedis, free_port
 
+# Every command against the one Redis server and against a Redis Cluster.
+pytestmark = pytest.mark.also_on_cluster
+
 ROOT = Path(__file__).resolve().parent.parent
 FLUXAORM = str(Path(sys.executable).with_name("fluxaorm"))
 APP = "tests.cli_app:registry"
@@ -118,8 +121,13 @@ def stop(process: subprocess.Popen[str], sig: int = signal.SIGINT) -> int:
 
 
 @pytest.fixture
-def app(clean: None) -> Iterator[fluxaorm.Engine]:
-    """The app's engine on clean servers, its tables created."""
+def app(
+    clean: None, redis_target: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[fluxaorm.Engine]:
+    """The app's engine on clean servers, its tables created; on the throwaway
+    Redis Cluster too (the commands started then use it as well)."""
+    if redis_target.kind == "cluster":
+        monkeypatch.setenv("CLI_APP_REDIS_URL", redis_target.url)
     with make_registry().validate() as engine:
         engine.sync_schema()
         yield engine
@@ -242,6 +250,7 @@ def test_check_reports_tables_out_of_sync_then_ok(clean: None) -> None:
     }
 
 
+@pytest.mark.single_redis  # a Redis server (or address) of its own
 def test_no_command_prints_a_password() -> None:
     """Unreachable servers behind URLs with passwords: the errors never show them."""
     port = free_port()
@@ -607,6 +616,7 @@ def test_dead_letters_are_listed_requeued_and_purged(
     assert redis_client.xlen(f"{STREAM}:dead") == 0
 
 
+@pytest.mark.single_redis  # a Redis server (or address) of its own
 def test_dead_requeue_never_loses_a_letter_when_redis_refuses(clean: None) -> None:
     """Redis out of memory: requeue exits 1 saying so, every letter stays; later all move."""
     with ThrowawayRedis(["--maxmemory-policy", "noeviction"]) as server:
