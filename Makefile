@@ -43,6 +43,7 @@ format: $(STAMP)  ## apply ruff format and the safe ruff fixes
 bench: $(STAMP)  ## race fluxaorm against hand-written baselines (see docs/benchmarks.md)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py --only cluster
 
 docs: $(STAMP)  ## build the MkDocs site into site/
 	$(VENV)/bin/mkdocs build --strict
