@@ -11,6 +11,7 @@ raw (bytes, lists); the helpers below parse the stream commands' replies.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -106,6 +107,9 @@ class RedisPool(_Commands):
             raise ConfigurationError(
                 f"Redis pool {self.name!r} ({config.url}): {exc}"
             ) from None
+        # Connections given back, ready for the next call (see connect()).
+        self._idle: list[Any] = []
+        self._pid = os.getpid()
         timeout = self._pool.connection_kwargs.get("socket_timeout")
         self.socket_timeout: float | None = float(timeout) if timeout else None
 
@@ -135,14 +139,38 @@ class RedisPool(_Commands):
             conn.disconnect()
             raise
         finally:
-            self._pool.release(conn)
+            self.release(conn)
 
     def session(self, key: str) -> Session:
         """Return a :class:`Session` for one consumer of the stream ``key``."""
         return Session(self)
 
     def connect(self, what: str) -> Any:
-        """Take a connection out of the pool (give it back with :meth:`release`)."""
+        """Take a connection out of the pool (give it back with :meth:`release`).
+
+        Connections given back wait in a stack of this pool's own, which costs a
+        few operations; redis-py's pool (with its bookkeeping) only opens them.
+        A waiting connection the server closed meanwhile (or one with unread
+        data) is reconnected before it is handed out, as redis-py's pool does.
+        """
+        idle = self._idle
+        if idle and self._pid == os.getpid():
+            try:
+                conn = idle.pop()
+            except IndexError:  # another thread took the last one
+                pass
+            else:
+                try:
+                    if conn.can_read():
+                        raise redis.exceptions.ConnectionError("unread data")
+                except (redis.exceptions.RedisError, OSError):
+                    conn.disconnect()
+                    try:
+                        conn.connect()
+                    except redis.exceptions.RedisError as exc:
+                        self._pool.release(conn)
+                        raise self._wrap(exc, what) from exc
+                return conn
         try:
             return self._pool.get_connection()
         except redis.exceptions.RedisError as exc:
@@ -150,7 +178,10 @@ class RedisPool(_Commands):
 
     def release(self, conn: Any) -> None:
         """Give back a connection taken with :meth:`connect`."""
-        self._pool.release(conn)
+        pid = os.getpid()
+        if pid != self._pid:  # a forked child: the parent's sockets stay its own
+            self._idle, self._pid = [], pid
+        self._idle.append(conn)
 
     def heard(self, what: str, commands: int, size: int) -> None:
         """Tell the round-trip listeners (and the DEBUG log) of one round trip."""
@@ -230,6 +261,9 @@ class RedisPool(_Commands):
 
     def close(self) -> None:
         """Close every connection of the pool."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._pool.release(conn)
         self._pool.disconnect()
 
 

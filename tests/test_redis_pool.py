@@ -143,3 +143,59 @@ def test_connect_timeout_has_a_default_and_is_the_users_to_change():
         full.close()
     assert error.connection_lost and "connecting" in str(error)
     assert elapsed < 10.0
+
+
+# == The pool's own stack of idle connections ==========================================
+
+
+def test_an_idle_connection_the_server_closed_is_replaced_before_use(other_redis):
+    """A connection killed while it waited in the pool is reconnected, not used dead."""
+    pool = _pool(other_redis.url)
+    try:
+        first = pool.execute("CLIENT", "ID")
+        admin = other_redis.client()
+        assert admin.client_kill_filter(_id=int(first)) == 1
+        # The same pooled connection again: it must notice the close and reconnect.
+        assert pool.execute("SET", "idle-key", "v") == b"OK"
+        assert int(pool.execute("CLIENT", "ID")) != int(first)
+        assert admin.get("idle-key") == b"v"
+    finally:
+        pool.close()
+
+
+def test_a_connection_left_with_unread_data_is_not_handed_out_again(other_redis):
+    """A connection given back with a reply still unread is reconnected first."""
+    pool = _pool(other_redis.url)
+    try:
+        conn = pool.connect("test")
+        conn.send_packed_command([b"*1\r\n$4\r\nPING\r\n"], check_health=False)
+        time.sleep(0.05)  # the PONG arrives and is never read
+        pool.release(conn)
+        assert pool.execute("ECHO", "mine") == b"mine"  # not the stale PONG
+    finally:
+        pool.close()
+
+
+def test_a_forked_child_opens_its_own_connections(other_redis):
+    """After fork() the child never writes on the parent's pooled sockets."""
+    import os
+
+    pool = _pool(other_redis.url)
+    try:
+        parent_id = int(pool.execute("CLIENT", "ID"))
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report its connection id, then leave at once
+            try:
+                child_id = int(pool.execute("CLIENT", "ID"))
+                os.write(write, str(child_id).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        child_id = int(os.read(read, 64) or b"0")
+        os.close(read)
+        os.waitpid(pid, 0)
+        assert child_id and child_id != parent_id
+        assert int(pool.execute("CLIENT", "ID")) == parent_id  # still the parent's
+    finally:
+        pool.close()
