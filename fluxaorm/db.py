@@ -481,6 +481,7 @@ class MySQLPool:
         self._idle: list[Connection] = []
         self._open = 0
         self._cond = threading.Condition()
+        self._waiting = 0  # threads waiting in acquire() for a connection
         self._pid = os.getpid()
         self._info: ServerInfo | None = None
 
@@ -597,18 +598,9 @@ class MySQLPool:
     def acquire(self) -> Connection:
         """Take a connection out of the pool (open one when none is idle)."""
         self._check_fork()
-        deadline = time.monotonic() + self.config.pool_timeout
         with self._cond:
-            while not self._idle and self._open >= self.config.pool_size:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise DatabaseError(
-                        f"MySQL pool {self.name!r} is exhausted: all {self.config.pool_size} "
-                        f"connections are still in use after {self.config.pool_timeout}s; "
-                        "raise pool_size or release connections sooner",
-                        pool=self.name,
-                    )
-                self._cond.wait(left)
+            if not self._idle and self._open >= self.config.pool_size:
+                self._wait_for_idle()
             if self._idle:
                 conn = self._idle.pop()
                 conn.reused = True
@@ -630,6 +622,24 @@ class MySQLPool:
                 return self.acquire()
         return conn
 
+    def _wait_for_idle(self) -> None:
+        """Wait (holding ``_cond``) until a connection is idle or may be opened."""
+        deadline = time.monotonic() + self.config.pool_timeout
+        self._waiting += 1
+        try:
+            while not self._idle and self._open >= self.config.pool_size:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DatabaseError(
+                        f"MySQL pool {self.name!r} is exhausted: all {self.config.pool_size} "
+                        f"connections are still in use after {self.config.pool_timeout}s; "
+                        "raise pool_size or release connections sooner",
+                        pool=self.name,
+                    )
+                self._cond.wait(left)
+        finally:
+            self._waiting -= 1
+
     def _forget(self) -> None:
         with self._cond:
             self._open -= 1
@@ -646,7 +656,8 @@ class MySQLPool:
         conn.last_used = time.monotonic()
         with self._cond:
             self._idle.append(conn)
-            self._cond.notify()
+            if self._waiting:  # notify() costs more than the rest of release()
+                self._cond.notify()
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:

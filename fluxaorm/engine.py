@@ -533,7 +533,8 @@ class Engine:
             if not rows:
                 return []
             if len(rows) < _CLEANUP_BATCH:
-                oldest = min(entry[3] for entry in rows.values())
+                # Rows are noted in publish order: the first is (about) the oldest.
+                oldest = next(iter(rows.values()))[3]
                 if time.monotonic() - oldest < _CLEANUP_AFTER:
                     return []
             taken = sorted(rows)[:_CLEANUP_PER_FLUSH]
@@ -548,11 +549,9 @@ class Engine:
             return
         with self._lock:
             cleaning = self._cleaning.get(pool, {})
-            rows = self._published.setdefault(pool, {})
-            for ident in ids:
-                found = cleaning.pop(ident, None)
-                if found is not None:
-                    rows[ident] = found
+            back = {i: cleaning.pop(i) for i in ids if i in cleaning}
+            if back:  # older than the rows noted since: first, as take_cleanup expects
+                self._published[pool] = {**back, **self._published.get(pool, {})}
 
     def forget_records(
         self, cleaned: list[tuple[str, int]]

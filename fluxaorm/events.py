@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import os
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from random import getrandbits as _random_bits
 from typing import Any, NamedTuple
 
 import msgpack
@@ -128,7 +128,8 @@ class EventBatch:
         )
         # "<flush time, ms in hex>.<random>": entry n carries eid "<event_id>-<n>",
         # so the flush time travels inside the event id.
-        self.event_id = event_id or f"{self.timestamp_ms:x}.{os.urandom(6).hex()}"
+        # random reseeds itself in a forked child, so processes never share ids.
+        self.event_id = event_id or f"{self.timestamp_ms:x}.{_random_bits(48):012x}"
 
     def __len__(self) -> int:
         return len(self.records)

@@ -25,7 +25,7 @@ from .db import Connection, error_code
 from .errors import DatabaseError, StreamError
 from .events import EventBatch, EventRecord, StreamEncoder, stream_key
 from .sql import binary_literal, packet_budget
-from .streams import RedisPool, pack_command
+from .streams import RedisPool, bulk, pack_command
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -313,16 +313,31 @@ def _record_commands(
     batch: EventBatch, now_ms: int, trim: bool
 ) -> tuple[list[bytes], int]:
     """ZADD the batch's event id to each of its streams' records (and trim them)."""
-    member = batch.event_id.encode()
-    score = b"%d" % now_ms
-    cutoff = b"(%d" % (now_ms - RECORD_RETENTION_MS)
+    tail = bulk(b"%d" % now_ms) + bulk(batch.event_id.encode())
+    records = batch.records
+    streams = (
+        records[0].streams  # one event to one stream: nothing to dedupe
+        if len(records) == 1 and len(records[0].streams) == 1
+        else dict.fromkeys(s for r in records for s in r.streams)
+    )
     out: list[bytes] = []
-    for stream in dict.fromkeys(s for r in batch.records for s in r.streams):
-        key = record_key(stream)
-        out.append(pack_command(b"ZADD", key, score, member))
+    for stream in streams:
+        head = _ZADD_HEADS.get(stream)
+        if head is None:
+            head = _ZADD_HEADS[stream] = b"*4\r\n$4\r\nZADD\r\n" + bulk(
+                record_key(stream)
+            )
+        out.append(head + tail)
         if trim:
-            out.append(pack_command(b"ZREMRANGEBYSCORE", key, b"-inf", cutoff))
+            cutoff = b"(%d" % (now_ms - RECORD_RETENTION_MS)
+            out.append(
+                pack_command(b"ZREMRANGEBYSCORE", record_key(stream), b"-inf", cutoff)
+            )
     return out, len(out)
+
+
+# The packed "ZADD <record key>" of each stream (streams are few: the registered ones).
+_ZADD_HEADS: dict[str, bytes] = {}
 
 
 def _forget_commands(forget: Iterable[tuple[str, str]]) -> tuple[list[bytes], int]:
