@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -160,10 +161,7 @@ class RedisPool(_Commands):
             except IndexError:  # another thread took the last one
                 pass
             else:
-                try:
-                    if conn.can_read():
-                        raise redis.exceptions.ConnectionError("unread data")
-                except (redis.exceptions.RedisError, OSError):
+                if _readable(conn):
                     conn.disconnect()
                     try:
                         conn.connect()
@@ -311,6 +309,24 @@ def permanent_hint(exc: BaseException, db: int = 0) -> str | None:
         if marker in reply:
             return hint.format(db=db)
     return None
+
+
+def _readable(conn: Any) -> bool:
+    """Whether an idle connection has something to read: the server closed it, or
+    a reply was left unread. Either way it must not be used as it is.
+
+    One ``select`` on the socket: redis-py's ``can_read()`` costs several system
+    calls and an exception. Replies are never left half-read in the parser (a
+    failed exchange disconnects), so the socket tells all.
+    """
+    sock = getattr(conn, "_sock", None)
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def bulk(value: bytes) -> bytes:
