@@ -25,6 +25,7 @@ from .db import MySQLPool, StatementListener
 from .db import RoundTripListener as MySQLRoundTripListener
 from .errors import ConfigurationError, DatabaseError, FluxaORMError
 from .events import STREAM_PREFIX, EventBatch, StreamEncoder, dead_key
+from .orm import ORM
 from .render import Unwirer, compile_unwire
 from .replicas import ReplicaSet, ReplicaStatus
 from .schema import EntitySchema
@@ -33,7 +34,6 @@ from .streams import RedisPool, RoundTripListener
 if TYPE_CHECKING:
     from .broker import EventBroker
     from .observe import Observer
-    from .orm import ORM
 
 __all__ = ["Engine", "StreamInfo"]
 
@@ -164,8 +164,6 @@ class Engine:
 
     def new_orm(self) -> ORM:
         """Return a new unit of work (cheap; one per thread or request)."""
-        from .orm import ORM
-
         return ORM(self)
 
     def get_event_broker(self) -> EventBroker:
