@@ -493,7 +493,12 @@ class Engine:
 
     def published(self, pool: str, outbox_id: int, batch: EventBatch) -> None:
         """Note an outbox row this process published; a later flush deletes it."""
-        streams = tuple(dict.fromkeys(s for r in batch.records for s in r.streams))
+        records = batch.records
+        streams = (
+            records[0].streams  # one event: its streams are distinct already
+            if len(records) == 1
+            else tuple(dict.fromkeys(s for r in records for s in r.streams))
+        )
         with self._lock:
             rows = self._published.setdefault(pool, {})
             rows[outbox_id] = (

@@ -549,9 +549,10 @@ def _publish_pool(
     if not count:
         done.update(i for i, _, _ in sent)
         return None
-    commands, extra = _forget_commands(forget)
-    parts.extend(commands)
-    count += extra
+    if forget:  # records of rows whose cleanup committed (one flush in 16)
+        commands, extra = _forget_commands(forget)
+        parts.extend(commands)
+        count += extra
     try:
         replies = pool.round_trip(
             _MULTI + b"".join(parts) + _EXEC, count + 2, "XADD", count

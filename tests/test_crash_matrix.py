@@ -35,7 +35,7 @@ import redis
 import fluxaorm
 from tests.conftest import MYSQL_URL, REDIS_URL
 from tests.crash_child import STREAM, Flusher, Journal, Key, Ledger, event_key
-from tests.servers import ThrowawayMariaDB, ThrowawayRedis, free_port
+from tests.servers import ThrowawayMariaDB, ThrowawayRedis, free_port, stop_process
 from tests.stream_reading import outbox_rows, stream_keys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1032,7 +1032,7 @@ def test_a_connection_lost_while_commit_is_in_flight_is_flagged(
         # Called just before the statement is sent: the server then hangs on it.
         if not frozen and sql.split(None, 1)[0].upper() == frozen_at:
             frozen.append(sql)
-            os.kill(pid, signal.SIGSTOP)
+            stop_process(pid)
 
     engine.add_statement_listener(freeze)
     orm = engine.new_orm()
