@@ -163,6 +163,9 @@ class _Statements:
         # to its event once the packet's results give the ids.
         self.placeholders = placeholders
         self.id_vars = 0
+        self.id_var_steps: list[_Step] = []  # the SET @fluxaorm_id<k> statements
+        # outbox() made the last SET needless: the caller leaves it out.
+        self.set_dropped = False
         self.resolved: dict[int, EventRecord] = {}
 
     # -- statements ----------------------------------------------------------------------
@@ -395,7 +398,10 @@ class _Statements:
                     schema,
                     functools.partial(self.resolve, schema, part, k),
                 )
-                self.add(_Step(f"SET @fluxaorm_id{k}=LAST_INSERT_ID()", None))
+                self.id_var_steps.append(
+                    _Step(f"SET @fluxaorm_id{k}=LAST_INSERT_ID()", None)
+                )
+                self.add(self.id_var_steps[-1])
             else:
                 self.auto_ids(
                     sql,
@@ -547,14 +553,26 @@ class _Statements:
         ids = self.result.outbox_ids
         id_step = self.pool.info.autoinc_increment if self.id_vars else 0
         checks = after if after is not None and after.expect is not None else None
-        for sql, count in insert_statements(
+        render = functools.partial(
+            insert_statements,
             batches,
             self.max_packet,
             self.pool.packets,
             self.id_vars,
             id_step,
             checks.expect if checks is not None else None,
-        ):
+        )
+        statements = None
+        if self.id_vars == 1 and after is not None and after is self.id_var_steps[0]:
+            # One auto-id INSERT, then its SET last: one outbox INSERT reads the
+            # first id from LAST_INSERT_ID() itself, and the caller drops the SET
+            # (one statement less per packet).
+            statements = render(direct=True)
+            if len(statements) == 1:
+                self.set_dropped = True
+            else:
+                statements = None
+        for sql, count in statements or render():
             first = len(self.steps)
             self.auto_ids(sql, OUTBOX_Q, count, None, ids.extend)
             if checks is not None:
@@ -743,6 +761,8 @@ def _run_packets(
             queued, steps.steps = steps.steps, []
             if engine.outbox:  # every event is known: no id is waited for
                 steps.outbox(engine, queued[-1] if queued else None)
+                if steps.set_dropped:
+                    queued.pop()
             _finish(
                 conn,
                 pool,

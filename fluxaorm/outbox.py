@@ -144,6 +144,7 @@ def insert_statements(
     id_vars: int = 0,
     id_step: int = 1,
     guard: int | None = None,
+    direct: bool = False,
 ) -> list[tuple[bytes, int]]:
     """Render the INSERTs of one outbox row per batch, as few as ``max_packet`` allows.
 
@@ -157,6 +158,10 @@ def insert_statements(
     statement just before must have matched that many rows; the first row's
     ``entries`` then fails the INSERT (error 1690) when ``ROW_COUNT()`` differs,
     which saves the transaction a statement of its own for that check.
+    ``direct`` (one auto-id INSERT, ``id_vars=1``): the trailer reads its first id
+    from ``LAST_INSERT_ID()`` itself, which inside an INSERT is still the previous
+    auto-id statement's; the caller then needs no ``SET @fluxaorm_id0`` and must
+    check that one statement came back (a second would read the first's id).
 
     Returns:
         ``(statement, rows)`` pairs, in the order of ``batches``.
@@ -167,7 +172,9 @@ def insert_statements(
     rows: list[bytes] = []
     size = 0
     trailer = b""
-    if id_vars:
+    if direct:
+        trailer = b",LAST_INSERT_ID(),',%d')" % id_step
+    elif id_vars:
         names = b",',',".join(b"@fluxaorm_id%d" % k for k in range(id_vars))
         trailer = b",%s,',%d')" % (names, id_step)
     for b in batches:
