@@ -82,6 +82,30 @@ def pack_bind(bind: Mapping[str, Any]) -> bytes:
     return bytes(_PACK(bind))
 
 
+# The first key of a packed insert bind, ``id``, with the value 0 of a stand-in.
+_ZERO_ID = b"\xa2id\x00"
+
+
+def with_id(packed: bytes, ident: int) -> bytes | None:
+    """Return a packed bind whose first entry is ``"id": 0`` with ``ident`` instead.
+
+    Cheaper than packing the whole map again once an INSERT gave the id; ``None``
+    when ``packed`` does not start that way (the caller packs it again).
+    """
+    first = packed[0] if packed else 0
+    if 0x80 <= first <= 0x8F:  # fixmap
+        head = 1
+    elif first == 0xDE:  # map 16
+        head = 3
+    elif first == 0xDF:  # map 32
+        head = 5
+    else:
+        return None
+    if packed[head : head + 4] != _ZERO_ID:
+        return None
+    return b"".join((packed[: head + 3], _PACK(ident), packed[head + 4 :]))
+
+
 class EventRecord(NamedTuple):
     """One change to publish: built by the flush, stored in the outbox, packed as XADD.
 

@@ -29,7 +29,7 @@ from .errors import (
     StreamError,
     ValidationError,
 )
-from .events import EventBatch, EventRecord, pack_bind, placeholder_id
+from .events import EventBatch, EventRecord, pack_bind, placeholder_id, with_id
 from .outbox import (
     OUTBOX_Q,
     PublishOutcome,
@@ -390,13 +390,13 @@ class _Statements:
             elif self.placeholders and schema.insert_streams:
                 k = self.id_vars
                 self.id_vars += 1
-                self.placeholder_events(schema, part, k)
+                first = self.placeholder_events(schema, part, k)
                 self.auto_ids(
                     sql,
                     schema.quoted_table,
                     len(part),
                     schema,
-                    functools.partial(self.resolve, schema, part, k),
+                    functools.partial(self.resolve, schema, part, k, first),
                 )
                 self.id_var_steps.append(
                     _Step(f"SET @fluxaorm_id{k}=LAST_INSERT_ID()", None)
@@ -443,15 +443,17 @@ class _Statements:
         schema: EntitySchema,
         rows: list[tuple[int, Any, dict[str, Any], str]],
         k: int,
-    ) -> None:
+    ) -> int:
         """Queue the Insert events of auto-id INSERT ``k`` before its ids are known.
 
         Row ``j`` gets the placeholder id ``placeholder_id(k, j)`` and its bind
-        ``id`` 0; the outbox row stores them with ``@fluxaorm_id<k>`` and the
+        ``id`` 0; the outbox row stores them with the INSERT's first id and the
         relay computes the ids (consecutive: first + j * auto_increment_increment).
+        Returns where the events start in their Redis pool's records.
         """
         pool = schema.redis_pool
         records = self.records.setdefault(pool, [])
+        first = len(records)
         streams = schema.insert_streams
         name = schema.name
         size = 0
@@ -462,24 +464,32 @@ class _Statements:
                 EventRecord(streams, "add", name, placeholder_id(k, j), packed, None)
             )
         self.sizes[pool] = self.sizes.get(pool, 0) + size + 48 * len(rows)
+        return first
 
     def resolve(
         self,
         schema: EntitySchema,
         rows: list[tuple[int, Any, dict[str, Any], str]],
         k: int,
+        first: int,
         ids: list[int],
     ) -> None:
-        """The ids of auto-id INSERT ``k`` are known: note them and its real events."""
+        """The ids of auto-id INSERT ``k`` are known: note them and its real events.
+
+        Each event's bind is its stand-in's with the id put in (the map is not
+        packed again); ``first``: where the stand-ins start in the pool's records.
+        """
         new_ids = self.result.new_ids
         resolved = self.resolved
         streams = schema.insert_streams
         name = schema.name
+        stand_ins = self.records[schema.redis_pool]
         for j, ((_, entity, bind, _), ident) in enumerate(zip(rows, ids)):
             new_ids.append((schema, entity, ident))
             bind["id"] = ident
+            packed = with_id(stand_ins[first + j].bind, ident) or pack_bind(bind)
             resolved[placeholder_id(k, j)] = EventRecord(
-                streams, "add", name, ident, pack_bind(bind), None
+                streams, "add", name, ident, packed, None
             )
 
     def auto_ids(

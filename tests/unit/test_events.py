@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import fluxaorm
 from fluxaorm import Insert
-from fluxaorm.events import EventBatch, EventRecord, StreamEncoder
+from fluxaorm.events import EventBatch, EventRecord, StreamEncoder, pack_bind, with_id
 
 
 def test_an_event_built_without_old_shares_no_mutable_default():
@@ -93,3 +93,25 @@ def test_entries_encoded_one_by_one_equal_the_pipelined_encoding(records, trace)
     assert b"".join(command for _, command in each) == payload
     assert len(each) == count
     assert [s for s, _ in each] == [s for r in batch.records for s in r.streams]
+
+
+# -- with_id: an insert's bind gets its id without being packed again -----------------
+
+
+@pytest.mark.parametrize("keys", [0, 14, 15, 16, 70_000])  # fixmap, map 16, map 32
+@pytest.mark.parametrize("ident", [1, 127, 128, 65_536, 2**32, 2**63 - 1])
+def test_with_id_gives_the_bind_packing_would_give(keys: int, ident: int) -> None:
+    bind = {"id": 0, **{f"f{i}": i for i in range(keys)}}
+    spliced = with_id(pack_bind(bind), ident)
+    assert spliced == pack_bind({**bind, "id": ident})
+    assert msgpack.unpackb(spliced)["id"] == ident
+
+
+@pytest.mark.parametrize(
+    "bind",
+    [{"name": "x", "id": 0}, {"id": 1}, {"id": "0"}, {"idx": 0}],
+    ids=["id not first", "id not 0", "id a string", "another key"],
+)
+def test_with_id_refuses_a_bind_it_cannot_splice(bind: dict[str, object]) -> None:
+    assert with_id(pack_bind(bind), 5) is None
+    assert with_id(b"", 5) is None and with_id(msgpack.packb([1]), 5) is None
