@@ -327,3 +327,51 @@ def test_max_allowed_packet_option_never_exceeds_the_server(make_engine):
     with big.mysql_pool("default").connection() as conn:
         server = int(conn.query("SELECT @@max_allowed_packet")[0][0])
     assert big.mysql_pool("default").info.max_allowed_packet == server
+
+
+# -- reading rows in place ---------------------------------------------------------------
+
+_TYPED = (
+    "SELECT 7, -7, 18446744073709551615, 1.5e0, CAST(2.50 AS DECIMAL(5,2)), "
+    "'text é', _binary'b\\0y', NULL, CAST('2024-02-29 10:11:12.5' AS DATETIME(6)), "
+    "CAST('2024-02-29' AS DATE), CAST('10:11:12' AS TIME), JSON_OBJECT('k', 1), "
+    "CAST('0000-00-00' AS DATE), b'101', CAST(1 AS UNSIGNED), 'two' IN ('two')"
+)
+
+
+def test_query_types_every_value_as_the_pymysql_cursor_does(engine):
+    """Connection.query reads rows without pymysql's cursor: the same values, typed
+    the same, for every kind of column (numbers, text, bytes, NULL, dates, JSON, BIT),
+    and again once its column definitions are cached."""
+    pool = engine.mysql_pool("default")
+    with pool.connection() as conn:
+        cursor = conn.raw.cursor()
+        cursor.execute(_TYPED)
+        expected = cursor.fetchall()
+        cursor.execute(_TYPED + " UNION ALL " + _TYPED)
+        expected_two = cursor.fetchall()
+        for _ in range(2):  # parsed, then from the cache
+            got = conn.query(_TYPED)
+            assert got == expected
+            assert [type(v) for v in got[0]] == [type(v) for v in expected[0]]
+        assert conn.query(_TYPED + " UNION ALL " + _TYPED) == expected_two
+        assert conn.query("SELECT 1 FROM DUAL WHERE 1 = 0") == ()
+        assert conn.query("DO 1") == ()
+
+
+def test_query_reads_and_drops_the_results_after_the_first(engine):
+    """A text holding several statements gives the first one's rows and leaves the
+    connection clean for the next statement."""
+    pool = engine.mysql_pool("default")
+    assert pool.packets  # utf8mb4: several statements may share a packet
+    with pool.connection() as conn:
+        assert conn.query("SELECT 1; SELECT 2; DO 3; SELECT 4") == ((1,),)
+        assert conn.query("SELECT %s", (5,)) == ((5,),)
+
+
+def test_query_errors_are_wrapped_and_leave_the_connection_usable(engine):
+    pool = engine.mysql_pool("default")
+    with pool.connection() as conn:
+        with pytest.raises(fluxaorm.DatabaseError, match="no_such_table"):
+            conn.query("SELECT * FROM no_such_table")
+        assert conn.query("SELECT %s, %s", ("a'b", None)) == (("a'b", None),)
