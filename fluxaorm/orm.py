@@ -6,7 +6,6 @@ through the engine's MySQL pools; ``flush.py`` writes what it recorded.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import functools
 import threading
@@ -241,7 +240,7 @@ class ORM:
         copies = pending.updates.get(row)
         if copies is not None and any(c is entity for c, _ in copies):
             return entity  # already a tracked copy
-        tracked = copy.copy(entity)
+        tracked: E = schema.copy(entity)
         snapshot = self._loaded_values(schema, entity)
         pending.updates.setdefault(row, []).append((tracked, snapshot))
         self._copies[key] = (entity, tracked, row)
@@ -524,8 +523,11 @@ class ORM:
             found = replicas.read(fetch)
         else:
             pool = self._engine.mysql_pool(schema.mysql_pool)
-            with pool.connection() as conn:
+            conn = pool.acquire()  # not pool.connection(): a hot path
+            try:
                 found = fetch(pool, conn)
+            finally:
+                pool.release(conn)
         present = [found[i] for i in wanted if i in found]
         loaded = iter(self._load_rows(schema, present))
         return [next(loaded) if i in found else None for i in wanted]

@@ -7,6 +7,7 @@ codec read the precomputed columns, SQL fragments and stream routes from it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import operator
 import typing
@@ -134,6 +135,8 @@ class EntitySchema:
         )
         # The bind (msgpack-ready values) of a full columns-ordered row.
         self.wire_values = compile_wire(self.columns, self.label)
+        # A shallow copy of an entity, as copy.copy makes it (edit_entity).
+        self.copy: Callable[[Any], Any] = _copier(cls, self._slots)
 
         cols = ",".join(c.quoted for c in self.columns)
         data_cols = ",".join(c.quoted for c in self.data_columns)
@@ -189,6 +192,37 @@ class EntitySchema:
     def set_id(self, obj: Any, value: int) -> None:
         """Set the ``id`` of an entity, bypassing ``__setattr__`` hooks."""
         object.__setattr__(obj, "id", value)
+
+
+def _copier(cls: type, slots: bool) -> Callable[[Any], Any]:
+    """``copy.copy`` for instances of ``cls``, made cheap where it can be.
+
+    A plain class (no ``__slots__``, no ``__copy__``, ``__reduce__``,
+    ``__getstate__`` or ``__new__`` of its own) is copied as ``copy.copy`` would
+    copy it: a new instance whose ``__dict__`` is the original's, in a few
+    operations instead of the copy protocol's dozens. Anything else (a subclass
+    too) goes through ``copy.copy`` itself.
+    """
+    plain = (
+        not slots
+        and getattr(cls, "__copy__", None) is None
+        and all(
+            getattr(cls, name, None) is getattr(object, name, None)
+            for name in ("__reduce_ex__", "__reduce__", "__getstate__", "__new__")
+        )
+    )
+    if not plain:
+        return copy.copy
+    new = object.__new__
+
+    def shallow(obj: Any) -> Any:
+        if type(obj) is not cls:
+            return copy.copy(obj)
+        dup = new(cls)
+        dup.__dict__.update(obj.__dict__)
+        return dup
+
+    return shallow
 
 
 def _tuple_getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:

@@ -672,3 +672,67 @@ def test_bad_entity_names_rejected(name: Any) -> None:
     err = schema_error(BadName)
     assert err.entity == BadName.__qualname__
     assert "must be a non-empty printable str without whitespace" in str(err)
+
+
+# -- the copy edit_entity makes ---------------------------------------------------------
+
+
+def test_the_cheap_copy_is_the_one_copy_copy_makes() -> None:
+    """A plain dataclass is copied through its __dict__: equal, not the same object,
+    sharing the values (shallow), and a new attribute on the copy stays its own."""
+    import copy as copy_module
+    import dataclasses
+
+    from fluxaorm.schema import _copier
+
+    @dataclasses.dataclass
+    class Plain:
+        id: int = 0
+        tags: list[str] = dataclasses.field(default_factory=list)
+
+    original = Plain(3, ["a"])
+    original.extra = "kept"  # type: ignore[attr-defined]
+    fast = _copier(Plain, False)
+    assert fast is not copy_module.copy
+    dup = fast(original)
+    assert dup is not original and dup.__dict__ == copy_module.copy(original).__dict__
+    assert dup.tags is original.tags
+    dup.id = 4
+    assert original.id == 3
+
+    class Sub(Plain):
+        pass
+
+    assert type(fast(Sub(1))) is Sub  # a subclass goes through copy.copy
+
+
+def test_classes_with_their_own_copy_rules_keep_them() -> None:
+    """Slots, __copy__, __getstate__ or __reduce__ of their own: copy.copy is used."""
+    import copy as copy_module
+    import dataclasses
+
+    import attrs as attrs_module
+
+    from fluxaorm.schema import _copier
+
+    @attrs_module.define
+    class Slotted:
+        id: int = 0
+
+    @dataclasses.dataclass
+    class OwnCopy:
+        id: int = 0
+
+        def __copy__(self) -> "OwnCopy":
+            return OwnCopy(-1)
+
+    @dataclasses.dataclass
+    class OwnState:
+        id: int = 0
+
+        def __getstate__(self) -> dict[str, int]:
+            return {"id": 99}
+
+    assert _copier(Slotted, True) is copy_module.copy
+    assert _copier(OwnCopy, False)(OwnCopy(5)).id == -1
+    assert _copier(OwnState, False)(OwnState(5)).id == 99
