@@ -323,6 +323,9 @@ def _readable(conn: Any) -> bool:
     if sock is None:
         return True
     try:
+        pending = getattr(sock, "pending", None)  # TLS: bytes already decrypted
+        if pending is not None and pending():
+            return True
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):
         return True
@@ -335,7 +338,35 @@ def bulk(value: bytes) -> bytes:
 
 
 def read_replies(conn: Any, replies: int) -> list[Any]:
-    """Read ``replies`` replies; error replies come back as exceptions, not raised."""
+    """Read ``replies`` replies; error replies come back as exceptions, not raised.
+
+    The replies are read from the connection's parser, which returns an error
+    reply as an exception instance: ``Connection.read_response`` wraps each
+    read in bookkeeping that costs more than parsing a short reply, and raises
+    error replies only to have them caught here. A socket error becomes
+    :class:`redis.exceptions.ConnectionError` (the connection is dropped), as
+    ``read_response`` does.
+    """
+    parser = getattr(conn, "_parser", None)
+    read = getattr(parser, "read_response", None)
+    if read is None:  # not a redis-py Connection as this module knows it
+        return _read_replies_slowly(conn, replies)
+    out: list[Any] = []
+    try:
+        for _ in range(replies):
+            out.append(read(disable_decoding=True))
+    except (OSError, redis.exceptions.TimeoutError) as exc:
+        conn.disconnect()
+        if isinstance(exc, (TimeoutError, redis.exceptions.TimeoutError)):
+            raise redis.exceptions.TimeoutError(f"reading a reply: {exc}") from exc
+        raise redis.exceptions.ConnectionError(f"reading a reply: {exc}") from exc
+    except redis.exceptions.ConnectionError:
+        conn.disconnect()
+        raise
+    return out
+
+
+def _read_replies_slowly(conn: Any, replies: int) -> list[Any]:
     out: list[Any] = []
     for _ in range(replies):
         try:
