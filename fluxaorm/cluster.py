@@ -318,15 +318,18 @@ class ClusterPool(RedisPool):
     def connect_slot(self, slot: int, what: str) -> tuple[Any, Any]:
         """Take a connection to the master of ``slot``: ``(connection, its pool)``."""
         manager = self.nodes(what)
+        node = None
         try:
-            pool = manager.get_node_from_slot(slot).redis_connection.connection_pool
+            node = manager.get_node_from_slot(slot)
+            pool = node.redis_connection.connection_pool
             return pool.get_connection(), pool
         except (
             redis.exceptions.RedisError,
             redis.exceptions.RedisClusterException,
         ) as exc:
             self.stale()
-            raise self.error(exc, what) from exc
+            where = f"{what} on {node.name}" if node is not None else what
+            raise self.error(exc, where) from exc
 
     def connect(self, what: str) -> Any:
         """Not for a cluster: connections are to one node (see :meth:`connect_slot`)."""
@@ -509,6 +512,12 @@ class ClusterPool(RedisPool):
             try:
                 conn = pool.get_connection()
             except redis.exceptions.RedisError as exc:
+                if self.hint(exc) is not None:
+                    # This node refuses the credentials (or TLS cannot be set
+                    # up): no new map or pause mends that.
+                    for i in members:
+                        failed[i] = self.error(exc, f"{what} on {name}")
+                    continue
                 # Nothing was sent: safe to try again once the map is read anew.
                 self.stale()
                 retry.update(dict.fromkeys(members, exc))
