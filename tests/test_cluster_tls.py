@@ -134,6 +134,11 @@ def test_a_flush_publishes_over_tls_and_a_consumer_receives_it(
     """rediss+cluster:// with the CA: the flush publishes each stream on its master
     (the nodes have no plain port, so this was TLS), a replica confirms it over
     TLS replication (the outbox row goes), and a consumer gets the events."""
+    for node in tls_cluster.nodes:
+        with node.client() as client:
+            config = client.config_get("*port*") | client.config_get("tls-*")
+        assert (config["port"], config["tls-port"]) == ("0", str(node.port))
+        assert (config["tls-cluster"], config["tls-replication"]) == ("yes", "yes")
     engine = make_engine(UserEntity, CategoryEntity, outbox_relay_delay=0)
     pool = engine.redis_pool("default")
     assert pool.cluster and pool.config.tls
@@ -260,8 +265,8 @@ def test_an_acl_user_works_over_tls_and_its_password_never_shows(
         assert caught.value.permanent
         seen.error(caught.value)
 
-    # The scenario logged what there is to search: redis-py's debug lines and
-    # our errors about the refused password.
+    # The scenario logged what there is to search: each exchange at DEBUG
+    # (fluxaorm.redis) and the refused password at ERROR.
     assert any(r.name.startswith("fluxaorm.redis") for r in caplog.records)
     assert any(r.levelno == logging.ERROR for r in caplog.records)
     formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
@@ -297,24 +302,32 @@ def test_a_wrong_password_is_a_permanent_error_that_says_what_to_fix(
     assert fixed.relay_outbox() == 3
 
 
+@pytest.mark.parametrize("seed", [False, True], ids=["other-node", "first-seed"])
 def test_a_user_missing_on_one_node_is_a_permanent_error_naming_that_node(
-    misconfigured: Any, tls_cluster: ThrowawayCluster
+    misconfigured: Any, tls_cluster: ThrowawayCluster, seed: bool
 ) -> None:
-    """ACL users are per node: a user created on all nodes but one fails on the
-    streams of that master with a permanent error naming the node, at once."""
+    """ACL users are per node: a user created on every node but one master fails
+    on that master's streams with a permanent error naming the node, at once,
+    whether the node is the pool's first seed (the slot map then comes from the
+    next seed) or one it learnt from the slot map."""
     master = tls_cluster.master_of_key("dirty_AllChanges")
+    others = [n.address for n in tls_cluster.nodes if n is not master][:2]
+    seeds = [master.address, *others] if seed else others
+    assert tls_cluster.tls is not None
+    url = (
+        f"rediss+cluster://{APP_USER}:{_q(APP_PASSWORD)}@{','.join(seeds)}/"
+        f"?ssl_ca_certs={tls_cluster.tls.ca}"
+    )
     with master.client() as client:
         client.execute_command("ACL DELUSER", APP_USER)
     try:
-        engine = misconfigured(
-            UserEntity, CategoryEntity, redis_url=app_url(tls_cluster)
-        )
+        engine = misconfigured(UserEntity, CategoryEntity, redis_url=url)
         started = time.monotonic()
         with pytest.raises(fluxaorm.StreamError) as caught:
             engine.get_event_broker().get_stream_statistics("AllChanges")
         assert time.monotonic() - started < 0.5, "retried as if the node were down"
         assert caught.value.permanent and not caught.value.connection_lost
-        assert master.address in str(caught.value)
+        assert f"XINFO on {master.address} failed" in str(caught.value)
         assert "on every node" in str(caught.value)
     finally:
         with master.client() as client:
