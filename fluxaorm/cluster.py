@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis.connection
@@ -35,7 +35,6 @@ from .streams import (
     RoundTripListener,
     Session,
     pack_command,
-    permanent_hint,
     read_replies,
 )
 
@@ -223,7 +222,7 @@ class ClusterPool(RedisPool):
         kwargs["protocol"] = 2
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
         kwargs.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
-        self._kwargs = kwargs
+        self._kwargs: dict[str, Any] = kwargs
         timeout = kwargs.get("socket_timeout")
         self.socket_timeout: float | None = float(timeout) if timeout else None
         self._map: NodesManager | None = None
@@ -235,6 +234,10 @@ class ClusterPool(RedisPool):
 
     def __repr__(self) -> str:
         return f"<ClusterPool {self.name!r} {self.config.url}>"
+
+    def connection_options(self) -> Mapping[str, Any]:
+        """The options each node's connections are made with (TLS files included)."""
+        return self._kwargs
 
     def session(self, key: str) -> Session:
         """Return a :class:`ClusterSession` kept on the master of ``key``'s slot."""
@@ -315,15 +318,18 @@ class ClusterPool(RedisPool):
     def connect_slot(self, slot: int, what: str) -> tuple[Any, Any]:
         """Take a connection to the master of ``slot``: ``(connection, its pool)``."""
         manager = self.nodes(what)
+        node = None
         try:
-            pool = manager.get_node_from_slot(slot).redis_connection.connection_pool
+            node = manager.get_node_from_slot(slot)
+            pool = node.redis_connection.connection_pool
             return pool.get_connection(), pool
         except (
             redis.exceptions.RedisError,
             redis.exceptions.RedisClusterException,
         ) as exc:
             self.stale()
-            raise self.error(exc, what) from exc
+            where = f"{what} on {node.name}" if node is not None else what
+            raise self.error(exc, where) from exc
 
     def connect(self, what: str) -> Any:
         """Not for a cluster: connections are to one node (see :meth:`connect_slot`)."""
@@ -349,13 +355,17 @@ class ClusterPool(RedisPool):
 
         A cluster that is down (CLUSTERDOWN), a slot being moved (TRYAGAIN), a
         redirection still unfollowed after the limit, or a slot no node serves
-        come back with ``connection_lost=True``: retrying later helps.
+        come back with ``connection_lost=True``: retrying later helps. No node
+        reachable because of what :meth:`hint` finds (credentials, a TLS file)
+        is permanent, and told with the node's own error.
         """
         if isinstance(exc, redis.exceptions.RedisClusterException):
             cause = exc.__cause__
-            if cause is not None and permanent_hint(cause) is not None:
+            if cause is not None and self.hint(cause) is not None:
                 return super().error(cause, what)
         error = super().error(exc, what)
+        if error.permanent:
+            return error
         if isinstance(
             exc,
             (
@@ -502,6 +512,12 @@ class ClusterPool(RedisPool):
             try:
                 conn = pool.get_connection()
             except redis.exceptions.RedisError as exc:
+                if self.hint(exc) is not None:
+                    # This node refuses the credentials (or TLS cannot be set
+                    # up): no new map or pause mends that.
+                    for i in members:
+                        failed[i] = self.error(exc, f"{what} on {name}")
+                    continue
                 # Nothing was sent: safe to try again once the map is read anew.
                 self.stale()
                 retry.update(dict.fromkeys(members, exc))

@@ -139,7 +139,14 @@ def relay(
         after = int(rows[-1][0])
         retries = 0
     for error in down.values():
-        _log.warning("outbox relay: %s; its rows stay for a later relay", error)
+        if error.permanent:
+            _log.error(
+                "outbox relay: %s; its rows stay in the outbox: fix the Redis "
+                "configuration (engine.check() tells what is wrong)",
+                error,
+            )
+        else:
+            _log.warning("outbox relay: %s; its rows stay for a later relay", error)
     return result
 
 

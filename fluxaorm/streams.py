@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import select
-from collections.abc import Callable, Iterator, Sequence
+import ssl
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "pack_command",
     "parse_entries",
     "permanent_hint",
+    "tls_files_hint",
 ]
 
 _log = logging.getLogger("fluxaorm.redis")
@@ -193,15 +195,30 @@ class RedisPool(_Commands):
     def _wrap(self, exc: BaseException, what: str) -> StreamError:
         return self.error(exc, what)
 
+    def connection_options(self) -> Mapping[str, Any]:
+        """The options each connection is made with (TLS files included)."""
+        return self._pool.connection_kwargs
+
+    def hint(self, exc: BaseException) -> str | None:
+        """What to fix when retrying cannot help with ``exc``, else None.
+
+        :func:`permanent_hint`, and for a connection that failed on a TLS pool,
+        :func:`tls_files_hint`: a CA, certificate or key file it cannot use.
+        """
+        found = permanent_hint(exc, self.config.db, cluster=self.cluster)
+        if found is None and self.config.tls and _connect_failure(exc):
+            found = tls_files_hint(self.connection_options())
+        return found
+
     def error(self, exc: BaseException, what: str) -> StreamError:
         """Turn a redis-py exception (raised or an error reply) into a StreamError.
 
         Errors that retrying cannot fix (bad credentials, a missing ACL
-        permission, a DB index the server does not have) come back with
-        ``permanent=True`` and ``connection_lost=False`` and a message saying
-        what to fix; the password is never part of it.
+        permission, a DB index the server does not have, a TLS file that cannot
+        be read) come back with ``permanent=True`` and ``connection_lost=False``
+        and a message saying what to fix; the password is never part of it.
         """
-        hint = permanent_hint(exc, self.config.db)
+        hint = self.hint(exc)
         lost = hint is None and isinstance(
             exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         )
@@ -269,6 +286,10 @@ _AUTH_HINT = (
     "Retrying cannot help: check the user name and password of the pool's URL "
     "(register_redis) against the server's requirepass/ACL users"
 )
+_CLUSTER_AUTH = (
+    " on every node of the cluster (ACL SETUSER and requirepass are per node, "
+    "not replicated)"
+)
 _PERMANENT: tuple[tuple[str, str], ...] = (
     ("WRONGPASS", _AUTH_HINT),
     ("NOAUTH", _AUTH_HINT),
@@ -289,26 +310,103 @@ _PERMANENT: tuple[tuple[str, str], ...] = (
 )
 
 
-def permanent_hint(exc: BaseException, db: int = 0) -> str | None:
+def permanent_hint(
+    exc: BaseException, db: int = 0, cluster: bool = False
+) -> str | None:
     """Say what to fix when ``exc`` is an error that retrying cannot fix, else None.
 
     Bad credentials (WRONGPASS, NOAUTH; redis-py's AuthenticationError, which is
     also a ConnectionError), a missing ACL permission (NOPERM) and a DB index the
-    server does not have are permanent; anything else may pass.
+    server does not have are permanent; anything else may pass. On a
+    ``cluster``, the credentials hint says to check every node.
     """
     if isinstance(exc, StreamError):
         exc = exc.orig if exc.orig is not None else exc
+    found: str | None = None
     if isinstance(exc, redis.exceptions.AuthenticationError):
-        return _AUTH_HINT
-    if isinstance(exc, redis.exceptions.NoPermissionError):
-        return _PERMANENT[-2][1]
-    if not isinstance(exc, redis.exceptions.ResponseError):
+        found = _AUTH_HINT
+    elif isinstance(exc, redis.exceptions.NoPermissionError):
+        found = _PERMANENT[-2][1]
+    elif isinstance(exc, redis.exceptions.ResponseError):
+        reply = str(exc)
+        found = next((h for m, h in _PERMANENT if m in reply), None)
+    if found is _AUTH_HINT and cluster:
+        return _AUTH_HINT + _CLUSTER_AUTH
+    return None if found is None else found.format(db=db)
+
+
+def _connect_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection that could not be made (or was lost)."""
+    if isinstance(exc, StreamError):
+        exc = exc.orig if exc.orig is not None else exc
+    return isinstance(exc, redis.exceptions.ConnectionError)
+
+
+# redis-py's TLS files: the CA (a file or a folder), the client certificate and key.
+_TLS_FILES = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
+
+
+def tls_files_hint(options: Mapping[str, Any]) -> str | None:
+    """Say what to fix when a TLS file of a pool's ``options`` cannot be used, else None.
+
+    redis-py reads ``ssl_ca_certs``, ``ssl_ca_path``, ``ssl_certfile`` and
+    ``ssl_keyfile`` when it connects, and reports a file it cannot read (or
+    that holds no certificate) as a failed connection, like an outage. These
+    files are loaded here the same way, in a context of our own: one that
+    fails is named, with why, and retrying cannot help. Reads files only when
+    called (on a failed connection), never the network.
+    """
+    given = {k: options[k] for k in _TLS_FILES if options.get(k)}
+    if not given:
         return None
-    reply = str(exc)
-    for marker, hint in _PERMANENT:
-        if marker in reply:
-            return hint.format(db=db)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    attempts: list[tuple[str, Callable[[], object]]] = []
+    if "ssl_ca_certs" in given:
+        ca = given["ssl_ca_certs"]
+        attempts.append(("ssl_ca_certs", lambda: context.load_verify_locations(ca)))
+    if "ssl_ca_path" in given:
+        folder = given["ssl_ca_path"]
+        attempts.append(("ssl_ca_path", lambda: _folder(folder)))
+    if "ssl_certfile" in given:
+        attempts.append(
+            (
+                "ssl_certfile",
+                lambda: context.load_cert_chain(
+                    given["ssl_certfile"],
+                    given.get("ssl_keyfile"),
+                    options.get("ssl_password"),
+                ),
+            )
+        )
+    for key, attempt in attempts:
+        try:
+            attempt()
+        except (OSError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            files = (
+                f"ssl_certfile {given['ssl_certfile']!r} and ssl_keyfile "
+                f"{given['ssl_keyfile']!r}"
+                if key == "ssl_certfile" and "ssl_keyfile" in given
+                else f"{key} {given[key]!r}"
+            )
+            return (
+                f"Retrying cannot help: the pool's {files} cannot be used ({why}); "
+                f"point {key} (a query option of the pool's URL or an option of "
+                f"register_redis) at {_TLS_WANTED[key]}"
+            )
     return None
+
+
+_TLS_WANTED = {
+    "ssl_ca_certs": "a readable PEM file of the CA that signed the servers' certificates",
+    "ssl_ca_path": "a readable folder of CA certificates",
+    "ssl_certfile": "a readable PEM client certificate (and its key in ssl_keyfile)",
+}
+
+
+def _folder(path: str) -> None:
+    """Raise NotADirectoryError (or FileNotFoundError) unless ``path`` is a readable folder."""
+    os.listdir(path)
 
 
 def _readable(conn: Any) -> bool:

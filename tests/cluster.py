@@ -7,6 +7,11 @@ every node reports ``cluster_state:ok``, every slot is served and every replica
 is in sync. ``conftest.py`` starts one per test session; fault tests kill,
 pause or restart its nodes and :meth:`ThrowawayCluster.heal` puts it back. Only
 these servers are ever flushed or stopped here, never the shared Redis.
+
+``ThrowawayCluster(tls=certificates)`` serves TLS only (clients, the cluster bus
+and replication; no plain port), and ``password=`` puts a password on the
+default user (``requirepass``, and ``masterauth`` for the replicas); the helpers
+here then connect with both.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 import redis
 
-from tests.servers import free_port
+from tests.servers import Certificates, free_port
 
 NODES = 6
 REPLICAS = 1
@@ -61,14 +66,58 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> None
     raise RuntimeError(f"{what}: not true after {timeout}s ({last})")
 
 
-class ClusterNode:
-    """One ``redis-server`` of the cluster, on its own port and folder."""
+def tls_args(certs: Certificates) -> list[str]:
+    """``redis-server`` options that serve TLS only (clients need no certificate)."""
+    return [
+        "--tls-cert-file", str(certs.cert),
+        "--tls-key-file", str(certs.key),
+        "--tls-ca-cert-file", str(certs.ca),
+        "--tls-auth-clients", "no",
+    ]  # fmt: skip
 
-    def __init__(self, port: int, folder: Path):
+
+def client_tls(certs: Certificates | None) -> dict[str, Any]:
+    """redis-py options that trust ``certs``' CA (none without TLS)."""
+    return {} if certs is None else {"ssl": True, "ssl_ca_certs": str(certs.ca)}
+
+
+class ClusterNode:
+    """One ``redis-server`` of the cluster, on its own port and folder.
+
+    With ``tls`` it listens on TLS only (``--port 0 --tls-port``) and talks TLS
+    to the other nodes (``--tls-cluster``) and to its master
+    (``--tls-replication``); with ``password`` the default user needs it, and a
+    replica gives it to its master (``masterauth``).
+    """
+
+    def __init__(
+        self,
+        port: int,
+        folder: Path,
+        tls: Certificates | None = None,
+        password: str | None = None,
+    ):
         self.port = port
         self.dir = folder
+        self.tls = tls
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
+
+    def _listen_args(self) -> list[str]:
+        if self.tls is None:
+            args = ["--port", str(self.port)]
+        else:
+            args = [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cluster", "yes",
+                "--tls-replication", "yes",
+                *tls_args(self.tls),
+            ]  # fmt: skip
+        if self.password is not None:
+            args += ["--requirepass", self.password, "--masterauth", self.password]
+        return args
 
     @property
     def address(self) -> str:
@@ -79,7 +128,7 @@ class ClusterNode:
         self.dir.mkdir(parents=True, exist_ok=True)
         args = [
             "redis-server",
-            "--port", str(self.port),
+            *self._listen_args(),
             "--bind", "127.0.0.1",
             "--dir", str(self.dir),
             "--save", "",
@@ -98,8 +147,14 @@ class ClusterNode:
         wait_for(self.ping, f"cluster node {self.address} answers")
 
     def client(self, timeout: float = 5.0) -> redis.Redis:
-        """A plain client of this node (no redirections followed)."""
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout)
+        """A client of this node as the default user (no redirections followed)."""
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_timeout=timeout,
+            password=self.password,
+            **client_tls(self.tls),
+        )
 
     def ping(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -145,12 +200,21 @@ class ClusterNode:
 
 
 class ThrowawayCluster:
-    """Six nodes, three masters with one replica each; ``start()``, ``close()``."""
+    """Six nodes, three masters with one replica each; ``start()``, ``close()``.
 
-    def __init__(self) -> None:
+    Args:
+        tls: serve TLS only, with these certificates (``rediss+cluster://``).
+        password: the default user's password (``requirepass``/``masterauth``).
+    """
+
+    def __init__(
+        self, tls: Certificates | None = None, password: str | None = None
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="fluxaorm-cluster-"))
+        self.tls = tls
+        self.password = password
         self.nodes = [
-            ClusterNode(free_cluster_port(), self.dir / f"node{i}")
+            ClusterNode(free_cluster_port(), self.dir / f"node{i}", tls, password)
             for i in range(NODES)
         ]
         # Set by a test that changed the cluster in a way heal() must check.
@@ -158,17 +222,38 @@ class ThrowawayCluster:
 
     @property
     def url(self) -> str:
-        """``redis+cluster://`` with two of the nodes as seeds."""
+        """``redis+cluster://`` with two of the nodes as seeds and no user.
+
+        Under TLS: ``rediss+cluster://...?ssl_ca_certs=<the CA file>``.
+        """
+        return self.url_for()
+
+    def url_for(self, userinfo: str = "") -> str:
+        """The cluster's URL with ``userinfo`` (``user:password``, percent-encoded)."""
         seeds = ",".join(n.address for n in self.nodes[:2])
-        return f"redis+cluster://{seeds}"
+        at = f"{userinfo}@" if userinfo else ""
+        if self.tls is None:
+            return f"redis+cluster://{at}{seeds}"
+        return f"rediss+cluster://{at}{seeds}/?ssl_ca_certs={self.tls.ca}"
+
+    def _cli(self) -> tuple[list[str], dict[str, str]]:
+        """``redis-cli`` and its options (TLS), and its environment (the password)."""
+        args = ["redis-cli"]
+        if self.tls is not None:
+            args += ["--tls", "--cacert", str(self.tls.ca)]
+        env = dict(os.environ)
+        if self.password is not None:
+            env["REDISCLI_AUTH"] = self.password  # not on the command line
+        return args, env
 
     def start(self) -> ThrowawayCluster:
         try:
             for node in self.nodes:
                 node.start()
+            cli, env = self._cli()
             subprocess.run(
                 [
-                    "redis-cli",
+                    *cli,
                     "--cluster",
                     "create",
                     *(n.address for n in self.nodes),
@@ -179,6 +264,7 @@ class ThrowawayCluster:
                 check=True,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
+                env=env,
                 timeout=120,
             )
             self.wait_healthy()
@@ -313,9 +399,11 @@ class ThrowawayCluster:
                 keys = sc.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000)
                 if not keys:
                     break
+                auth = ["AUTH", self.password] if self.password else []
                 sc.execute_command(
-                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
-                )
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, *auth,
+                    "KEYS", *keys,
+                )  # fmt: skip
             between("moved")
             tc.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
             sc.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
@@ -327,5 +415,9 @@ class ThrowawayCluster:
     def client(self) -> redis.cluster.RedisCluster:
         """A redis-py cluster client of the throwaway cluster (for checks)."""
         return redis.cluster.RedisCluster(
-            host="127.0.0.1", port=self.masters()[0].port, socket_timeout=5
+            host="127.0.0.1",
+            port=self.masters()[0].port,
+            socket_timeout=5,
+            password=self.password,
+            **client_tls(self.tls),
         )

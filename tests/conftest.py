@@ -267,7 +267,7 @@ def make_engine(clean: None, redis_target: RedisTarget) -> Iterator[EngineFactor
         registry.register_mysql(mysql_url, **(mysql_options or {}))
         redis_options = dict(redis_options or {})
         url = redis_url or redis_target.url
-        if url.startswith("redis+cluster://"):
+        if url.partition("://")[0].endswith("+cluster"):
             # A WAIT that times out on a loaded machine makes the pool skip WAIT
             # for a while, and round-trip counts with it: give it time.
             redis_options.setdefault("wait_timeout", 5)

@@ -1070,6 +1070,44 @@ def test_redis_tls_untrusted_server_is_a_stream_error(
     assert engine.get_event_broker().get_outbox_statistics()[0].rows == 1
 
 
+UNUSABLE_TLS_FILES = {
+    "missing-ca": ("ssl_ca_certs={missing}", "ssl_ca_certs {missing!r}"),
+    "missing-ca-folder": ("ssl_ca_path={missing}", "ssl_ca_path {missing!r}"),
+    "missing-client-cert": (
+        "ssl_ca_certs={ca}&ssl_certfile={missing}&ssl_keyfile={missing}",
+        "ssl_certfile {missing!r} and ssl_keyfile {missing!r}",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "case", list(UNUSABLE_TLS_FILES.values()), ids=list(UNUSABLE_TLS_FILES)
+)
+def test_redis_tls_file_that_cannot_be_read_is_a_permanent_stream_error(
+    make_engine, tls_server, tls_redis, certs, tmp_path, case
+):
+    """A CA file or folder, or a client certificate, that does not exist: redis-py
+    reports it as a failed connection, but no retry can mend it. The flush commits
+    and raises, the relay and check() raise at once, each a permanent StreamError
+    naming the pool, the option and the file to fix."""
+    query, named = case
+    missing = str(tmp_path / "nowhere" / "file.pem")
+    url = f"rediss://127.0.0.1:{tls_server.port}/0?" + query.format(
+        missing=missing, ca=certs.ca
+    )
+    engine = make_engine(UserEntity, CategoryEntity, redis_url=url)
+    orm = engine.new_orm()
+    orm.new_entity(UserEntity, name="Tom")
+    for call in (orm.flush, engine.relay_outbox, engine.check):
+        with pytest.raises(fluxaorm.StreamError) as caught:
+            call()
+        assert caught.value.permanent and not caught.value.connection_lost
+        assert "Redis pool 'default'" in str(caught.value)
+        assert named.format(missing=missing) in str(caught.value)
+    assert tls_redis.exists("dirty_AllChanges") == 0
+    assert engine.get_event_broker().get_outbox_statistics()[0].rows == 1
+
+
 # == 5. TLS to MySQL ==================================================================
 
 
