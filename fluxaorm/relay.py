@@ -121,7 +121,16 @@ def relay(
             with pool.transaction("READ COMMITTED") as conn:
                 rows = conn.query(sql, args)
                 if rows:
-                    _relay_rows(conn, rows, redis_pools, encoder, down, step, observer)
+                    _relay_rows(
+                        conn,
+                        rows,
+                        redis_pools,
+                        encoder,
+                        down,
+                        step,
+                        observer,
+                        pool.packets,
+                    )
         except DatabaseError as exc:
             if error_code(exc) in (1205, 1213) and retries < 5:
                 retries += 1  # the pass rolled back: run it again
@@ -176,8 +185,12 @@ def _relay_rows(
     down: dict[str, StreamError],
     result: RelayResult,
     observer: Observer | None = None,
+    packets: bool = False,
 ) -> None:
     """Publish one pass's locked rows, then delete, rewrite or quarantine each.
+
+    ``packets``: the pool may send several statements in one packet (the
+    deletes then take one round trip).
 
     A row whose streams all recorded its entries (a flush published it, then
     its cleanup never came: the process died or went idle) is deleted without
@@ -199,7 +212,7 @@ def _relay_rows(
         ids.append(int(ident))
     known_down = set(down)
     batches, ids, already, held = _unrecorded(batches, ids, redis_pools, down)
-    delete_rows(conn, already)
+    delete_rows(conn, already, packets)
     result.handled.update(already)
     if held:
         # Published, but no replica has confirmed the entries yet: the rows stay.
@@ -230,7 +243,7 @@ def _relay_rows(
         observer=observer,
     )
     finished = [ids[i] for i in sorted(done)]
-    delete_rows(conn, finished)
+    delete_rows(conn, finished, packets)
     result.handled.update(finished)
     result.published += sum(batches[i].entries for i in done)
     for i, why in outcome.broken.items():

@@ -520,3 +520,30 @@ def test_outbox_off_loses_the_events_when_redis_is_down(make_engine, mysql_conn)
             assert stream_keys(client) == []
         finally:
             client.close()
+
+
+def test_relay_deletes_rows_an_idle_process_left_published_in_one_round_trip(
+    make_engine, redis_client, mysql_conn
+):
+    """Rows a process published and had not cleaned up yet (it went idle) are
+    deleted by another process's relay without publishing them again: a DELETE
+    by primary key per row (concurrent relays never wait on each other), all in
+    one packet: one round trip, not one per row."""
+    idle = make_engine(UserEntity)
+    orm = idle.new_orm()
+    for n in range(15):  # fewer than a cleanup batch: all 15 stay published
+        orm.new_entity(UserEntity, name=f"idle{n}")
+        orm.flush()
+    assert outbox_rows(mysql_conn)[0] == 15
+    relay = make_engine(UserEntity, sync=False, outbox_relay_delay=0)
+    with count_queries(relay) as log:
+        assert relay.relay_outbox() == 0  # nothing published again
+    deletes = [s for s in log.statements if s.startswith("DELETE")]
+    assert len(deletes) == 15
+    assert all(
+        s.startswith("DELETE FROM `_fluxaorm_outbox` WHERE `id`=") for s in deletes
+    )
+    assert ("default", 15) in log.trips  # the 15 travelled in one packet
+    assert outbox_rows(mysql_conn) == (0, 0)
+    assert set(eid_counts(redis_client, ["AllChanges"]).values()) == {1}
+    assert len(eid_counts(redis_client, ["AllChanges"])) == 15
