@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import pymysql
@@ -77,6 +77,7 @@ class Result:
 
 
 _COM_QUERY = COMMAND.COM_QUERY
+_T = TypeVar("_T")
 _MORE_RESULTS = SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS
 
 
@@ -372,11 +373,20 @@ class Connection:
             DatabaseError: any other failure; the connection is dropped when it is
                 no longer usable.
         """
+        self._once(sql, lambda: self._send(sql, args))
+        return self._cursor
+
+    def _once(self, sql: str | bytes, send: Callable[[], _T]) -> _T:
+        """Announce ``sql`` and run ``send`` (one round trip), wrapping its errors.
+
+        A read or BEGIN that fails on a reused connection the server dropped
+        meanwhile is logged and run again once on a new connection.
+        """
         reused, self.reused = self.reused, False
         self._announce(sql)
         self._trip(1)
         try:
-            self._send(sql, args)
+            return send()
         except pymysql.err.Error as exc:
             error = self._wrap(exc)
             if not (reused and self.broken and _replayable(sql)):
@@ -386,10 +396,9 @@ class Connection:
             self._announce(sql)
             self._trip(1)
             try:
-                self._send(sql, args)
+                return send()
             except pymysql.err.Error as again:
                 raise self._wrap(again) from again
-        return self._cursor
 
     def packet(self, statements: Sequence[str | bytes]) -> list[Result]:
         """Send several statements in one packet (one round trip); return each result.
@@ -485,23 +494,7 @@ class Connection:
         cursor types them. Errors, logging, listeners and the replay of a read on
         a reused connection the server dropped are as for :meth:`execute`.
         """
-        reused, self.reused = self.reused, False
-        self._announce(sql)
-        self._trip(1)
-        try:
-            return self._rows(sql, args)
-        except pymysql.err.Error as exc:
-            error = self._wrap(exc)
-            if not (reused and self.broken and _replayable(sql)):
-                raise error from exc
-            _log.info("[%s] %s; reconnecting", self.pool, error)
-            self._replace()
-            self._announce(sql)
-            self._trip(1)
-            try:
-                return self._rows(sql, args)
-            except pymysql.err.Error as again:
-                raise self._wrap(again) from again
+        return self._once(sql, lambda: self._rows(sql, args))
 
     def _rows(
         self, sql: str, args: Sequence[Any] | None

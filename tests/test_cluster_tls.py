@@ -52,6 +52,25 @@ def _q(secret: str) -> str:
     return quote(secret, safe="")
 
 
+def _refused_at_once(
+    engine: fluxaorm.Engine, mysql_conn: Any
+) -> list[fluxaorm.StreamError]:
+    """Flush one entity, relay and check(): each raises a StreamError within 2 s
+    (refused, not retried), and the flush committed its row to the outbox, kept
+    for a relay once the configuration is fixed. Returns the three errors."""
+    orm = engine.new_orm()
+    orm.new_entity(UserEntity, name="waits")
+    started = time.monotonic()
+    errors = []
+    for call in (orm.flush, engine.relay_outbox, engine.check):
+        with pytest.raises(fluxaorm.StreamError) as caught:
+            call()
+        errors.append(caught.value)
+    assert time.monotonic() - started < 2
+    assert outbox_rows(mysql_conn) == (1, 3)
+    return errors
+
+
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     """A CA and a certificate for 127.0.0.1 that every node serves."""
@@ -282,16 +301,7 @@ def test_a_wrong_password_is_a_permanent_error_that_says_what_to_fix(
     engine = misconfigured(
         UserEntity, CategoryEntity, redis_url=app_url(tls_cluster, WRONG_PASSWORD)
     )
-    orm = engine.new_orm()
-    orm.new_entity(UserEntity, name="waits")
-    started = time.monotonic()
-    errors = []
-    for call in (orm.flush, engine.relay_outbox, engine.check):
-        with pytest.raises(fluxaorm.StreamError) as caught:
-            call()
-        errors.append(caught.value)
-    assert time.monotonic() - started < 2  # refused, not retried
-    assert outbox_rows(mysql_conn) == (1, 3)  # committed, kept for a fixed relay
+    errors = _refused_at_once(engine, mysql_conn)
     for error in errors:
         assert error.permanent and not error.connection_lost
         assert "Redis pool 'default'" in str(error)
@@ -371,16 +381,7 @@ def test_an_unusable_ca_file_is_a_permanent_error_naming_it(
     engine = misconfigured(
         UserEntity, CategoryEntity, redis_url=_ca_url(tls_cluster, ca)
     )
-    orm = engine.new_orm()
-    orm.new_entity(UserEntity, name="waits")
-    started = time.monotonic()
-    errors = []
-    for call in (orm.flush, engine.relay_outbox, engine.check):
-        with pytest.raises(fluxaorm.StreamError) as caught:
-            call()
-        errors.append(caught.value)
-    assert time.monotonic() - started < 2
-    assert outbox_rows(mysql_conn) == (1, 3)
+    errors = _refused_at_once(engine, mysql_conn)
     for error in errors:
         assert error.permanent and not error.connection_lost, error
         assert "Redis pool 'default'" in str(error)
