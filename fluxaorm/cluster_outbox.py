@@ -241,7 +241,7 @@ def _confirmed(
     members: dict[str, list[tuple[int, bytes]]] = {}
     for i, batch in enumerate(batches):
         member = batch.event_id.encode()
-        for stream in dict.fromkeys(s for r in batch.records for s in r.streams):
+        for stream in batch.streams():
             members.setdefault(stream, []).append((i, member))
     out: list[set[str]] = [set() for _ in batches]
     held: set[int] = set()

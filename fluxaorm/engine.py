@@ -493,12 +493,7 @@ class Engine:
 
     def published(self, pool: str, outbox_id: int, batch: EventBatch) -> None:
         """Note an outbox row this process published; a later flush deletes it."""
-        records = batch.records
-        streams = (
-            records[0].streams  # one event: its streams are distinct already
-            if len(records) == 1
-            else tuple(dict.fromkeys(s for r in records for s in r.streams))
-        )
+        streams = batch.streams()
         with self._lock:
             rows = self._published.setdefault(pool, {})
             rows[outbox_id] = (

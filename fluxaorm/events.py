@@ -158,6 +158,13 @@ class EventBatch:
     def __len__(self) -> int:
         return len(self.records)
 
+    def streams(self) -> tuple[str, ...]:
+        """The streams the batch's entries go to, each once, in first-seen order."""
+        records = self.records
+        if len(records) == 1 and len(records[0].streams) == 1:
+            return records[0].streams  # most flushes: nothing to dedupe
+        return tuple(dict.fromkeys(s for r in records for s in r.streams))
+
     @property
     def entries(self) -> int:
         """How many stream entries the batch makes (one per event and stream)."""

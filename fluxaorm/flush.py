@@ -164,7 +164,7 @@ class _Statements:
         # to its event once the packet's results give the ids.
         self.placeholders = placeholders
         self.id_vars = 0
-        self.id_var_steps: list[_Step] = []  # the SET @fluxaorm_id<k> statements
+        self.last_set: _Step | None = None  # the latest SET @fluxaorm_id<k>
         # outbox() made the last SET needless: the caller leaves it out.
         self.set_dropped = False
         self.resolved: dict[int, EventRecord] = {}
@@ -399,10 +399,8 @@ class _Statements:
                     schema,
                     functools.partial(self.resolve, schema, part, k, first),
                 )
-                self.id_var_steps.append(
-                    _Step(f"SET @fluxaorm_id{k}=LAST_INSERT_ID()", None)
-                )
-                self.add(self.id_var_steps[-1])
+                self.last_set = _Step(f"SET @fluxaorm_id{k}=LAST_INSERT_ID()", None)
+                self.add(self.last_set)
             else:
                 self.auto_ids(
                     sql,
@@ -574,7 +572,7 @@ class _Statements:
             checks.expect if checks is not None else None,
         )
         statements = None
-        if self.id_vars == 1 and after is not None and after is self.id_var_steps[0]:
+        if self.id_vars == 1 and after is not None and after is self.last_set:
             # One auto-id INSERT, then its SET last: one outbox INSERT reads the
             # first id from LAST_INSERT_ID() itself, and the caller drops the SET
             # (one statement less per packet).

@@ -350,14 +350,8 @@ def _record_commands(
 ) -> tuple[list[bytes], int]:
     """ZADD the batch's event id to each of its streams' records (and trim them)."""
     tail = bulk(b"%d" % now_ms) + bulk(batch.event_id.encode())
-    records = batch.records
-    streams = (
-        records[0].streams  # one event to one stream: nothing to dedupe
-        if len(records) == 1 and len(records[0].streams) == 1
-        else dict.fromkeys(s for r in records for s in r.streams)
-    )
     out: list[bytes] = []
-    for stream in streams:
+    for stream in batch.streams():
         head = _ZADD_HEADS.get(stream)
         if head is None:
             head = _ZADD_HEADS[stream] = b"*4\r\n$4\r\nZADD\r\n" + bulk(
@@ -399,7 +393,7 @@ def recorded(pool: RedisPool, batches: Sequence[EventBatch]) -> list[set[str]]:
     members: dict[str, list[tuple[int, bytes]]] = {}
     for i, batch in enumerate(batches):
         member = batch.event_id.encode()
-        for stream in dict.fromkeys(s for r in batch.records for s in r.streams):
+        for stream in batch.streams():
             members.setdefault(stream, []).append((i, member))
     out: list[set[str]] = [set() for _ in batches]
     if not members:
