@@ -81,8 +81,11 @@ _T = TypeVar("_T")
 _MORE_RESULTS = SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS
 
 
-def _read_results(raw: Any, results: list[Result]) -> None:
+def _read_results(raw: Any, results: list[Result], upto: int = 0) -> bool:
     """Read the result of each statement of a multi-statement packet, in turn.
+
+    With ``upto``, stop once ``results`` holds that many; return whether more
+    results follow (the packet's last one read: False).
 
     An OK packet (what every statement but a SELECT or RETURNING sends) is read
     here in a few operations; pymysql's own reader builds three objects for it,
@@ -111,7 +114,9 @@ def _read_results(raw: Any, results: list[Result]) -> None:
             )
             more = result.has_next
         if not more:
-            return
+            return False
+        if len(results) == upto:
+            return True
 
 
 # Column types whose text pymysql decodes with the connection's charset (unless
@@ -400,7 +405,11 @@ class Connection:
             except pymysql.err.Error as again:
                 raise self._wrap(again) from again
 
-    def packet(self, statements: Sequence[str | bytes]) -> list[Result]:
+    def packet(
+        self,
+        statements: Sequence[str | bytes],
+        ready: tuple[int, Callable[[list[Result]], None]] | None = None,
+    ) -> list[Result]:
         """Send several statements in one packet (one round trip); return each result.
 
         The server runs them in order and stops at the first that fails. Listeners
@@ -408,6 +417,12 @@ class Connection:
         again on another connection (it may hold a COMMIT): instead, a reused
         connection whose socket the server has already closed (the socket is
         readable before anything was sent) is replaced first.
+
+        ``ready=(n, call)``: once the results of the first ``n`` statements are
+        read and more follow, ``call(results)`` runs before the rest are read. A
+        flush passes the statements before COMMIT: the client's work after them
+        then overlaps the server writing the COMMIT to disk. If ``call`` raises,
+        the connection (its last results unread) is marked broken.
 
         Raises:
             PacketError: statement ``index`` failed (``.error`` is the wrapped
@@ -432,7 +447,15 @@ class Connection:
         results: list[Result] = []
         try:
             raw._execute_command(_COM_QUERY, payload)
-            _read_results(raw, results)
+            if ready is None:
+                _read_results(raw, results)
+            elif _read_results(raw, results, ready[0]):
+                try:
+                    ready[1](results)
+                except BaseException:
+                    self.broken = True  # the results after these were never read
+                    raise
+                _read_results(raw, results)
         except pymysql.err.Error as exc:
             raise PacketError(
                 self._wrap(exc), len(results), results, len(statements)

@@ -37,6 +37,7 @@ from .outbox import (
     insert_statements,
     keep_refused,
     payload_limit,
+    prepare_wire,
     publish,
 )
 from .schema import EntitySchema
@@ -739,6 +740,21 @@ def _run_packets(
         placeholders=engine.outbox and strategy == _CONSECUTIVE,
     )
     _build(steps, work)
+
+    def prepare() -> None:
+        """Ready the publish once the data statements ran, while COMMIT is written."""
+        if not engine.outbox:  # the batches, once the new ids are known
+            steps.outbox(engine)
+        elif steps.resolved:  # the events get the ids the packet gave
+            resolved = steps.resolved
+            for batch in result.batches:
+                batch.records = [
+                    resolved[r.id] if r.id < 0 else r for r in batch.records
+                ]
+        prepare_wire(
+            engine.redis_pools, engine.encoder, result.batches, bool(result.outbox_ids)
+        )
+
     conn = pool.acquire()
     try:
         if steps.waits_for_ids and engine.outbox:
@@ -755,7 +771,15 @@ def _run_packets(
                     step.then(done)
             steps.steps = []
             steps.outbox(engine)
-            _finish(conn, pool, steps.steps, cleanup, result, strategy == _SNAPSHOT)
+            _finish(
+                conn,
+                pool,
+                steps.steps,
+                cleanup,
+                result,
+                strategy == _SNAPSHOT,
+                prepare,
+            )
         else:
             queued, steps.steps = steps.steps, []
             if engine.outbox:  # every event is known: no id is waited for
@@ -769,15 +793,8 @@ def _run_packets(
                 cleanup,
                 result,
                 strategy == _SNAPSHOT,
+                prepare,
             )
-            if not engine.outbox:  # the batches, once the new ids are known
-                steps.outbox(engine)
-            elif steps.resolved:  # the events get the ids the packet gave
-                resolved = steps.resolved
-                for batch in result.batches:
-                    batch.records = [
-                        resolved[r.id] if r.id < 0 else r for r in batch.records
-                    ]
     finally:
         pool.release(conn)
     return result
@@ -790,12 +807,17 @@ def _finish(
     cleanup: list[int],
     result: FlushResult,
     snapshot: bool,
+    prepare: Callable[[], None],
 ) -> None:
     """Send the last packet: statements with their guards, the cleanup, COMMIT.
 
     The cleanup of published outbox rows rides in the transaction (READ
     COMMITTED: no gap lock), except under the snapshot id strategy (REPEATABLE
     READ), where it runs autocommitted right after COMMIT in the same packet.
+
+    Once the results before COMMIT are in, their callbacks and ``prepare`` (the
+    publish's work that needs them) run while the server writes the COMMIT to
+    disk; the transaction is known to have committed only after that.
     """
     packet: list[_Step] = []
     guards: dict[int, _Step] = {}
@@ -815,17 +837,34 @@ def _finish(
     packet.append(_Step("COMMIT", None))
     if cleanup and not inside:
         packet.extend(_Step(sql, None) for sql in _cleanup(cleanup))
+    ran = 0  # results whose callbacks ran
+
+    def ready(done: list[Result]) -> None:
+        nonlocal ran
+        for step, one in zip(packet, done):
+            if step.then is not None:
+                step.then(one)
+        ran = len(done)
+        prepare()
+
     try:
-        results = _send(conn, pool, packet, commits=True, guards=guards, commit=commit)
+        results = _send(
+            conn,
+            pool,
+            packet,
+            commits=True,
+            guards=guards,
+            commit=commit,
+            ready=(commit, ready),
+        )
     except PacketError as exc:
         if exc.index <= commit:
             raise
         # Committed; only the cleanup after it failed: the rows stay for later.
         _log.warning("published outbox rows could not be deleted: %s", exc.error)
         results = exc.results
-    for step, done in zip(packet, results):
-        if step.then is not None:
-            step.then(done)
+    if not ran:  # the packet was split before COMMIT: nothing ran early
+        ready(results)
     if cleanup and (inside or len(results) == len(packet)):
         result.cleaned = list(cleanup)
 
@@ -838,6 +877,7 @@ def _send(
     commits: bool,
     guards: dict[int, _Step] | None = None,
     commit: int = -1,
+    ready: tuple[int, Callable[[list[Result]], None]] | None = None,
 ) -> list[Result]:
     """Send one packet; turn a failure into the error the flush raises.
 
@@ -847,7 +887,9 @@ def _send(
     leaves the outcome unknown (``during_commit``) and is never sent again.
     """
     try:
-        return _packets(conn, [s.sql for s in packet], pool.info.max_allowed_packet)
+        return _packets(
+            conn, [s.sql for s in packet], pool.info.max_allowed_packet, ready
+        )
     except PacketError as exc:
         error = exc.error
         if commits and exc.index > commit >= 0:
@@ -865,12 +907,16 @@ def _send(
 
 
 def _packets(
-    conn: Connection, statements: list[str | bytes], max_packet: int
+    conn: Connection,
+    statements: list[str | bytes],
+    max_packet: int,
+    ready: tuple[int, Callable[[list[Result]], None]] | None = None,
 ) -> list[Result]:
     """Send ``statements`` in as few packets as ``max_allowed_packet`` allows.
 
     Almost always one. A failure in a packet stops the rest; its index counts
-    from the first statement.
+    from the first statement. ``ready`` as for ``Connection.packet``, counted
+    from the first statement; it is left out when a packet ends exactly there.
     """
     budget = packet_budget(max_packet)
     results: list[Result] = []
@@ -879,19 +925,27 @@ def _packets(
     for statement in statements:
         grow = len(statement) + 1
         if group and size + grow > budget:
-            _send_group(conn, group, results)
+            _send_group(conn, group, results, ready)
             group, size = [], 0
         group.append(statement)
         size += grow
-    _send_group(conn, group, results)
+    _send_group(conn, group, results, ready)
     return results
 
 
 def _send_group(
-    conn: Connection, group: list[str | bytes], results: list[Result]
+    conn: Connection,
+    group: list[str | bytes],
+    results: list[Result],
+    ready: tuple[int, Callable[[list[Result]], None]] | None,
 ) -> None:
+    at = ready[0] - len(results) if ready is not None else 0
+    hook = None
+    if ready is not None and 0 < at < len(group):
+        call = ready[1]
+        hook = (at, lambda done: call(results + done))
     try:
-        results.extend(conn.packet(group))
+        results.extend(conn.packet(group, hook))
     except PacketError as exc:
         raise PacketError(
             exc.error,

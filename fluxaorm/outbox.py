@@ -44,6 +44,7 @@ __all__ = [
     "insert_statements",
     "keep_refused",
     "payload_limit",
+    "prepare_wire",
     "publish",
     "record_key",
     "recorded",
@@ -545,6 +546,35 @@ def publish(
     return done, errors
 
 
+def prepare_wire(
+    redis_pools: Mapping[str, RedisPool],
+    encoder: StreamEncoder,
+    batches: Sequence[EventBatch],
+    record: bool,
+) -> None:
+    """Pack the XADD commands of final batches ahead of :func:`publish`.
+
+    A flush calls it while MySQL writes its COMMIT to disk, so the publish after
+    it only sends. ``record``: the batches are outbox rows' (their records go in
+    the same bytes). A batch that cannot be encoded is left to :func:`publish`,
+    which reports it; a Redis Cluster's batches are packed by its publisher.
+    """
+    now_ms = int(time.time() * 1000)
+    for batch in batches:
+        pool = redis_pools.get(batch.redis_pool)
+        if pool is None or pool.cluster or not batch.records:
+            continue
+        try:
+            payload, count = encoder.encode(batch)
+        except Exception:
+            continue
+        extra = 0
+        if record:
+            commands, extra = _record_commands(batch, now_ms, False)
+            payload = b"".join([payload, *commands])
+        batch.wire = (payload, count, extra)
+
+
 def _publish_pool(
     pool: RedisPool,
     encoder: StreamEncoder,
@@ -562,6 +592,14 @@ def _publish_pool(
     # Per batch sent: (index, XADD commands, record commands).
     sent: list[tuple[int, int, int]] = []
     for i in indexes:
+        recorded = record is not None and record[i]
+        wire = batches[i].wire
+        if wire is not None and not trim and bool(wire[2]) == recorded:
+            parts.append(wire[0])  # packed by prepare_wire()
+            _, n, extra = wire
+            count += n + extra
+            sent.append((i, n, extra))
+            continue
         try:
             payload, n = encoder.encode(batches[i])
         except Exception as exc:  # whatever a corrupt batch makes the encoder raise
@@ -571,7 +609,7 @@ def _publish_pool(
             continue
         parts.append(payload)
         extra = 0
-        if record is not None and record[i]:
+        if recorded:
             commands, extra = _record_commands(batches[i], now_ms, trim)
             parts.extend(commands)
         count += n + extra

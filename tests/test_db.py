@@ -4,7 +4,9 @@ secrets."""
 
 from __future__ import annotations
 
+import io
 import logging
+import socket
 import threading
 import traceback
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 
 import fluxaorm
+from fluxaorm.db import PacketError
 from fluxaorm.testing import count_queries
 from tests.conftest import MYSQL_URL
 from tests.models import UserEntity
@@ -375,3 +378,90 @@ def test_query_errors_are_wrapped_and_leave_the_connection_usable(engine):
         with pytest.raises(fluxaorm.DatabaseError, match="no_such_table"):
             conn.query("SELECT * FROM no_such_table")
         assert conn.query("SELECT %s, %s", ("a'b", None)) == (("a'b", None),)
+
+
+def test_packet_hands_over_the_first_results_before_reading_the_rest(engine):
+    """``ready=(n, call)``: ``call`` gets the first n results while the later
+    statements' results are still unread (a flush packs its publish there, while
+    the server writes the COMMIT); every result is returned afterwards."""
+    pool = engine.mysql_pool("default")
+    seen: list[list[int]] = []
+    with pool.connection() as conn:
+        results = conn.packet(
+            ["DO 1", "SELECT 2", "SELECT SLEEP(0.05)", "SELECT 4"],
+            (2, lambda done: seen.append([r.rowcount for r in done])),
+        )
+        assert seen == [[0, 1]]  # called once, with the first two only
+        assert [r.rows for r in results] == [None, ((2,),), ((0,),), ((4,),)]
+        # A packet that stops before n results never calls it.
+        with pytest.raises(PacketError) as failed:
+            conn.packet(
+                ["DO 1", "SELECT * FROM no_such_table", "DO 3"],
+                (2, lambda done: seen.append([])),
+            )
+        assert failed.value.index == 1 and seen == [[0, 1]]
+        assert conn.query("SELECT 5") == ((5,),)  # the connection is usable
+
+
+def test_packet_whose_ready_call_raises_marks_its_connection_broken(engine):
+    """Its later results were never read: the connection must not be reused."""
+    pool = engine.mysql_pool("default")
+    with pool.connection() as conn:
+
+        def fail(done: list[Any]) -> None:
+            raise RuntimeError("the caller failed")
+
+        with pytest.raises(RuntimeError, match="the caller failed"):
+            conn.packet(["DO 1", "DO 2"], (1, fail))
+        assert conn.broken
+    with pool.connection() as again:  # a new connection, not the broken one
+        assert again is not conn
+        assert again.query("SELECT 1") == ((1,),)
+
+
+def test_connection_lost_after_the_publish_was_packed_publishes_nothing(
+    make_engine, mysql_conn, redis_client, monkeypatch
+):
+    """The flush packs its stream entries while COMMIT is in flight; a connection
+    lost before COMMIT's answer leaves the outcome unknown (``during_commit``) and
+    publishes nothing. The relay then publishes exactly what MySQL kept."""
+    engine = make_engine(
+        UserEntity, mysql_options={"pool_size": 1}, outbox_relay_delay=0
+    )
+    orm = engine.new_orm()
+    real = fluxaorm.db.Connection.packet
+    packed: list[bool] = []
+
+    def packet(self: Any, statements: Any, ready: Any = None) -> Any:
+        if ready is None or "COMMIT" not in statements:
+            return real(self, statements, ready)
+        n, call = ready
+
+        def then_cut(done: Any) -> None:
+            call(done)
+            packed.append(True)
+            # COMMIT's answer can never be read, even if it already arrived.
+            self.raw._rfile = io.BufferedReader(io.BytesIO(b""))  # type: ignore[arg-type]
+            self.raw._sock.shutdown(socket.SHUT_RDWR)
+
+        return real(self, statements, (n, then_cut))
+
+    monkeypatch.setattr(fluxaorm.db.Connection, "packet", packet)
+    orm.new_entity(UserEntity, name="Tom")
+    with pytest.raises(fluxaorm.DatabaseError, match="connection lost") as caught:
+        orm.flush()
+    assert packed == [True]
+    assert caught.value.during_commit is True
+    assert orm.has_changes
+    assert stream_keys(redis_client) == []  # nothing published by the flush
+    monkeypatch.undo()
+    cursor = mysql_conn.cursor()
+    cursor.execute("SELECT COUNT(*) FROM `UserEntity`")
+    (kept,) = cursor.fetchone()
+    # Whatever MySQL kept is relayed once; nothing else ever appears.
+    relayed = engine.relay_outbox()
+    assert engine.relay_outbox() == 0
+    if kept:
+        assert relayed > 0 and redis_client.xlen("dirty_NewUsers") == 1
+    else:
+        assert relayed == 0 and stream_keys(redis_client) == []
