@@ -611,6 +611,7 @@ def decode_entries(
     unpack = _UNPACK
     new = _NEW
     cls = DirtyStreamEvent
+    no_old = _NO_OLD
     for ident, fields in entries:
         try:
             get = fields.get
@@ -640,7 +641,7 @@ def decode_entries(
                 raise TypeError("s is not a msgpack map")
             bind = target[1](bind)
             raw_old = get(b"old")
-            old = {}
+            old = no_old  # shared: one dict less per event to allocate and collect
             if raw_old is not None:
                 old = unpack(raw_old)
                 if old.__class__ is not dict:

@@ -524,3 +524,24 @@ def test_the_largest_bigint_unsigned_id_is_a_valid_event(valid_entry):
     """An id of 2**64 - 1 (the largest the id column holds) decodes."""
     event = _decode(valid_entry, id=b"18446744073709551615")
     assert event.id == 2**64 - 1
+
+
+def test_decoded_events_without_old_share_one_read_only_empty_dict(valid_entry):
+    """Entries without ``old`` (inserts, deletes) decode to the read-only empty
+    ``old`` an event built without one has: one dict fewer per event, and no
+    handler can change it for the others. An update keeps its own ``old``."""
+    engine, _, fields = valid_entry
+    without = {k: v for k, v in fields.items() if k != b"old"}
+    events, bad = decode_entries(
+        "AllChanges",
+        [("1-1", without), ("1-2", without), ("1-3", fields)],
+        engine.unwirer,
+    )
+    assert bad == []
+    first, second, update = events
+    assert first.old == {} and first.old is second.old
+    with pytest.raises(TypeError, match="read-only"):
+        first.old["email"] = "x"
+    assert second.old == {}
+    assert update.old == {"email": "tom@example.com"}
+    update.old["email"] = "changed"  # an update's old is its own dict
