@@ -212,6 +212,35 @@ def test_redis_down_at_flush_keeps_entries_in_outbox_until_relayed(
             client.close()
 
 
+def test_relay_with_nothing_due_costs_one_statement(make_engine, mysql_conn):
+    """run() relays every second: with nothing due that is one unlocked SELECT
+    (one round trip), not a locking pass in a transaction; a row that is due
+    is still found and relayed by the next call."""
+    engine = make_engine(UserEntity)
+    with count_queries(engine) as queries:
+        assert engine.relay_outbox() == 0
+    assert queries.round_trips == 1
+    assert queries.kinds() == ["SELECT"] and "FOR UPDATE" not in queries.statements[0]
+
+    # A committed row whose publish failed is due at once (this process's own).
+    orm = engine.new_orm()
+    orm.new_entity(UserEntity, name="late", email="late@example.com")
+    pool = engine.redis_pools["default"]
+    real = pool.round_trip
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise fluxaorm.StreamError("down for this test", pool="default")
+
+    pool.round_trip = refuse  # type: ignore[method-assign]
+    try:
+        orm.flush()
+    finally:
+        pool.round_trip = real  # type: ignore[method-assign]
+    assert outbox_rows(mysql_conn) == (1, 3)
+    assert engine.relay_outbox() == 3
+    assert outbox_rows(mysql_conn) == (0, 0)
+
+
 def test_one_redis_pool_down_delays_only_its_own_entries(
     clean, redis_client, mysql_conn
 ):
