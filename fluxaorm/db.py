@@ -9,6 +9,7 @@ turns pymysql exceptions into :class:`~fluxaorm.DatabaseError`.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import logging
 import os
 import re
@@ -24,7 +25,7 @@ import pymysql
 import pymysql.connections
 import pymysql.converters
 import pymysql.cursors
-from pymysql.constants import CLIENT, COMMAND, ER, FIELD_TYPE, SERVER_STATUS
+from pymysql.constants import CLIENT, COMMAND, CR, ER, FIELD_TYPE, SERVER_STATUS
 
 from .config import MySQLConfig
 from .errors import DatabaseError, DuplicateKeyError
@@ -81,38 +82,126 @@ _T = TypeVar("_T")
 _MORE_RESULTS = SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS
 
 
-def _read_results(raw: Any, results: list[Result], upto: int = 0) -> bool:
+class _Packets:
+    """The packets of one response, read from a pymysql connection's socket file.
+
+    pymysql reads each packet with two reads of its buffered socket file and
+    builds an object for it; here each read takes every byte that has arrived
+    (``read1``: what is buffered, else one ``recv``), so the results of a
+    multi-statement packet that came together are parsed from one buffer. The
+    same checks as pymysql's: packet sequence numbers, a connection lost (or a
+    read timeout) is ``OperationalError`` 2013 and closes the socket, an error
+    packet raises the error it carries. Results end with the response: a reader
+    holds no byte beyond it.
+    """
+
+    __slots__ = ("_buf", "_pos", "_raw")
+
+    def __init__(self, raw: Any):
+        self._raw = raw
+        self._buf = b""
+        self._pos = 0
+        if raw._current_timeout != raw._read_timeout:  # as pymysql's _read_packet
+            raw._sock.settimeout(raw._read_timeout)
+            raw._current_timeout = raw._read_timeout
+
+    def next(self) -> bytes:
+        """The payload of the next packet (a payload over 16 MiB joined up)."""
+        raw = self._raw
+        buf, pos = self._buf, self._pos
+        parts: list[bytes] = []
+        while True:
+            if len(buf) - pos < 4:
+                buf, pos = self._fill(buf, pos, 4)
+            length = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
+            number = buf[pos + 3]
+            if number != raw._next_seq_id:
+                raw._force_close()
+                if number == 0:  # MariaDB's error packet when it shuts down
+                    raise pymysql.err.OperationalError(
+                        CR.CR_SERVER_LOST,
+                        "Lost connection to MySQL server during query",
+                    )
+                raise pymysql.err.InternalError(
+                    f"Packet sequence number wrong - got {number} expected "
+                    f"{raw._next_seq_id}"
+                )
+            raw._next_seq_id = (number + 1) % 256
+            if len(buf) - pos < 4 + length:
+                buf, pos = self._fill(buf, pos, 4 + length)
+            data = buf[pos + 4 : pos + 4 + length]
+            pos += 4 + length
+            if length < _MAX_PAYLOAD:
+                break
+            parts.append(data)
+        self._buf, self._pos = buf, pos
+        if parts:
+            parts.append(data)
+            data = b"".join(parts)
+        if data and data[0] == 0xFF:
+            pymysql.err.raise_mysql_exception(data)
+        return data
+
+    def _fill(self, buf: bytes, pos: int, need: int) -> tuple[bytes, int]:
+        """Read until ``buf[pos:]`` holds ``need`` bytes; return it and 0."""
+        raw = self._raw
+        chunks = [buf[pos:]]
+        have = len(chunks[0])
+        while have < need:
+            try:
+                data = raw._rfile.read1(max(need - have, _READ_SIZE))
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                raw._force_close()
+                raise pymysql.err.OperationalError(
+                    CR.CR_SERVER_LOST,
+                    f"Lost connection to MySQL server during query ({exc})",
+                ) from exc
+            except BaseException:
+                raw._force_close()
+                raise
+            if not data:
+                raw._force_close()
+                raise pymysql.err.OperationalError(
+                    CR.CR_SERVER_LOST, "Lost connection to MySQL server during query"
+                )
+            chunks.append(data)
+            have += len(data)
+        return b"".join(chunks), 0
+
+
+# A packet of this payload length continues in the next one.
+_MAX_PAYLOAD = 0xFFFFFF
+# At most what the socket file buffers (8 KiB): a larger read1() would allocate
+# a buffer of that size for each read.
+_READ_SIZE = 8192
+
+
+def _read_results(
+    packets: _Packets,
+    decoders: dict[tuple[bytes, ...], Decoders],
+    results: list[Result],
+    upto: int = 0,
+) -> bool:
     """Read the result of each statement of a multi-statement packet, in turn.
 
     With ``upto``, stop once ``results`` holds that many; return whether more
-    results follow (the packet's last one read: False).
-
-    An OK packet (what every statement but a SELECT or RETURNING sends) is read
-    here in a few operations; pymysql's own reader builds three objects for it,
-    which cost more than the statement itself on the server. A result set is read
-    by pymysql. An error packet raises, as pymysql does.
+    results follow (the packet's last one read: False). An OK packet (what
+    every statement but a SELECT or RETURNING sends) becomes its row count and
+    insert id; a result set its rows (see :func:`_read_rows`). An error packet
+    raises, as pymysql does.
     """
-    read_packet = raw._read_packet
     while True:
-        packet = read_packet()
-        data = packet._data
+        data = packets.next()
         if data[0] == 0 and len(data) >= 7:  # OK packet
             affected, pos = _lenenc(data, 1)
             insert_id, pos = _lenenc(data, pos)
-            status = data[pos] | data[pos + 1] << 8
+            more = (data[pos] | data[pos + 1] << 8) & _MORE_RESULTS
             results.append(Result(affected, insert_id, None))
-            more = status & _MORE_RESULTS
         else:
-            # The stubs leave out the private reader pymysql's own read() calls.
-            result: Any = pymysql.connections.MySQLResult(raw)
-            try:
-                result._read_result_packet(packet)
-            finally:
-                result.connection = None
-            results.append(
-                Result(result.affected_rows or 0, result.insert_id or 0, result.rows)
-            )
-            more = result.has_next
+            rows, more = _result_set(packets, decoders, data)
+            results.append(Result(len(rows), 0, rows))
         if not more:
             return False
         if len(results) == upto:
@@ -140,57 +229,66 @@ Decoders = list[tuple[str | None, Callable[[Any], Any] | None]]
 
 
 def _read_rows(
-    raw: Any, decoders: dict[tuple[bytes, ...], Decoders]
+    packets: _Packets, decoders: dict[tuple[bytes, ...], Decoders]
 ) -> tuple[tuple[Any, ...], ...]:
     """Read the result of one statement sent with COM_QUERY: its rows, typed.
 
     What pymysql's cursor returns, read in place: pymysql builds an object per
     column definition and per row, which costs a one-row SELECT more client time
-    than the round trip. Column definitions are matched against ``decoders``
-    (the connection's cache, keyed by the definitions' bytes) and parsed only the
-    first time. Results that follow (a multi-statement text) are read and dropped.
+    than the round trip. Results that follow (a multi-statement text) are read
+    and dropped.
     """
-    read_packet = raw._read_packet
-    data = read_packet()._data
+    data = packets.next()
     if data[0] == 0:  # OK: a statement without rows
         more = _ok_status(data) & _MORE_RESULTS
         rows: tuple[tuple[Any, ...], ...] = ()
     else:
-        columns, _ = _lenenc(data, 0)
-        key = tuple(read_packet()._data for _ in range(columns))
-        found = decoders.get(key)
-        if found is None:
-            found = _decoders(raw, key)
-            if len(decoders) >= 256:
-                decoders.clear()
-            decoders[key] = found
-        read_packet()  # EOF after the column definitions
-        out: list[tuple[Any, ...]] = []
-        while True:
-            data = read_packet()._data
-            if data[0] == 0xFE and len(data) < 9:  # EOF: the last row was read
-                more = (data[3] | data[4] << 8) & _MORE_RESULTS
-                break
-            row: list[Any] = []
-            pos = 0
-            for encoding, convert in found:
-                if data[pos] == _NULL:
-                    row.append(None)
-                    pos += 1
-                    continue
-                size, pos = _lenenc(data, pos)
-                value: Any = data[pos : pos + size]
-                pos += size
-                if encoding is not None:
-                    value = value.decode(encoding)
-                if convert is not None:
-                    value = convert(value)
-                row.append(value)
-            out.append(tuple(row))
-        rows = tuple(out)
+        rows, more = _result_set(packets, decoders, data)
     if more:
-        _read_results(raw, [])
+        _read_results(packets, decoders, [])
     return rows
+
+
+def _result_set(
+    packets: _Packets, decoders: dict[tuple[bytes, ...], Decoders], first: bytes
+) -> tuple[tuple[tuple[Any, ...], ...], int]:
+    """Read a result set whose first packet (the column count) is ``first``.
+
+    Column definitions are matched against ``decoders`` (the connection's cache,
+    keyed by the definitions' bytes) and parsed only the first time. Returns the
+    rows and the "more results" flag of the EOF packet ending them.
+    """
+    raw = packets._raw
+    columns, _ = _lenenc(first, 0)
+    key = tuple(packets.next() for _ in range(columns))
+    found = decoders.get(key)
+    if found is None:
+        found = _decoders(raw, key)
+        if len(decoders) >= 256:
+            decoders.clear()
+        decoders[key] = found
+    packets.next()  # EOF after the column definitions
+    out: list[tuple[Any, ...]] = []
+    while True:
+        data = packets.next()
+        if data[0] == 0xFE and len(data) < 9:  # EOF: the last row was read
+            return tuple(out), (data[3] | data[4] << 8) & _MORE_RESULTS
+        row: list[Any] = []
+        pos = 0
+        for encoding, convert in found:
+            if data[pos] == _NULL:
+                row.append(None)
+                pos += 1
+                continue
+            size, pos = _lenenc(data, pos)
+            value: Any = data[pos : pos + size]
+            pos += size
+            if encoding is not None:
+                value = value.decode(encoding)
+            if convert is not None:
+                value = convert(value)
+            row.append(value)
+        out.append(tuple(row))
 
 
 def _decoders(raw: Any, definitions: tuple[bytes, ...]) -> Decoders:
@@ -419,10 +517,12 @@ class Connection:
         readable before anything was sent) is replaced first.
 
         ``ready=(n, call)``: once the results of the first ``n`` statements are
-        read and more follow, ``call(results)`` runs before the rest are read. A
-        flush passes the statements before COMMIT: the client's work after them
-        then overlaps the server writing the COMMIT to disk. If ``call`` raises,
-        the connection (its last results unread) is marked broken.
+        read (``n=0``: once the packet is sent) and more follow, ``call(results)``
+        runs before the rest are read: client work done there overlaps the
+        server's (a flush packs its publish while the server runs its statements
+        and writes the COMMIT to disk), and results that arrived meanwhile are
+        read in one go. If ``call`` raises, the connection (its last results
+        unread) is marked broken.
 
         Raises:
             PacketError: statement ``index`` failed (``.error`` is the wrapped
@@ -447,15 +547,18 @@ class Connection:
         results: list[Result] = []
         try:
             raw._execute_command(_COM_QUERY, payload)
+            packets = _Packets(raw)
             if ready is None:
-                _read_results(raw, results)
-            elif _read_results(raw, results, ready[0]):
+                _read_results(packets, self._decoders, results)
+            elif ready[0] == 0 or _read_results(
+                packets, self._decoders, results, ready[0]
+            ):
                 try:
                     ready[1](results)
                 except BaseException:
                     self.broken = True  # the results after these were never read
                     raise
-                _read_results(raw, results)
+                _read_results(packets, self._decoders, results)
         except pymysql.err.Error as exc:
             raise PacketError(
                 self._wrap(exc), len(results), results, len(statements)
@@ -526,7 +629,7 @@ class Connection:
         if args is not None:
             sql = self._cursor.mogrify(sql, args)
         raw._execute_command(_COM_QUERY, sql.encode(raw.encoding, "surrogateescape"))
-        return _read_rows(raw, self._decoders)
+        return _read_rows(_Packets(raw), self._decoders)
 
     def begin(self) -> None:
         """Start a transaction."""

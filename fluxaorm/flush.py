@@ -751,9 +751,7 @@ def _run_packets(
                 batch.records = [
                     resolved[r.id] if r.id < 0 else r for r in batch.records
                 ]
-        prepare_wire(
-            engine.redis_pools, engine.encoder, result.batches, bool(result.outbox_ids)
-        )
+        prepare_wire(engine.redis_pools, engine.encoder, result.batches, engine.outbox)
 
     conn = pool.acquire()
     try:
@@ -794,6 +792,8 @@ def _run_packets(
                 result,
                 strategy == _SNAPSHOT,
                 prepare,
+                # Every event is final: nothing waits for an id.
+                early=engine.outbox and not steps.id_vars,
             )
     finally:
         pool.release(conn)
@@ -808,6 +808,7 @@ def _finish(
     result: FlushResult,
     snapshot: bool,
     prepare: Callable[[], None],
+    early: bool = False,
 ) -> None:
     """Send the last packet: statements with their guards, the cleanup, COMMIT.
 
@@ -817,7 +818,9 @@ def _finish(
 
     Once the results before COMMIT are in, their callbacks and ``prepare`` (the
     publish's work that needs them) run while the server writes the COMMIT to
-    disk; the transaction is known to have committed only after that.
+    disk; with ``early`` (``prepare`` needs no result), ``prepare`` runs as soon
+    as the packet is sent. Either way the transaction is known to have
+    committed only once COMMIT's answer is read, after that.
     """
     packet: list[_Step] = []
     guards: dict[int, _Step] = {}
@@ -838,14 +841,17 @@ def _finish(
     if cleanup and not inside:
         packet.extend(_Step(sql, None) for sql in _cleanup(cleanup))
     ran = 0  # results whose callbacks ran
+    prepared = False
 
     def ready(done: list[Result]) -> None:
-        nonlocal ran
-        for step, one in zip(packet, done):
+        nonlocal ran, prepared
+        for step, one in zip(packet[ran:], done[ran:]):
             if step.then is not None:
                 step.then(one)
         ran = len(done)
-        prepare()
+        if not prepared:
+            prepared = True
+            prepare()
 
     try:
         results = _send(
@@ -855,7 +861,9 @@ def _finish(
             commits=True,
             guards=guards,
             commit=commit,
-            ready=(commit, ready),
+            # ``early``: prepare needs no result, so it runs as soon as the
+            # packet is sent; else once the ids before COMMIT are in.
+            ready=(0 if early else commit, ready),
         )
     except PacketError as exc:
         if exc.index <= commit:
@@ -863,8 +871,7 @@ def _finish(
         # Committed; only the cleanup after it failed: the rows stay for later.
         _log.warning("published outbox rows could not be deleted: %s", exc.error)
         results = exc.results
-    if not ran:  # the packet was split before COMMIT: nothing ran early
-        ready(results)
+    ready(results)  # the callbacks not run yet (prepare, if the packet did not)
     if cleanup and (inside or len(results) == len(packet)):
         result.cleaned = list(cleanup)
 
@@ -941,7 +948,7 @@ def _send_group(
 ) -> None:
     at = ready[0] - len(results) if ready is not None else 0
     hook = None
-    if ready is not None and 0 < at < len(group):
+    if ready is not None and 0 <= at < len(group):
         call = ready[1]
         hook = (at, lambda done: call(results + done))
     try:
