@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import attrs
 import pymysql
@@ -68,9 +68,8 @@ _PACKET_SAFE_CHARSETS = frozenset(
 )
 
 
-@attrs.frozen
-class Result:
-    """What one statement of a packet returned."""
+class Result(NamedTuple):
+    """What one statement of a packet returned (a tuple: made once per statement)."""
 
     rowcount: int
     lastrowid: int
@@ -537,9 +536,11 @@ class Connection:
                     self.pool,
                 )
                 self._replace()
-        for statement in statements:
-            self._announce(statement)
-        self._trip(len(statements))
+        if self._listeners or _log.isEnabledFor(logging.DEBUG):
+            for statement in statements:
+                self._announce(statement)
+        if self._trips:
+            self._trip(len(statements))
         payload = b";".join(
             s if isinstance(s, bytes) else s.encode("utf-8") for s in statements
         )

@@ -132,12 +132,9 @@ class EventBatch:
         records: the events, in publish order.
         trace: the W3C ``traceparent`` of the span that produced the batch, set
             only while tracing is on; written in each entry and the outbox row.
-        wire: set by ``outbox.prepare_wire`` once the records are final: the
-            packed XADD commands (with the outbox records, if ``recorded``) and
-            their counts, so the publish only sends them.
     """
 
-    __slots__ = ("event_id", "records", "redis_pool", "timestamp_ms", "trace", "wire")
+    __slots__ = ("event_id", "records", "redis_pool", "timestamp_ms", "trace")
 
     def __init__(
         self,
@@ -149,8 +146,6 @@ class EventBatch:
     ):
         self.redis_pool = redis_pool
         self.trace = trace
-        # (payload, XADD commands, record commands), see outbox.prepare_wire.
-        self.wire: tuple[bytes, int, int] | None = None
         self.records: list[EventRecord] = records if records is not None else []
         self.timestamp_ms = (
             timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)

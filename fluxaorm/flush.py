@@ -32,12 +32,13 @@ from .errors import (
 from .events import EventBatch, EventRecord, pack_bind, placeholder_id, with_id
 from .outbox import (
     OUTBOX_Q,
+    Packed,
     PublishOutcome,
     delete_sql,
     insert_statements,
     keep_refused,
+    pack,
     payload_limit,
-    prepare_wire,
     publish,
 )
 from .schema import EntitySchema
@@ -65,7 +66,15 @@ _GUARD_FAILED = 1690
 class FlushResult:
     """What one pool's transaction did, for the steps after COMMIT."""
 
-    __slots__ = ("assign", "batches", "cleaned", "new_ids", "outbox_ids", "pool")
+    __slots__ = (
+        "assign",
+        "batches",
+        "cleaned",
+        "new_ids",
+        "outbox_ids",
+        "packed",
+        "pool",
+    )
 
     def __init__(self, pool: str):
         self.pool = pool
@@ -76,6 +85,8 @@ class FlushResult:
         self.assign: list[tuple[Any, str, Any]] = []
         # Published outbox rows whose cleanup committed with this transaction.
         self.cleaned: list[int] = []
+        # The publish of ``batches``, packed while COMMIT was written (see _run_packets).
+        self.packed: Packed | None = None
 
 
 class _Step:
@@ -685,15 +696,18 @@ def _build(steps: _Statements, work: PoolPlan) -> None:
             steps.inserts(schema, explicit_rows, True)
 
 
-def _run_pool(engine: Engine, work: PoolPlan) -> FlushResult:
-    """Run one pool's transaction; rerun it carefully if a delete fell short."""
+def _run_pool(engine: Engine, work: PoolPlan, alone: bool = False) -> FlushResult:
+    """Run one pool's transaction; rerun it carefully if a delete fell short.
+
+    ``alone``: the flush's only MySQL pool (see :func:`_run_packets`).
+    """
     pool = engine.mysql_pool(work.name)
     strategy = engine.id_strategy or _assign_strategy(pool)
     cleanup = engine.take_cleanup(work.name) if engine.outbox else []
     try:
         try:
             if pool.packets:
-                result = _run_packets(engine, pool, work, strategy, cleanup)
+                result = _run_packets(engine, pool, work, strategy, cleanup, alone)
             else:
                 result = _run_statements(engine, pool, work, strategy, False, cleanup)
         except _Short:
@@ -719,6 +733,12 @@ def _start(strategy: str) -> list[str]:
     return ["BEGIN"]
 
 
+# The steps that start and end a packet's transaction (never changed once made).
+_BEGINS = tuple(_Step(sql, None) for sql in _start(_CONSECUTIVE))
+_SNAPSHOT_BEGINS = tuple(_Step(sql, None) for sql in _start(_SNAPSHOT))
+_COMMIT = _Step("COMMIT", None)
+
+
 def _cleanup(cleanup: Sequence[int]) -> list[str]:
     """Delete published outbox rows in one statement, by primary key (delete_sql)."""
     return [delete_sql(cleanup)] if cleanup else []
@@ -730,8 +750,14 @@ def _run_packets(
     work: PoolPlan,
     strategy: str,
     cleanup: list[int],
+    alone: bool = False,
 ) -> FlushResult:
-    """The fast path: the whole transaction in one packet (two with auto ids)."""
+    """The fast path: the whole transaction in one packet (two with auto ids).
+
+    ``alone``: the flush's only MySQL pool. Its publish is then packed while the
+    server runs the packet (and writes the COMMIT to disk), and after COMMIT only
+    the sending is left.
+    """
     result = FlushResult(work.name)
     steps = _Statements(
         pool,
@@ -751,14 +777,27 @@ def _run_packets(
                 batch.records = [
                     resolved[r.id] if r.id < 0 else r for r in batch.records
                 ]
-        prepare_wire(engine.redis_pools, engine.encoder, result.batches, engine.outbox)
+        if alone and not cleanup:  # what _publish_results would pack, after COMMIT
+            try:
+                result.packed = pack(
+                    engine.redis_pools,
+                    engine.encoder,
+                    result.batches,
+                    outcome=PublishOutcome(),
+                    record=[engine.outbox] * len(result.batches),
+                )
+            except Exception:  # never fail a transaction in flight: pack it later
+                _log.debug("packing the publish ahead failed", exc_info=True)
 
     conn = pool.acquire()
     try:
         if steps.waits_for_ids and engine.outbox:
             # The new ids are needed for the events: the data first, then the
             # outbox row and COMMIT.
-            data = [*(_Step(s, None) for s in _start(strategy)), *steps.steps]
+            data = [
+                *(_SNAPSHOT_BEGINS if strategy == _SNAPSHOT else _BEGINS),
+                *steps.steps,
+            ]
             results = _send(conn, pool, data, commits=False)
             for step, done in zip(data, results):
                 if step.expect is not None and done.rowcount < step.expect:
@@ -787,7 +826,11 @@ def _run_packets(
             _finish(
                 conn,
                 pool,
-                [*(_Step(s, None) for s in _start(strategy)), *queued, *steps.steps],
+                [
+                    *(_SNAPSHOT_BEGINS if strategy == _SNAPSHOT else _BEGINS),
+                    *queued,
+                    *steps.steps,
+                ],
                 cleanup,
                 result,
                 strategy == _SNAPSHOT,
@@ -837,7 +880,7 @@ def _finish(
     if inside:
         packet.extend(_Step(sql, None) for sql in _cleanup(cleanup))
     commit = len(packet)
-    packet.append(_Step("COMMIT", None))
+    packet.append(_COMMIT)
     if cleanup and not inside:
         packet.extend(_Step(sql, None) for sql in _cleanup(cleanup))
     ran = 0  # results whose callbacks ran
@@ -1064,7 +1107,7 @@ def execute(engine: Engine, pending: Pending) -> None:
     failure: BaseException | None = None
     for work in plans.values():
         try:
-            results.append(_run_pool(engine, work))
+            results.append(_run_pool(engine, work, len(plans) == 1))
         except (DatabaseError, ValidationError) as exc:
             failure = exc
             break
@@ -1113,7 +1156,12 @@ def _publish_results(engine: Engine, results: list[FlushResult]) -> StreamError 
     )
     if not batches:
         return None
-    outcome = PublishOutcome()
+    # Packed while COMMIT was written when the flush had one MySQL pool and no
+    # cleanup (the same arguments as here: one outbox row per batch, or none).
+    packed = results[0].packed if len(results) == 1 and not forget else None
+    outcome = packed.outcome if packed is not None else None
+    if outcome is None:
+        outcome = PublishOutcome()
     done, errors = publish(
         engine.redis_pools,
         engine.encoder,
@@ -1122,6 +1170,7 @@ def _publish_results(engine: Engine, results: list[FlushResult]) -> StreamError 
         record=[owner[1] is not None for owner in owners],
         forget=forget,
         observer=engine.observer,
+        packed=packed,
     )
     if not engine.outbox:
         if errors:

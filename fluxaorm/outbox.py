@@ -38,13 +38,14 @@ __all__ = [
     "OUTBOX_Q",
     "OUTBOX_TABLE",
     "RECORD_RETENTION_MS",
+    "Packed",
     "PublishOutcome",
     "delete_rows",
     "delete_sql",
     "insert_statements",
     "keep_refused",
+    "pack",
     "payload_limit",
-    "prepare_wire",
     "publish",
     "record_key",
     "recorded",
@@ -437,6 +438,103 @@ class PublishOutcome:
         self.failed_pools: dict[str, StreamError] = {}
 
 
+class Packed:
+    """A publish packed and ready to send (see :func:`pack`); pure CPU to make.
+
+    Attributes:
+        outcome: filled in by the packing (batches that cannot be encoded) and
+            by the sending.
+        done: indexes of the batches done (nothing to publish, or accepted).
+        errors: the errors of pools met while packing (one not registered).
+        pools: per Redis pool: the pool, its batch indexes and, for a single
+            server, the MULTI/EXEC bytes (``None`` for a cluster, whose
+            publisher packs per hash slot, or when it has nothing to send).
+    """
+
+    __slots__ = (
+        "done",
+        "errors",
+        "forget",
+        "now_ms",
+        "outcome",
+        "pools",
+        "record",
+        "trim",
+    )
+
+    def __init__(self, outcome: PublishOutcome | None, now_ms: int):
+        self.outcome = outcome
+        self.now_ms = now_ms
+        self.done: set[int] = set()
+        self.errors: list[StreamError] = []
+        self.pools: list[tuple[RedisPool, list[int], _Wire | None]] = []
+        self.record: Sequence[bool] | None = None
+        self.forget: Mapping[str, Sequence[tuple[str, str]]] = {}
+        self.trim = False
+
+
+class _Wire:
+    """One single-server pool's MULTI/EXEC: its bytes, replies, and per batch sent
+    ``(index, XADD commands, record commands)``."""
+
+    __slots__ = ("count", "payload", "sent")
+
+    def __init__(self, payload: bytes, count: int, sent: list[tuple[int, int, int]]):
+        self.payload = payload
+        self.count = count
+        self.sent = sent
+
+
+def pack(
+    redis_pools: Mapping[str, RedisPool],
+    encoder: StreamEncoder,
+    batches: Sequence[EventBatch],
+    *,
+    outcome: PublishOutcome | None = None,
+    record: Sequence[bool] | None = None,
+    forget: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+    trim_records: bool = False,
+) -> Packed:
+    """Pack what :func:`publish` sends, without any I/O (the arguments are its).
+
+    A flush packs while MySQL writes its COMMIT to disk, so after COMMIT only the
+    sending is left.
+    """
+    packed = Packed(outcome, int(time.time() * 1000))
+    packed.record = record
+    packed.forget = forget or {}
+    packed.trim = trim_records
+    by_pool: dict[str, list[int]] = {}
+    for i, batch in enumerate(batches):
+        if batch.records:
+            by_pool.setdefault(batch.redis_pool, []).append(i)
+        else:
+            packed.done.add(i)  # nothing to publish
+    for pool_name, indexes in by_pool.items():
+        pool = redis_pools.get(pool_name)
+        if pool is None:
+            error = StreamError(
+                f"Redis pool {pool_name!r} is not registered; register it with "
+                "registry.register_redis(url, pool=...) to publish its entries",
+                pool=pool_name,
+            )
+            packed.errors.append(error)
+            if outcome is not None:
+                outcome.failed_pools[pool_name] = error
+            continue
+        wire = None
+        if not pool.cluster:  # a cluster's publisher packs per hash slot
+            wire = _pack_pool(
+                encoder,
+                batches,
+                indexes,
+                packed,
+                packed.forget.get(pool_name, ()),
+            )
+        packed.pools.append((pool, indexes, wire))
+    return packed
+
+
 def publish(
     redis_pools: Mapping[str, RedisPool],
     encoder: StreamEncoder,
@@ -447,6 +545,7 @@ def publish(
     forget: Mapping[str, Sequence[tuple[str, str]]] | None = None,
     trim_records: bool = False,
     observer: Observer | None = None,
+    packed: Packed | None = None,
 ) -> tuple[set[int], list[StreamError]]:
     """Publish batches: one MULTI/EXEC round trip per Redis pool.
 
@@ -471,6 +570,8 @@ def publish(
             (the relay does; a flush's records go with its rows' cleanup).
         observer: the engine's observer, when metrics or tracing are on: the
             publish is then a span and its entries are counted.
+        packed: what :func:`pack` made of these same arguments ahead of time
+            (then only the sending is left).
 
     Returns:
         The indexes (in ``batches``) of the batches Redis accepted, and the errors of
@@ -488,29 +589,22 @@ def publish(
                 record=record,
                 forget=forget,
                 trim_records=trim_records,
+                packed=packed,
             ),
         )
-    by_pool: dict[str, list[int]] = {}
-    done: set[int] = set()
-    for i, batch in enumerate(batches):
-        if batch.records:
-            by_pool.setdefault(batch.redis_pool, []).append(i)
-        else:
-            done.add(i)  # nothing to publish
-    errors: list[StreamError] = []
-    now_ms = int(time.time() * 1000)
-    for pool_name, indexes in by_pool.items():
-        pool = redis_pools.get(pool_name)
-        if pool is None:
-            error = StreamError(
-                f"Redis pool {pool_name!r} is not registered; register it with "
-                "registry.register_redis(url, pool=...) to publish its entries",
-                pool=pool_name,
-            )
-            errors.append(error)
-            if outcome is not None:
-                outcome.failed_pools[pool_name] = error
-            continue
+    if packed is None:
+        packed = pack(
+            redis_pools,
+            encoder,
+            batches,
+            outcome=outcome,
+            record=record,
+            forget=forget,
+            trim_records=trim_records,
+        )
+    done = packed.done
+    errors = list(packed.errors)
+    for pool, indexes, wire in packed.pools:
         if pool.cluster:
             # A Redis Cluster's publisher: one MULTI/EXEC per hash slot.
             from .cluster_outbox import publish_pool
@@ -523,83 +617,39 @@ def publish(
                 done,
                 outcome,
                 record,
-                _forget_commands((forget or {}).get(pool_name, ()))[0],
-                now_ms,
-                trim_records,
+                _forget_commands(packed.forget.get(pool.name, ()))[0],
+                packed.now_ms,
+                packed.trim,
                 _record_commands,
             )
+        elif wire is not None:
+            failure = _send_pool(pool, batches, wire, done, outcome)
         else:
-            failure = _publish_pool(
-                pool,
-                encoder,
-                batches,
-                indexes,
-                done,
-                outcome,
-                record,
-                (forget or {}).get(pool_name, ()),
-                now_ms,
-                trim_records,
-            )
+            failure = None
         if failure is not None:
             errors.append(failure)
     return done, errors
 
 
-def prepare_wire(
-    redis_pools: Mapping[str, RedisPool],
-    encoder: StreamEncoder,
-    batches: Sequence[EventBatch],
-    record: bool,
-) -> None:
-    """Pack the XADD commands of final batches ahead of :func:`publish`.
-
-    A flush calls it while MySQL writes its COMMIT to disk, so the publish after
-    it only sends. ``record``: the batches are outbox rows' (their records go in
-    the same bytes). A batch that cannot be encoded is left to :func:`publish`,
-    which reports it; a Redis Cluster's batches are packed by its publisher.
-    """
-    now_ms = int(time.time() * 1000)
-    for batch in batches:
-        pool = redis_pools.get(batch.redis_pool)
-        if pool is None or pool.cluster or not batch.records:
-            continue
-        try:
-            payload, count = encoder.encode(batch)
-        except Exception:
-            continue
-        extra = 0
-        if record:
-            commands, extra = _record_commands(batch, now_ms, False)
-            payload = b"".join([payload, *commands])
-        batch.wire = (payload, count, extra)
-
-
-def _publish_pool(
-    pool: RedisPool,
+def _pack_pool(
     encoder: StreamEncoder,
     batches: Sequence[EventBatch],
     indexes: list[int],
-    done: set[int],
-    outcome: PublishOutcome | None,
-    record: Sequence[bool] | None,
+    packed: Packed,
     forget: Sequence[tuple[str, str]],
-    now_ms: int,
-    trim: bool,
-) -> StreamError | None:
-    parts: list[bytes] = []
+) -> _Wire | None:
+    """Pack one single server's MULTI/EXEC; ``None`` when it has nothing to send."""
+    outcome, record, now_ms, trim = (
+        packed.outcome,
+        packed.record,
+        packed.now_ms,
+        packed.trim,
+    )
+    parts: list[bytes] = [_MULTI]
     count = 0
     # Per batch sent: (index, XADD commands, record commands).
     sent: list[tuple[int, int, int]] = []
     for i in indexes:
-        recorded = record is not None and record[i]
-        wire = batches[i].wire
-        if wire is not None and not trim and bool(wire[2]) == recorded:
-            parts.append(wire[0])  # packed by prepare_wire()
-            _, n, extra = wire
-            count += n + extra
-            sent.append((i, n, extra))
-            continue
         try:
             payload, n = encoder.encode(batches[i])
         except Exception as exc:  # whatever a corrupt batch makes the encoder raise
@@ -609,22 +659,32 @@ def _publish_pool(
             continue
         parts.append(payload)
         extra = 0
-        if recorded:
+        if record is not None and record[i]:
             commands, extra = _record_commands(batches[i], now_ms, trim)
             parts.extend(commands)
         count += n + extra
         sent.append((i, n, extra))
     if not count:
-        done.update(i for i, _, _ in sent)
+        packed.done.update(i for i, _, _ in sent)
         return None
     if forget:  # records of rows whose cleanup committed (one flush in 16)
         commands, extra = _forget_commands(forget)
         parts.extend(commands)
         count += extra
+    parts.append(_EXEC)
+    return _Wire(b"".join(parts), count, sent)
+
+
+def _send_pool(
+    pool: RedisPool,
+    batches: Sequence[EventBatch],
+    wire: _Wire,
+    done: set[int],
+    outcome: PublishOutcome | None,
+) -> StreamError | None:
+    """Send one single server's packed MULTI/EXEC and sort out what it did."""
     try:
-        replies = pool.round_trip(
-            _MULTI + b"".join(parts) + _EXEC, count + 2, "XADD", count
-        )
+        replies = pool.round_trip(wire.payload, wire.count + 2, "XADD", wire.count)
     except StreamError as exc:
         if outcome is not None:
             outcome.failed_pools[pool.name] = exc
@@ -637,9 +697,9 @@ def _publish_pool(
             outcome.failed_pools[pool.name] = error
         return error
     if not any(isinstance(r, Exception) for r in result):
-        done.update(i for i, _, _ in sent)
+        done.update(i for i, _, _ in wire.sent)
         return None
-    return _partial(pool, batches, sent, result, done, outcome)
+    return _partial(pool, batches, wire.sent, result, done, outcome)
 
 
 def _partial(
