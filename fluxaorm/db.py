@@ -542,7 +542,7 @@ class Connection:
         if self._trips:
             self._trip(len(statements))
         payload = b";".join(
-            s if isinstance(s, bytes) else s.encode("utf-8") for s in statements
+            [s if s.__class__ is bytes else s.encode() for s in statements]  # type: ignore[union-attr]
         )
         raw: Any = self.raw
         results: list[Result] = []

@@ -534,12 +534,11 @@ class _Statements:
             )
         elif self.strategy == _CONSECUTIVE:
             step = self.pool.info.autoinc_increment
-
-            def consecutive(r: Result) -> None:
-                first = int(r.lastrowid)
-                then(list(range(first, first + step * count, step)))
-
-            self.add(_Step(sql, schema, then=consecutive))
+            self.add(
+                _Step(
+                    sql, schema, then=functools.partial(_consecutive, then, count, step)
+                )
+            )
         else:
             # The transaction's snapshot predates this INSERT, so the only rows it
             # sees at or past its first id are the ones this statement wrote.
@@ -599,6 +598,14 @@ class _Statements:
             if checks is not None:
                 self.steps[first].checks = checks
                 checks = None
+
+
+def _consecutive(
+    then: Callable[[list[int]], None], count: int, step: int, result: Result
+) -> None:
+    """``then(ids)`` of a multi-row INSERT whose ids are consecutive from its first."""
+    first = int(result.lastrowid)
+    then(list(range(first, first + step * count, step)))
 
 
 def _run(conn: Connection, sql: str | bytes, schema: EntitySchema | None) -> Any:
@@ -969,6 +976,8 @@ def _packets(
     from the first statement; it is left out when a packet ends exactly there.
     """
     budget = packet_budget(max_packet)
+    if sum(map(len, statements)) + len(statements) <= budget:
+        return conn.packet(statements, ready)  # the usual case: one packet
     results: list[Result] = []
     group: list[str | bytes] = []
     size = 0

@@ -16,6 +16,7 @@ kept alone in their row and retried with a backoff (``retry_at``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -140,6 +141,11 @@ def upgrade_error(exc: DatabaseError, pool: str) -> DatabaseError | None:
 # -- the flush's side --------------------------------------------------------------------
 
 
+_INSERT_HEAD = (
+    f"INSERT INTO {_Q} (`created_at`,`redis_pool`,`entries`,`payload`) VALUES ".encode()
+)
+
+
 def insert_statements(
     batches: Sequence[EventBatch],
     max_packet: int,
@@ -169,7 +175,7 @@ def insert_statements(
     Returns:
         ``(statement, rows)`` pairs, in the order of ``batches``.
     """
-    head = f"INSERT INTO {_Q} (`created_at`,`redis_pool`,`entries`,`payload`) VALUES ".encode()
+    head = _INSERT_HEAD
     budget = packet_budget(max_packet) - len(head)
     statements: list[tuple[bytes, int]] = []
     rows: list[bytes] = []
@@ -203,6 +209,7 @@ def insert_statements(
     return statements
 
 
+@functools.lru_cache(maxsize=64)
 def payload_limit(max_packet: int) -> int:
     """The payload a batch may carry so its escaped outbox row fits one packet.
 

@@ -8,6 +8,7 @@ connection guarantees by setting its own ``sql_mode`` (see ``db.py``).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Sequence
 
@@ -44,6 +45,7 @@ QUOTED_RE = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`[^`]*`"
 _PACKET_MARGIN = 4096
 
 
+@functools.lru_cache(maxsize=64)
 def packet_budget(max_packet: int) -> int:
     """The bytes of SQL one packet may carry under ``max_allowed_packet``."""
     return max(1024, max_packet - _PACKET_MARGIN)
@@ -127,10 +129,7 @@ def chunk_rows(
         fixed: length of the statement text around the rows.
     """
     budget = max(1, (packet_budget(max_packet) - fixed * 4) // 4)
-    total = 0
-    for row in rows:
-        total += len(row) + 1
-    if total <= budget:
+    if sum(map(len, rows)) + len(rows) <= budget:
         yield rows
         return
     start = 0
