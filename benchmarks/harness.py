@@ -188,6 +188,20 @@ def _pyinstrument_step(sections: list[str]) -> Step:
     return step
 
 
+# Each flush step of a run is timed in up to this many interleaved slices, each
+# of at least _SLICE_FLUSHES flushes (see race()).
+_SLICES = 5
+_SLICE_FLUSHES = 20
+
+
+def _slices(values: Sequence[Values], batch: int) -> list[Sequence[Values]]:
+    """Cut ``values`` into up to :data:`_SLICES` parts of whole flushes."""
+    flushes = -(-len(values) // batch)
+    count = max(1, min(_SLICES, flushes // _SLICE_FLUSHES))
+    size = -(-flushes // count) * batch
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
 def _rotated(items: Sequence[Any], run: int) -> list[Any]:
     shift = run % len(items) if items else 0
     return [*items[shift:], *items[:shift]]
@@ -206,7 +220,10 @@ def race(
     Each round runs every flush size and, within it, every competitor once, then
     every consume size and, within it, every consumer once; the order of the
     competitors (and of the consumers) rotates from round to round so none
-    always goes first.
+    always goes first. A flush size's N rows go in up to five slices, every
+    competitor taking its turn at each slice (its times summed over the slices),
+    so the competitors share the machine's slow spells instead of one of them
+    getting a whole spell.
 
     Args:
         competitors: the flushing competitors.
@@ -304,18 +321,22 @@ def race(
     for run in range(plan.runs):
         for batch, n in plan.sizes:
             order = _rotated(competitors, run)
-            seconds: dict[str, dict[str, float]] = {}
+            seconds: dict[str, dict[str, float]] = {c.key: {} for c in order}
             per_entry: dict[str, float] = {}
-            for competitor in order:
-                times: dict[str, float] = {}
-                per_entry[competitor.key] = lifecycle(
-                    competitor,
-                    checker,
-                    values(n),
-                    batch,
-                    _timer(times, checker.settle),
-                )
-                seconds[competitor.key] = times
+            # The N rows go in slices, every competitor taking its turn at each
+            # slice: each one's time is then summed over the same few seconds
+            # as the others', and a slow spell of the machine (a noisy
+            # neighbour, a frequency change) weighs on all alike.
+            for part in _slices(values(n), batch):
+                for competitor in order:
+                    times: dict[str, float] = {}
+                    entry = lifecycle(
+                        competitor, checker, part, batch, _timer(times, checker.settle)
+                    )
+                    per_entry.setdefault(competitor.key, entry)
+                    total = seconds[competitor.key]
+                    for operation, took in times.items():
+                        total[operation] = total.get(operation, 0.0) + took
             runs.append(
                 {
                     "run": run,

@@ -19,7 +19,7 @@ import pytest
 from benchmarks import report
 from benchmarks.baseline import Baseline, PipelinedConsumer
 from benchmarks.fluxa import Fluxa, FluxaConsumer
-from benchmarks.harness import Plan, Stream, consume_step, fill_stream, race
+from benchmarks.harness import Plan, Stream, _slices, consume_step, fill_stream, race
 from benchmarks.verify import Checker
 from benchmarks.workload import Config, Consumer, make_values
 from tests.conftest import MYSQL_URL, REDIS_URL
@@ -191,3 +191,28 @@ def test_cluster_scenario_counts_one_round_trip_per_master(
     assert sizes["cluster-no-wait"]["redis_commands"] >= 300
     assert sizes["cluster"]["redis_commands"] >= 300
     assert "Redis Cluster, wait_replicas=1" in (tmp_path / "cluster.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("rows", "batch", "sizes"),
+    [
+        (1000, 1, [200] * 5),  # five slices of 200 one-row flushes
+        (1000, 10, [200] * 5),
+        (10000, 100, [2000] * 5),
+        (10000, 1000, [10000]),  # 10 flushes: too few to slice
+        (95, 1, [24, 24, 24, 23]),  # 95 flushes: four slices of at least 20
+        (1001, 1, [201, 201, 201, 201, 197]),  # a short last slice
+        (205, 10, [205]),  # 21 flushes (the last of 5 rows): one slice
+    ],
+)
+def test_a_flush_step_is_timed_in_interleaved_slices_of_whole_flushes(
+    rows: int, batch: int, sizes: list[int]
+) -> None:
+    """The harness cuts a step's rows into up to five slices that every
+    competitor takes in turn: each slice holds whole flushes and, together, the
+    slices hold every row once, in order."""
+    values = make_values(rows)
+    parts = _slices(values, batch)
+    assert [len(p) for p in parts] == sizes
+    assert [v for p in parts for v in p] == values
+    assert all(len(p) % batch == 0 for p in parts[:-1])
