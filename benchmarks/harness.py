@@ -188,6 +188,8 @@ def _pyinstrument_step(sections: list[str]) -> Step:
     return step
 
 
+# Each consume step of a run is timed this many times, interleaved (see race()).
+_CONSUME_REPEATS = 3
 # Each flush step of a run is timed in up to this many interleaved slices, each
 # of at least _SLICE_FLUSHES flushes (see race()).
 _SLICES = 5
@@ -223,7 +225,8 @@ def race(
     always goes first. A flush size's N rows go in up to five slices, every
     competitor taking its turn at each slice (its times summed over the slices),
     so the competitors share the machine's slow spells instead of one of them
-    getting a whole spell.
+    getting a whole spell; each consume step is taken three times in turn and
+    its mean kept, for the same reason.
 
     Args:
         competitors: the flushing competitors.
@@ -356,13 +359,17 @@ def race(
             continue
         for batch in plan.consume_sizes:
             order = _rotated(consumers, run)
-            seconds = {}
-            for consumer in order:
-                times = {}
-                consume_step(
-                    consumer, checker, stream, batch, _timer(times, checker.settle)
-                )
-                seconds[consumer.key] = times
+            seconds = {c.key: {CONSUME: 0.0} for c in order}
+            # A consume step is short (about 0.1 s): one spell of this machine's
+            # noise can double it. Each consumer takes it _CONSUME_REPEATS times,
+            # in turn with the others, and the run keeps the mean.
+            for _ in range(_CONSUME_REPEATS):
+                for consumer in order:
+                    times = {}
+                    consume_step(
+                        consumer, checker, stream, batch, _timer(times, checker.settle)
+                    )
+                    seconds[consumer.key][CONSUME] += times[CONSUME] / _CONSUME_REPEATS
             runs.append(
                 {
                     "run": run,
