@@ -16,8 +16,9 @@ import pytest
 import fluxaorm
 from fluxaorm.db import PacketError
 from fluxaorm.testing import count_queries
-from tests.conftest import MYSQL_URL
+from tests.conftest import MYSQL_URL, REDIS_URL
 from tests.models import UserEntity
+from tests.servers import ThrowawayMariaDB
 from tests.stream_reading import stream_keys
 
 PASSWORD = "s3cr3t-P@ss"
@@ -465,3 +466,26 @@ def test_connection_lost_after_the_publish_was_packed_publishes_nothing(
         assert relayed > 0 and redis_client.xlen("dirty_NewUsers") == 1
     else:
         assert relayed == 0 and stream_keys(redis_client) == []
+
+
+def test_a_result_over_16_mib_is_read_across_its_continuation_packets():
+    """MySQL splits a row over 16 MiB into several packets: the reader joins them
+    (a throwaway server allows such rows; the shared one keeps its 16 MiB)."""
+    with ThrowawayMariaDB(1, ["--max-allowed-packet=64M"]) as server:
+        engine = fluxaorm.Registry()
+        engine.register_mysql(server.url)
+        engine.register_redis(REDIS_URL)
+        validated = engine.validate()
+        try:
+            size = 17 * 1024 * 1024 + 3  # the payload crosses 0xFFFFFF bytes
+            with validated.mysql_pool("default").connection() as conn:
+                ((big, after),) = conn.query("SELECT REPEAT('x', %s), 5", (size,))
+                assert (len(big), set(big), after) == (size, {"x"}, 5)
+                results = conn.packet(["DO 1", f"SELECT REPEAT('y', {size})", "DO 2"])
+                (row,) = results[1].rows or ()
+                assert len(row[0]) == size and [
+                    r.rows for r in (results[0], results[2])
+                ] == [None, None]
+                assert conn.query("SELECT 1") == ((1,),)  # nothing was left unread
+        finally:
+            validated.close()
