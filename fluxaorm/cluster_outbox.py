@@ -58,7 +58,7 @@ def publish_pool(
         indexes: the batches of this pool.
         done: filled in with the indexes of the batches done.
         outcome: filled in with the details of those not done (see
-            ``outbox.publish``).
+            ``outbox.pack``).
         record: per batch, whether it is an outbox row's.
         forget: packed ZREM commands of records to remove.
         now_ms: the records' score.

@@ -32,12 +32,11 @@ from .errors import (
 from .events import EventBatch, EventRecord, pack_bind, placeholder_id, with_id
 from .outbox import (
     OUTBOX_Q,
-    Packed,
+    Publication,
     PublishOutcome,
     delete_sql,
     insert_statements,
     keep_refused,
-    pack,
     payload_limit,
     publish,
 )
@@ -72,8 +71,8 @@ class FlushResult:
         "cleaned",
         "new_ids",
         "outbox_ids",
-        "packed",
         "pool",
+        "publication",
     )
 
     def __init__(self, pool: str):
@@ -86,7 +85,7 @@ class FlushResult:
         # Published outbox rows whose cleanup committed with this transaction.
         self.cleaned: list[int] = []
         # The publish of ``batches``, packed while COMMIT was written (see _run_packets).
-        self.packed: Packed | None = None
+        self.publication: Publication | None = None
 
 
 class _Step:
@@ -784,16 +783,17 @@ def _run_packets(
                 batch.records = [
                     resolved[r.id] if r.id < 0 else r for r in batch.records
                 ]
-        if alone and not cleanup:  # what _publish_results would pack, after COMMIT
+        if alone and not cleanup:  # what _publish_results would send, after COMMIT
+            result.publication = Publication(
+                engine.redis_pools,
+                engine.encoder,
+                result.batches,
+                outcome=PublishOutcome(),
+                record=[engine.outbox] * len(result.batches),
+            )
             try:
-                result.packed = pack(
-                    engine.redis_pools,
-                    engine.encoder,
-                    result.batches,
-                    outcome=PublishOutcome(),
-                    record=[engine.outbox] * len(result.batches),
-                )
-            except Exception:  # never fail a transaction in flight: pack it later
+                result.publication.pack()
+            except Exception:  # never fail a transaction in flight: publish() packs
                 _log.debug("packing the publish ahead failed", exc_info=True)
 
     conn = pool.acquire()
@@ -1166,21 +1166,21 @@ def _publish_results(engine: Engine, results: list[FlushResult]) -> StreamError 
     if not batches:
         return None
     # Packed while COMMIT was written when the flush had one MySQL pool and no
-    # cleanup (the same arguments as here: one outbox row per batch, or none).
-    packed = results[0].packed if len(results) == 1 and not forget else None
-    outcome = packed.outcome if packed is not None else None
-    if outcome is None:
-        outcome = PublishOutcome()
-    done, errors = publish(
-        engine.redis_pools,
-        engine.encoder,
-        batches,
-        outcome=outcome,
-        record=[owner[1] is not None for owner in owners],
-        forget=forget,
-        observer=engine.observer,
-        packed=packed,
-    )
+    # cleanup (so nothing to forget).
+    publication = results[0].publication if len(results) == 1 and not forget else None
+    outcome = PublishOutcome()
+    if publication is None:
+        publication = Publication(
+            engine.redis_pools,
+            engine.encoder,
+            batches,
+            outcome=outcome,
+            record=[owner[1] is not None for owner in owners],
+            forget=forget,
+        )
+    else:
+        outcome = publication.outcome or outcome  # the prepared one has its own
+    done, errors = publish(publication, observer=engine.observer)
     if not engine.outbox:
         if errors:
             raise StreamError(

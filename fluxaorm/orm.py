@@ -17,7 +17,7 @@ from . import changes as _changes
 from . import flush as _flush
 from .errors import ConcurrentUseError, StreamError, ValidationError
 from .events import EventBatch, EventRecord, pack_bind
-from .outbox import PublishOutcome, publish
+from .outbox import Publication, PublishOutcome, publish
 from .query import Pager, Where, render_search
 from .sql import chunk_rows
 
@@ -430,10 +430,9 @@ class ORM:
         ordered = list(batches.values())
         outcome = PublishOutcome()
         done, errors = publish(
-            self._engine.redis_pools,
-            self._engine.encoder,
-            ordered,
-            outcome=outcome,
+            Publication(
+                self._engine.redis_pools, self._engine.encoder, ordered, outcome=outcome
+            ),
             observer=self._engine.observer,
         )
         published = sum(ordered[i].entries for i in done)

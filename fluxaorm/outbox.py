@@ -39,13 +39,12 @@ __all__ = [
     "OUTBOX_Q",
     "OUTBOX_TABLE",
     "RECORD_RETENTION_MS",
-    "Packed",
+    "Publication",
     "PublishOutcome",
     "delete_rows",
     "delete_sql",
     "insert_statements",
     "keep_refused",
-    "pack",
     "payload_limit",
     "publish",
     "record_key",
@@ -445,121 +444,14 @@ class PublishOutcome:
         self.failed_pools: dict[str, StreamError] = {}
 
 
-class Packed:
-    """A publish packed and ready to send (see :func:`pack`); pure CPU to make.
+class Publication:
+    """One publish: what to send and how; packed once, then sent by :func:`publish`.
 
-    Attributes:
-        outcome: filled in by the packing (batches that cannot be encoded) and
-            by the sending.
-        done: indexes of the batches done (nothing to publish, or accepted).
-        errors: the errors of pools met while packing (one not registered).
-        pools: per Redis pool: the pool, its batch indexes and, for a single
-            server, the MULTI/EXEC bytes (``None`` for a cluster, whose
-            publisher packs per hash slot, or when it has nothing to send).
-    """
-
-    __slots__ = (
-        "done",
-        "errors",
-        "forget",
-        "now_ms",
-        "outcome",
-        "pools",
-        "record",
-        "trim",
-    )
-
-    def __init__(self, outcome: PublishOutcome | None, now_ms: int):
-        self.outcome = outcome
-        self.now_ms = now_ms
-        self.done: set[int] = set()
-        self.errors: list[StreamError] = []
-        self.pools: list[tuple[RedisPool, list[int], _Wire | None]] = []
-        self.record: Sequence[bool] | None = None
-        self.forget: Mapping[str, Sequence[tuple[str, str]]] = {}
-        self.trim = False
-
-
-class _Wire:
-    """One single-server pool's MULTI/EXEC: its bytes, replies, and per batch sent
-    ``(index, XADD commands, record commands)``."""
-
-    __slots__ = ("count", "payload", "sent")
-
-    def __init__(self, payload: bytes, count: int, sent: list[tuple[int, int, int]]):
-        self.payload = payload
-        self.count = count
-        self.sent = sent
-
-
-def pack(
-    redis_pools: Mapping[str, RedisPool],
-    encoder: StreamEncoder,
-    batches: Sequence[EventBatch],
-    *,
-    outcome: PublishOutcome | None = None,
-    record: Sequence[bool] | None = None,
-    forget: Mapping[str, Sequence[tuple[str, str]]] | None = None,
-    trim_records: bool = False,
-) -> Packed:
-    """Pack what :func:`publish` sends, without any I/O (the arguments are its).
-
-    A flush packs while MySQL writes its COMMIT to disk, so after COMMIT only the
-    sending is left.
-    """
-    packed = Packed(outcome, int(time.time() * 1000))
-    packed.record = record
-    packed.forget = forget or {}
-    packed.trim = trim_records
-    by_pool: dict[str, list[int]] = {}
-    for i, batch in enumerate(batches):
-        if batch.records:
-            by_pool.setdefault(batch.redis_pool, []).append(i)
-        else:
-            packed.done.add(i)  # nothing to publish
-    for pool_name, indexes in by_pool.items():
-        pool = redis_pools.get(pool_name)
-        if pool is None:
-            error = StreamError(
-                f"Redis pool {pool_name!r} is not registered; register it with "
-                "registry.register_redis(url, pool=...) to publish its entries",
-                pool=pool_name,
-            )
-            packed.errors.append(error)
-            if outcome is not None:
-                outcome.failed_pools[pool_name] = error
-            continue
-        wire = None
-        if not pool.cluster:  # a cluster's publisher packs per hash slot
-            wire = _pack_pool(
-                encoder,
-                batches,
-                indexes,
-                packed,
-                packed.forget.get(pool_name, ()),
-            )
-        packed.pools.append((pool, indexes, wire))
-    return packed
-
-
-def publish(
-    redis_pools: Mapping[str, RedisPool],
-    encoder: StreamEncoder,
-    batches: Sequence[EventBatch],
-    *,
-    outcome: PublishOutcome | None = None,
-    record: Sequence[bool] | None = None,
-    forget: Mapping[str, Sequence[tuple[str, str]]] | None = None,
-    trim_records: bool = False,
-    observer: Observer | None = None,
-    packed: Packed | None = None,
-) -> tuple[set[int], list[StreamError]]:
-    """Publish batches: one MULTI/EXEC round trip per Redis pool.
-
-    A batch is done when Redis accepted every one of its entries. When a command
-    fails inside EXEC (Redis has no rollback) the other batches of that pool are
-    still done; the failing batch is not, and ``outcome.refused`` says which of
-    its entries were refused.
+    :meth:`pack` does the CPU work (encoding, records, the MULTI/EXEC bytes) and
+    no I/O. A flush calls it while MySQL writes its COMMIT to disk, so after
+    COMMIT only the sending is left; otherwise :func:`publish` calls it, inside
+    the publish's span when tracing is on (which stamps batches made without a
+    flush before they are encoded).
 
     Args:
         redis_pools: the pools by name.
@@ -575,58 +467,138 @@ def publish(
             cleanup committed, removed in that pool's transaction.
         trim_records: also drop records older than :data:`RECORD_RETENTION_MS`
             (the relay does; a flush's records go with its rows' cleanup).
+    """
+
+    __slots__ = (
+        "batches",
+        "done",
+        "encoder",
+        "errors",
+        "forget",
+        "now_ms",
+        "outcome",
+        "pools",
+        "record",
+        "redis_pools",
+        "trim",
+    )
+
+    def __init__(
+        self,
+        redis_pools: Mapping[str, RedisPool],
+        encoder: StreamEncoder,
+        batches: Sequence[EventBatch],
+        *,
+        outcome: PublishOutcome | None = None,
+        record: Sequence[bool] | None = None,
+        forget: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+        trim_records: bool = False,
+    ):
+        self.redis_pools = redis_pools
+        self.encoder = encoder
+        self.batches = batches
+        self.outcome = outcome
+        self.record = record
+        self.forget = forget or {}
+        self.trim = trim_records
+        self.now_ms = 0  # the records' score: when the publish was packed
+        # Set by pack(): the batches done (nothing to publish), the errors of
+        # pools met while packing (one not registered), and per Redis pool the
+        # pool, its batch indexes and, for a single server, its MULTI/EXEC
+        # (None for a cluster, whose publisher packs per hash slot, or when it
+        # has nothing to send).
+        self.done: set[int] = set()
+        self.errors: list[StreamError] = []
+        self.pools: list[tuple[RedisPool, list[int], _Wire | None]] | None = None
+
+    def pack(self) -> None:
+        """Pack what :func:`publish` sends, once (no I/O)."""
+        if self.pools is not None:
+            return
+        self.now_ms = int(time.time() * 1000)
+        by_pool: dict[str, list[int]] = {}
+        done: set[int] = set()
+        for i, batch in enumerate(self.batches):
+            if batch.records:
+                by_pool.setdefault(batch.redis_pool, []).append(i)
+            else:
+                done.add(i)  # nothing to publish
+        errors: list[StreamError] = []
+        pools: list[tuple[RedisPool, list[int], _Wire | None]] = []
+        for pool_name, indexes in by_pool.items():
+            pool = self.redis_pools.get(pool_name)
+            if pool is None:
+                error = StreamError(
+                    f"Redis pool {pool_name!r} is not registered; register it with "
+                    "registry.register_redis(url, pool=...) to publish its entries",
+                    pool=pool_name,
+                )
+                errors.append(error)
+                if self.outcome is not None:
+                    self.outcome.failed_pools[pool_name] = error
+                continue
+            wire = None
+            if not pool.cluster:  # a cluster's publisher packs per hash slot
+                wire = _pack_pool(self, indexes, done, self.forget.get(pool_name, ()))
+            pools.append((pool, indexes, wire))
+        # Kept only once whole: a packing that raised is done again by publish().
+        self.done, self.errors, self.pools = done, errors, pools
+
+
+class _Wire:
+    """One single-server pool's MULTI/EXEC: its bytes, replies, and per batch sent
+    ``(index, XADD commands, record commands)``."""
+
+    __slots__ = ("count", "payload", "sent")
+
+    def __init__(self, payload: bytes, count: int, sent: list[tuple[int, int, int]]):
+        self.payload = payload
+        self.count = count
+        self.sent = sent
+
+
+def publish(
+    publication: Publication, *, observer: Observer | None = None
+) -> tuple[set[int], list[StreamError]]:
+    """Publish: one MULTI/EXEC round trip per Redis pool (packing it first if needed).
+
+    A batch is done when Redis accepted every one of its entries. When a command
+    fails inside EXEC (Redis has no rollback) the other batches of that pool are
+    still done; the failing batch is not, and ``outcome.refused`` says which of
+    its entries were refused.
+
+    Args:
+        publication: what to send.
         observer: the engine's observer, when metrics or tracing are on: the
             publish is then a span and its entries are counted.
-        packed: what :func:`pack` made of these same arguments ahead of time
-            (then only the sending is left).
 
     Returns:
-        The indexes (in ``batches``) of the batches Redis accepted, and the errors of
-        the pools that failed.
+        The indexes (in ``publication.batches``) of the batches Redis accepted,
+        and the errors of the pools that failed.
     """
+    batches, outcome = publication.batches, publication.outcome
     if observer is not None:
-        return observer.publish(
-            batches,
-            outcome,
-            lambda: publish(
-                redis_pools,
-                encoder,
-                batches,
-                outcome=outcome,
-                record=record,
-                forget=forget,
-                trim_records=trim_records,
-                packed=packed,
-            ),
-        )
-    if packed is None:
-        packed = pack(
-            redis_pools,
-            encoder,
-            batches,
-            outcome=outcome,
-            record=record,
-            forget=forget,
-            trim_records=trim_records,
-        )
-    done = packed.done
-    errors = list(packed.errors)
-    for pool, indexes, wire in packed.pools:
+        return observer.publish(batches, outcome, lambda: publish(publication))
+    publication.pack()
+    assert publication.pools is not None
+    done = publication.done
+    errors = list(publication.errors)
+    for pool, indexes, wire in publication.pools:
         if pool.cluster:
             # A Redis Cluster's publisher: one MULTI/EXEC per hash slot.
             from .cluster_outbox import publish_pool
 
             failure = publish_pool(
                 pool,
-                encoder,
+                publication.encoder,
                 batches,
                 indexes,
                 done,
                 outcome,
-                record,
-                _forget_commands(packed.forget.get(pool.name, ()))[0],
-                packed.now_ms,
-                packed.trim,
+                publication.record,
+                _forget_commands(publication.forget.get(pool.name, ()))[0],
+                publication.now_ms,
+                publication.trim,
                 _record_commands,
             )
         elif wire is not None:
@@ -639,19 +611,15 @@ def publish(
 
 
 def _pack_pool(
-    encoder: StreamEncoder,
-    batches: Sequence[EventBatch],
+    publication: Publication,
     indexes: list[int],
-    packed: Packed,
+    done: set[int],
     forget: Sequence[tuple[str, str]],
 ) -> _Wire | None:
     """Pack one single server's MULTI/EXEC; ``None`` when it has nothing to send."""
-    outcome, record, now_ms, trim = (
-        packed.outcome,
-        packed.record,
-        packed.now_ms,
-        packed.trim,
-    )
+    encoder, batches = publication.encoder, publication.batches
+    outcome, record = publication.outcome, publication.record
+    now_ms, trim = publication.now_ms, publication.trim
     parts: list[bytes] = [_MULTI]
     count = 0
     # Per batch sent: (index, XADD commands, record commands).
@@ -672,7 +640,7 @@ def _pack_pool(
         count += n + extra
         sent.append((i, n, extra))
     if not count:
-        packed.done.update(i for i, _, _ in sent)
+        done.update(i for i, _, _ in sent)
         return None
     if forget:  # records of rows whose cleanup committed (one flush in 16)
         commands, extra = _forget_commands(forget)

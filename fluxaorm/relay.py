@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .cluster_outbox import confirmed_records
 from .db import Connection, MySQLPool, error_code
@@ -20,6 +20,7 @@ from .outbox import (
     ERROR_LIMIT,
     MINE_LIMIT,
     OUTBOX_Q,
+    Publication,
     PublishOutcome,
     delete_rows,
     keep_refused,
@@ -120,10 +121,7 @@ def relay(
             if not conn.query(sql, args):
                 return result
         except DatabaseError as exc:
-            hint = upgrade_error(exc, pool.name)
-            if hint is not None:
-                raise hint from exc
-            raise
+            _raise_hinted(exc, pool.name)
     after = 0
     retries = 0
     while True:
@@ -147,10 +145,7 @@ def relay(
             if error_code(exc) in (1205, 1213) and retries < 5:
                 retries += 1  # the pass rolled back: run it again
                 continue
-            hint = upgrade_error(exc, pool.name)
-            if hint is not None:
-                raise hint from exc
-            raise
+            _raise_hinted(exc, pool.name)
         result.published += step.published
         result.handled |= step.handled
         result.waiting = result.waiting or step.waiting
@@ -169,6 +164,15 @@ def relay(
         else:
             _log.warning("outbox relay: %s; its rows stay for a later relay", error)
     return result
+
+
+def _raise_hinted(exc: DatabaseError, pool: str) -> NoReturn:
+    """Raise ``exc`` (being handled), or for an outbox table of an older release
+    (unknown column) the error that says to run sync_schema()."""
+    hint = upgrade_error(exc, pool)
+    if hint is not None:
+        raise hint from exc
+    raise exc
 
 
 def _select(
@@ -261,12 +265,14 @@ def _relay_rows(
         ids = [ids[i] for i in up]
     outcome = PublishOutcome()
     done, errors = publish(
-        redis_pools,
-        encoder,
-        batches,
-        outcome=outcome,
-        record=[True] * len(batches),
-        trim_records=True,
+        Publication(
+            redis_pools,
+            encoder,
+            batches,
+            outcome=outcome,
+            record=[True] * len(batches),
+            trim_records=True,
+        ),
         observer=observer,
     )
     finished = [ids[i] for i in sorted(done)]
@@ -419,10 +425,7 @@ def backlog(
     except DatabaseError as exc:
         if error_code(exc) == 1146:
             return 0, 0, 0.0, 0
-        hint = upgrade_error(exc, pool.name)
-        if hint is not None:
-            raise hint from exc
-        raise
+        _raise_hinted(exc, pool.name)
     rows, entries, quarantined = int(row[0]), int(row[1]), int(row[2])
     ages = [float(oldest)] if len(newest_rows) == _BACKLOG_CHECKED else []
     for published, left, age in _published_parts(newest_rows, redis_pools or {}):

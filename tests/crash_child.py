@@ -265,13 +265,14 @@ def run_relay(args: argparse.Namespace) -> int:
     engine = make_engine(args.mysql, args.redis, delay=0.0)
     real = fluxaorm.relay.publish
 
-    def stalled(*a: Any, **k: Any) -> Any:
-        entries = sum(b.entries for b in a[2])
+    def stalled(publication: Any, **k: Any) -> Any:
+        batches = publication.batches
+        entries = sum(b.entries for b in batches)
         if args.die == "before":
-            _say("publishing", entries, len(a[2]))
+            _say("publishing", entries, len(batches))
             time.sleep(60)
-        result = real(*a, **k)
-        _say("published", entries, len(a[2]))
+        result = real(publication, **k)
+        _say("published", entries, len(batches))
         time.sleep(60)
         return result
 
