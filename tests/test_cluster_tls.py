@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from fluxaorm.cli import cli
 from tests.cli_app import Customer
 from tests.cluster import ThrowawayCluster
 from tests.conftest import MYSQL_URL, RedisTarget
+from tests.evidence import Evidence
 from tests.models import CategoryEntity, UserEntity
 from tests.servers import Certificates, free_port, make_certificates
 from tests.stream_reading import outbox_rows, raw_entries
@@ -208,33 +208,11 @@ def test_the_relay_delivers_outbox_rows_over_tls(
 # -- an ACL user ---------------------------------------------------------------------------
 
 
-class _Seen:
-    """Everything a user could read: reprs, strs and errors with their chains."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-
-    def see(self, *objects: Any) -> None:
-        for obj in objects:
-            self.texts += [repr(obj), str(obj)]
-
-    def error(self, exc: BaseException) -> None:
-        self.texts.append("".join(traceback.format_exception(exc)))
-        seen: set[int] = set()
-        stack: list[BaseException | None] = [exc]
-        while stack:
-            current = stack.pop()
-            if current is None or id(current) in seen:
-                continue
-            seen.add(id(current))
-            orig = getattr(current, "orig", None)
-            self.see(current, current.args, orig)
-            stack += [current.__cause__, current.__context__, orig]
-
-    def leaks(self, logs: str) -> list[str]:
-        everything = "\n".join([*self.texts, logs])
-        forms = {f for s in SECRETS for f in (s, _q(s), quote(s), s[:7])}
-        return [f for f in forms if f in everything]
+def _leaks(seen: Evidence, logs: str) -> list[str]:
+    """The forms of the secrets that show in what ``seen`` recorded or in ``logs``."""
+    everything = "\n".join([*seen.texts, logs])
+    forms = {f for s in SECRETS for f in (s, _q(s), quote(s), s[:7])}
+    return [f for f in forms if f in everything]
 
 
 def test_an_acl_user_works_over_tls_and_its_password_never_shows(
@@ -249,7 +227,7 @@ def test_an_acl_user_works_over_tls_and_its_password_never_shows(
     check(). No password (nor its encoded forms) in any repr, in any log record
     of any logger (redis-py's included), or in an error, its traceback and chain."""
     caplog.set_level(logging.DEBUG)
-    seen = _Seen()
+    seen = Evidence()
     registry = fluxaorm.Registry()
     registry.register_redis(app_url(tls_cluster))
     registry.register_redis(app_url(tls_cluster, WRONG_PASSWORD), pool="wrong")
@@ -290,7 +268,7 @@ def test_an_acl_user_works_over_tls_and_its_password_never_shows(
     assert any(r.levelno == logging.ERROR for r in caplog.records)
     formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
     logs = "\n".join([caplog.text, *(formatter.format(r) for r in caplog.records)])
-    assert seen.leaks(logs) == []
+    assert _leaks(seen, logs) == []
 
 
 def test_a_wrong_password_is_a_permanent_error_that_says_what_to_fix(

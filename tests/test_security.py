@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import fluxaorm
 from fluxaorm.fields import COLLATION
 from fluxaorm.testing import count_queries
 from tests.conftest import MYSQL_URL
+from tests.evidence import Evidence
 from tests.models import CategoryEntity, UserEntity
 from tests.servers import (
     Certificates,
@@ -420,42 +420,6 @@ class LegacyThing:
     label: str = ""
 
 
-class _Evidence:
-    """Everything a user could see: reprs, strs, errors with their whole chains."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self.errors: list[BaseException] = []
-
-    def see(self, *objects: Any) -> None:
-        for obj in objects:
-            self.texts += [repr(obj), str(obj)]
-
-    def error(self, exc: BaseException) -> BaseException:
-        """Record the error, its traceback and every error a traceback shows with
-        it (``__cause__``, an unsuppressed ``__context__``) or that it wraps (``.orig``).
-        """
-        self.errors.append(exc)
-        self.texts.append("".join(traceback.format_exception(exc)))
-        seen: set[int] = set()
-        stack: list[BaseException | None] = [exc]
-        while stack:
-            current = stack.pop()
-            if current is None or id(current) in seen:
-                continue
-            seen.add(id(current))
-            orig = getattr(current, "orig", None)
-            self.see(current, current.args, orig)
-            context = None if current.__suppress_context__ else current.__context__
-            stack += [current.__cause__, context, orig]
-        return exc
-
-    def expect(self, kind: type[BaseException], call: Callable[[], object]) -> None:
-        with pytest.raises(kind) as caught:
-            call()
-        self.error(caught.value)
-
-
 def test_no_password_in_any_repr_log_line_error_or_statistics(
     mariadb: ThrowawayMariaDB, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -463,7 +427,7 @@ def test_no_password_in_any_repr_log_line_error_or_statistics(
     requirepass), outages, wrong passwords and refused commands never shows a
     password (or its percent-encoded form) in a repr, str, log line or traceback."""
     caplog.set_level(logging.DEBUG, logger="fluxaorm")
-    seen = _Evidence()
+    seen = Evidence()
     users = [
         "--user", "app", "on", f">{REDIS_PASSWORD}", "~*", "&*", "+@all",
         "--user", "limited", "on", f">{REDIS_PASSWORD}", "~*", "+xinfo", "+time",
