@@ -101,9 +101,20 @@ class _Step:
         then: called with its result once it ran (ids of new rows, outbox ids).
         checks: the counted step just before, whose row count this statement
             checks itself (an outbox INSERT standing in for that step's guard).
+        outbox: it writes outbox rows (its ``then`` notes their ids, which the
+            publish does not need).
     """
 
-    __slots__ = ("checks", "expect", "ids", "schema", "short", "sql", "then")
+    __slots__ = (
+        "checks",
+        "expect",
+        "ids",
+        "outbox",
+        "schema",
+        "short",
+        "sql",
+        "then",
+    )
 
     def __init__(
         self,
@@ -121,6 +132,7 @@ class _Step:
         self.ids = ids
         self.then = then
         self.checks: _Step | None = None
+        self.outbox = False
 
 
 class _Short(Exception):  # noqa: N818 - internal control flow, never raised to users
@@ -594,6 +606,8 @@ class _Statements:
         for sql, count in statements or render():
             first = len(self.steps)
             self.auto_ids(sql, OUTBOX_Q, count, None, ids.extend)
+            for step in self.steps[first:]:
+                step.outbox = True
             if checks is not None:
                 self.steps[first].checks = checks
                 checks = None
@@ -842,8 +856,6 @@ def _run_packets(
                 result,
                 strategy == _SNAPSHOT,
                 prepare,
-                # Every event is final: nothing waits for an id.
-                early=engine.outbox and not steps.id_vars,
             )
     finally:
         pool.release(conn)
@@ -858,7 +870,6 @@ def _finish(
     result: FlushResult,
     snapshot: bool,
     prepare: Callable[[], None],
-    early: bool = False,
 ) -> None:
     """Send the last packet: statements with their guards, the cleanup, COMMIT.
 
@@ -866,11 +877,12 @@ def _finish(
     COMMITTED: no gap lock), except under the snapshot id strategy (REPEATABLE
     READ), where it runs autocommitted right after COMMIT in the same packet.
 
-    Once the results before COMMIT are in, their callbacks and ``prepare`` (the
-    publish's work that needs them) run while the server writes the COMMIT to
-    disk; with ``early`` (``prepare`` needs no result), ``prepare`` runs as soon
-    as the packet is sent. Either way the transaction is known to have
-    committed only once COMMIT's answer is read, after that.
+    ``prepare`` (the publish's work) runs once the results it needs are in
+    (the new ids of data statements; not the outbox rows' ids), while the server
+    runs the rest and writes the COMMIT to disk: as soon as the packet is sent
+    when it needs none (updates, deletes, explicit ids). Either way the
+    transaction is known to have committed only once COMMIT's answer is read,
+    after that.
     """
     packet: list[_Step] = []
     guards: dict[int, _Step] = {}
@@ -887,6 +899,11 @@ def _finish(
     if inside:
         packet.extend(_Step(sql, None) for sql in _cleanup(cleanup))
     commit = len(packet)
+    # prepare waits for the last data statement with a callback (new ids).
+    needed = 0
+    for i, step in enumerate(packet):
+        if step.then is not None and not step.outbox:
+            needed = i + 1
     packet.append(_COMMIT)
     if cleanup and not inside:
         packet.extend(_Step(sql, None) for sql in _cleanup(cleanup))
@@ -911,9 +928,7 @@ def _finish(
             commits=True,
             guards=guards,
             commit=commit,
-            # ``early``: prepare needs no result, so it runs as soon as the
-            # packet is sent; else once the ids before COMMIT are in.
-            ready=(0 if early else commit, ready),
+            ready=(needed, ready),
         )
     except PacketError as exc:
         if exc.index <= commit:
