@@ -519,9 +519,11 @@ class Engine:
     def take_cleanup(self, pool: str) -> list[int]:
         """Hand a flush the published rows of ``pool`` to delete (at most 500).
 
-        Rows are deleted in batches: once 16 wait, or the oldest was published
-        a second ago (deleting a row costs MySQL about as much as writing one;
-        in a batch, far less). Each row goes to one flush at a time (two
+        Rows are deleted in batches: once 64 wait, or the oldest was published
+        a second ago. A DELETE costs the transaction carrying it about as much
+        as a one-row flush whatever its size (about 5 µs more per row), so the
+        fewer the better: at 64 a one-row flush pays about 9 µs for its row's
+        cleanup, at 16 about 19. Each row goes to one flush at a time (two
         transactions deleting the same rows would wait on each other);
         :meth:`forget_records` drops them once that flush committed,
         :meth:`return_cleanup` gives them back if not.
@@ -609,7 +611,7 @@ P = TypeVar("P")
 # Published outbox rows a process remembers for cleanup, and deletes per flush.
 _CLEANUP_LIMIT = 10_000
 _CLEANUP_PER_FLUSH = 500
-_CLEANUP_BATCH = 16
+_CLEANUP_BATCH = 64
 _CLEANUP_AFTER = 1.0
 # A published outbox row awaiting cleanup: Redis pool, streams, batch event id,
 # when it was published (time.monotonic()).

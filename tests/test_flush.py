@@ -344,19 +344,19 @@ def test_mixed_flush_is_one_transaction_and_one_round_trip(make_engine, redis_cl
 def test_published_outbox_rows_are_deleted_in_batches_inside_a_later_flush(
     engine, orm, mysql_conn, redis_client, monkeypatch
 ):
-    """Published outbox rows wait for the 16th, or for a flush a second later, and
+    """Published outbox rows wait for the 64th, or for a flush a second later, and
     are then deleted inside that flush's transaction (no round trip of their own,
     one DELETE by primary key for all of them), and their Redis records go with
     them."""
-    for n in range(16):
+    for n in range(64):
         orm.new_entity(UserEntity, name=f"u{n}")
         with count_queries(engine) as log:
             orm.flush()
         assert not any(f"FROM {OUTBOX}" in s for s in log.statements)
-    assert _outbox_rows(mysql_conn) == 16 and _waiting(engine) == 0
+    assert _outbox_rows(mysql_conn) == 64 and _waiting(engine) == 0
     records = redis_client.zcard("dirty_{dirty_AllChanges}:outbox")
-    assert records == 16
-    orm.new_entity(UserEntity, name="17th")
+    assert records == 64
+    orm.new_entity(UserEntity, name="65th")
     with count_queries(engine) as log, count_round_trips(engine) as trips:
         orm.flush()
     deletes = [s for s in log.statements if s.startswith(f"DELETE o FROM {OUTBOX}")]
@@ -364,7 +364,7 @@ def test_published_outbox_rows_are_deleted_in_batches_inside_a_later_flush(
     assert deletes[0].startswith(
         f"DELETE o FROM {OUTBOX} o FORCE INDEX (PRIMARY) WHERE o.`id` IN ("
     )
-    assert deletes[0].count(",") == 15
+    assert deletes[0].count(",") == 63
     assert log.kinds()[-1] == "COMMIT" and log.round_trips == 1
     assert trips.count == 1  # the records' ZREM ride in the publish's MULTI/EXEC
     assert _outbox_rows(mysql_conn) == 1
