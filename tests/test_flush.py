@@ -4,6 +4,7 @@ validation before SQL and what a failed flush leaves behind, on the real MariaDB
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 import fluxaorm
 import fluxaorm.engine
-from fluxaorm.events import decode_entry
+from fluxaorm.events import EventBatch, decode_entry, pack_bind
 from fluxaorm.flush import GUARD
 from fluxaorm.testing import QueryLog, count_queries, count_round_trips
 from tests.models import AllTypes, Color, ProductEntity, UserEntity
@@ -152,6 +153,67 @@ def test_insert_events_carry_every_field_and_the_new_id(engine, orm, redis_clien
     ]
     assert events[0].bind == {"id": a.id, "name": "A", "email": "a@example.com"}
     assert events[0].entity_name == "tests.models.UserEntity"
+
+
+@pytest.mark.parametrize("n", [1, 10])
+def test_a_one_entity_insert_takes_the_short_way_and_writes_what_the_general_way_does(
+    engine, mysql_conn, redis_client, monkeypatch, n
+):
+    """The commonest flush (new rows of one entity) is built by a short way of its
+    own; its statements, outbox row, ids and stream entries are the general
+    way's."""
+    import fluxaorm.flush as flush_module
+
+    def flush(general: bool) -> tuple[QueryLog, list[UserEntity]]:
+        if general:
+            monkeypatch.setattr(flush_module, "_run_inserts", lambda *a, **k: None)
+        else:
+
+            def refuse(*a: Any, **k: Any) -> Any:
+                raise AssertionError("the short way was not taken")
+
+            monkeypatch.setattr(flush_module, "_run_packets", refuse)
+        orm = engine.new_orm()
+        users = [
+            orm.new_entity(UserEntity, name=f"U{i}", email=f"u{i}@example.com")
+            for i in range(n)
+        ]
+        with count_queries(engine) as log:
+            orm.flush()
+        monkeypatch.undo()
+        return log, users
+
+    short, short_users = flush(general=False)
+    general, general_users = flush(general=True)
+    assert short.kinds() == general.kinds() == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
+    assert short.trips == general.trips
+    assert short.statements[1] == general.statements[1]  # the same data INSERT
+
+    def shape(sql: str) -> str:  # the payload (random event id) aside
+        return re.sub(r"_binary'(?:[^'\\]|\\.)*'", "_binary'?'", sql, flags=re.S)
+
+    assert shape(short.statements[2]) == shape(general.statements[2])
+    rows = _table_rows(
+        mysql_conn, f"SELECT `payload` FROM {OUTBOX} ORDER BY `id` DESC LIMIT 2"
+    )
+    general_batch, short_batch = (EventBatch.loads(bytes(r[0])) for r in rows)
+    for batch, users in ((short_batch, short_users), (general_batch, general_users)):
+        assert [r.id for r in batch.records] == [u.id for u in users]
+        assert [r.bind for r in batch.records] == [
+            pack_bind({"id": u.id, "name": u.name, "email": u.email}) for u in users
+        ]
+    assert [r[:3] for r in short_batch.records] == [
+        r[:3] for r in general_batch.records
+    ]
+    ids = [u.id for u in short_users + general_users]
+    assert len(set(ids)) == 2 * n and all(i > 0 for i in ids)
+    events = _events(engine, redis_client, "NewUsers")
+    assert [e.id for e in events] == ids
+    assert [e.bind for e in events] == [
+        {"id": u.id, "name": u.name, "email": u.email}
+        for u in short_users + general_users
+    ]
+    assert _waiting(engine) == 0
 
 
 def test_update_writes_only_the_changed_columns(engine, orm, redis_client):
