@@ -11,8 +11,9 @@ outbox rows this process published earlier, and COMMIT. Inserts whose ids MySQL 
 written: their transaction takes two packets (the data, then outbox and COMMIT).
 A shortfall, a connection charset that makes packets unsafe, or the careful pass
 after a short delete run the same statements one round trip each. The commonest
-flush, new rows of one entity, builds the same packet a short way
-(:func:`_run_inserts`).
+flushes, new rows of one entity and one statement's updates or deletes of one
+entity, build the same packet a short way (:func:`_run_inserts`,
+:func:`_run_changes`).
 """
 
 from __future__ import annotations
@@ -728,12 +729,17 @@ def _run_pool(engine: Engine, work: PoolPlan, alone: bool = False) -> FlushResul
     cleanup = engine.take_cleanup(work.name) if engine.outbox else []
     try:
         try:
-            if pool.packets:
-                result = _run_inserts(engine, pool, work, strategy, cleanup, alone)
-                if result is None:
-                    result = _run_packets(engine, pool, work, strategy, cleanup, alone)
-            else:
+            if not pool.packets:
                 result = _run_statements(engine, pool, work, strategy, False, cleanup)
+            else:
+                short = None
+                if _short_way(engine, work, strategy, cleanup, alone):
+                    short = _run_inserts(engine, pool, work) or _run_changes(
+                        engine, pool, work, strategy
+                    )
+                result = short or _run_packets(
+                    engine, pool, work, strategy, cleanup, alone
+                )
         except _Short:
             # Nothing was committed: some rows to delete were already gone, so
             # run the transaction again, locking the rows before deleting them.
@@ -866,36 +872,32 @@ def _run_packets(
     return result
 
 
-def _run_inserts(
-    engine: Engine,
-    pool: MySQLPool,
-    work: PoolPlan,
-    strategy: str,
-    cleanup: list[int],
-    alone: bool,
-) -> FlushResult | None:
+def _short_way(
+    engine: Engine, work: PoolPlan, strategy: str, cleanup: list[int], alone: bool
+) -> bool:
+    """Whether the flush may take a short way: one MySQL pool, the outbox on,
+    consecutive ids, no cleanup due, no tracing (which stamps the batches)."""
+    return (
+        not cleanup
+        and alone
+        and engine.outbox
+        and strategy == _CONSECUTIVE
+        and engine.observer is None
+    )
+
+
+def _run_inserts(engine: Engine, pool: MySQLPool, work: PoolPlan) -> FlushResult | None:
     """:func:`_run_packets` for the commonest flush, or ``None`` where it does not apply.
 
     The flush a request makes most: new rows of one entity with events, ids from
-    AUTO_INCREMENT (consecutive), the outbox on, one MySQL pool, no cleanup
-    due, no tracing. Its packet is what :func:`_run_packets` sends for it
-    (``BEGIN``, the INSERT, the outbox row reading the first id from
-    ``LAST_INSERT_ID()``, ``COMMIT``), built without the general machinery of
-    guards, chunks and callbacks, which costs such a flush more client time than
-    the work itself. Anything larger than one statement or one outbox row goes
-    the general way.
+    AUTO_INCREMENT (see :func:`_short_way`). Its packet is what
+    :func:`_run_packets` sends for it (``BEGIN``, the INSERT, the outbox row
+    reading the first id from ``LAST_INSERT_ID()``, ``COMMIT``), built without
+    the general machinery of guards, chunks and callbacks, which costs such a
+    flush more client time than the work itself. Anything larger than one
+    statement or one outbox row goes the general way.
     """
-    if (
-        cleanup
-        or not alone
-        or not engine.outbox
-        or strategy != _CONSECUTIVE
-        or engine.observer is not None
-        or work.deletes
-        or work.fake_deletes
-        or work.updates
-        or len(work.inserts) != 1
-    ):
+    if work.deletes or work.fake_deletes or work.updates or len(work.inserts) != 1:
         return None
     ((schema, (rows, explicit)),) = work.inserts.items()
     streams = schema.insert_streams
@@ -924,20 +926,9 @@ def _run_inserts(
         return None
     result = FlushResult(work.name)
     result.batches.append(batch)
-    packet = [
-        *_BEGINS,
-        _Step(prefix + ",".join(literals), schema),
-        _Step(statements[0][0], None),
-        _COMMIT,
-    ]
-    prepared = False
 
-    def ready(done: list[Result]) -> None:
-        """The ids are in: the events get them and the publish is packed."""
-        nonlocal prepared
-        if prepared:
-            return
-        prepared = True
+    def resolve(done: list[Result]) -> None:
+        """The ids are in: the events get them."""
         first = int(done[1].lastrowid)
         new_ids = result.new_ids
         resolved = []
@@ -949,6 +940,72 @@ def _run_inserts(
             packed = with_id(stand_in.bind, ident) or pack_bind(bind)
             resolved.append(EventRecord(streams, "add", name, ident, packed, None))
         batch.records = resolved
+
+    data = _Step(prefix + ",".join(literals), schema)
+    _send_short(engine, pool, result, data, statements[0][0], resolve)
+    return result
+
+
+def _run_changes(
+    engine: Engine, pool: MySQLPool, work: PoolPlan, strategy: str
+) -> FlushResult | None:
+    """:func:`_run_packets` for a flush of one statement's updates or deletes of
+    one entity (see :func:`_short_way`), or ``None`` where it does not apply.
+
+    The statement and its events are rendered as the general way renders them;
+    the packet (``BEGIN``, the statement, the outbox row checking its matched
+    rows, ``COMMIT``) is then sent without the general machinery.
+    """
+    if (
+        work.inserts
+        or len(work.deletes) + len(work.fake_deletes) + len(work.updates) != 1
+    ):
+        return None
+    result = FlushResult(work.name)
+    steps = _Statements(pool, strategy, result)
+    _build(steps, work)
+    if len(steps.steps) != 1 or len(steps.records) != 1:
+        return None  # several statements, or no events
+    data = steps.steps[0]
+    ((redis_pool, records),) = steps.records.items()
+    max_packet = steps.max_packet
+    if steps.sizes[redis_pool] > payload_limit(max_packet):
+        return None  # more than one outbox row
+    batch = EventBatch(redis_pool, records)
+    statements = insert_statements([batch], max_packet, True, 0, 0, data.expect)
+    if len(statements) != 1:
+        return None
+    result.batches.append(batch)
+    _send_short(engine, pool, result, data, statements[0][0], None)
+    return result
+
+
+def _send_short(
+    engine: Engine,
+    pool: MySQLPool,
+    result: FlushResult,
+    data: _Step,
+    outbox: bytes,
+    resolve: Callable[[list[Result]], None] | None,
+) -> None:
+    """Send a short way's packet: BEGIN, ``data``, the ``outbox`` row, COMMIT.
+
+    ``resolve``: called with the results once ``data`` ran (new ids); the
+    publish is packed after it, while the server runs the rest and writes the
+    COMMIT (at once when nothing is resolved). A counted ``data`` is checked by
+    the outbox row (see :func:`insert_statements`), as in :func:`_finish`.
+    """
+    packet = [*_BEGINS, data, _Step(outbox, None), _COMMIT]
+    guards = {2: data} if data.expect is not None else None
+    prepared = False
+
+    def ready(done: list[Result]) -> None:
+        nonlocal prepared
+        if prepared:
+            return
+        prepared = True
+        if resolve is not None:
+            resolve(done)
         result.publication = Publication(
             engine.redis_pools,
             engine.encoder,
@@ -963,12 +1020,19 @@ def _run_inserts(
 
     conn = pool.acquire()
     try:
-        results = _send(conn, pool, packet, commits=True, commit=3, ready=(2, ready))
+        results = _send(
+            conn,
+            pool,
+            packet,
+            commits=True,
+            guards=guards,
+            commit=3,
+            ready=(0 if resolve is None else 2, ready),
+        )
     finally:
         pool.release(conn)
     ready(results)
     result.outbox_ids.append(int(results[2].lastrowid))
-    return result
 
 
 def _finish(

@@ -216,6 +216,81 @@ def test_a_one_entity_insert_takes_the_short_way_and_writes_what_the_general_way
     assert _waiting(engine) == 0
 
 
+@pytest.mark.parametrize("change", ["update", "delete", "fake_delete"])
+def test_a_one_statement_change_takes_the_short_way_and_writes_what_the_general_way_does(
+    make_engine, redis_client, monkeypatch, change
+):
+    """An update or delete of one entity in one statement is sent a short way of
+    its own: the same statements (its outbox row checking the rows it matched),
+    the same events, and a row already gone still stops the flush."""
+    import fluxaorm.flush as flush_module
+
+    entity: type = ProductEntity if change == "fake_delete" else UserEntity
+    engine = make_engine(entity)
+    orm = engine.new_orm()
+    if entity is ProductEntity:
+        rows = [orm.new_entity(ProductEntity, sku=f"S{i}") for i in range(3)]
+    else:
+        rows = [
+            orm.new_entity(UserEntity, name=f"U{i}", email=f"u{i}@example.com")
+            for i in range(3)
+        ]
+    orm.flush()
+    stream = "Products" if entity is ProductEntity else "AllChanges"
+    redis_client.delete(f"dirty_{stream}")
+
+    def flush(row: Any, general: bool) -> QueryLog:
+        if general:
+            monkeypatch.setattr(flush_module, "_run_changes", lambda *a, **k: None)
+        else:
+
+            def refuse(*a: Any, **k: Any) -> Any:
+                raise AssertionError("the short way was not taken")
+
+            monkeypatch.setattr(flush_module, "_run_packets", refuse)
+        if change == "update":
+            orm.edit_entity(row).email = "new@example.com"
+        else:
+            orm.delete_entity(row)
+        with count_queries(engine) as log:
+            orm.flush()
+        monkeypatch.undo()
+        return log
+
+    def shape(log: QueryLog, row: Any) -> list[str]:  # payload and id aside
+        return [
+            re.sub(r"_binary'(?:[^'\\]|\\.)*'", "_binary'?'", sql, flags=re.S)
+            if OUTBOX in sql
+            else re.sub(rf"\b{row.id}\b", "ID", sql)
+            for sql in log.statements
+        ]
+
+    short, general = flush(rows[0], False), flush(rows[1], True)
+    assert shape(short, rows[0]) == shape(general, rows[1])
+    assert short.kinds()[0] == "BEGIN" and len(short.statements) == 4
+    assert "ROW_COUNT()=1" in short.statements[2]  # the outbox row checks it
+    events = _events(engine, redis_client, stream)
+    assert [e.id for e in events] == [rows[0].id, rows[1].id]
+    assert events[0].operation == events[1].operation
+    assert events[0].bind.keys() == events[1].bind.keys()
+    if change == "fake_delete":
+        assert [e.bind for e in events] == [{"fake_delete": r.id} for r in rows[:2]]
+    # A row gone meanwhile: the short way stops and writes nothing.
+    other = engine.new_orm()
+    (copy,) = other.get_by_ids(entity, [rows[2].id])
+    other.delete_entity(copy, force=True)
+    other.flush()
+    before = redis_client.xlen(f"dirty_{stream}")
+    if change == "update":
+        orm.edit_entity(rows[2]).email = "late@example.com"
+        with pytest.raises(fluxaorm.StaleEntityError):
+            orm.flush()
+    else:
+        orm.delete_entity(rows[2])
+        orm.flush()  # already gone: nothing to stream
+    assert redis_client.xlen(f"dirty_{stream}") == before
+
+
 def test_update_writes_only_the_changed_columns(engine, orm, redis_client):
     """An update sends only the changed column and streams only that field."""
     user = orm.new_entity(UserEntity, name="Tom", email="tom@example.com")
