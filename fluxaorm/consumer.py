@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import ConfigurationError, DatabaseError, StreamError
 from .events import DirtyStreamEvent, dead_key, dead_letter_fields, decode_entries
@@ -435,9 +435,13 @@ class DirtyStreamConsumer:
         self._group_ready = True
 
     def _xreadgroup(
-        self, count: int, start: str, block_ms: int | None = None
-    ) -> list[RawEntry]:
-        """One XREADGROUP: ``start`` ">" for new entries, an id for own pending ones."""
+        self, count: int, start: str, block_ms: int | None = None, parse: bool = True
+    ) -> list[Any]:
+        """One XREADGROUP: ``start`` ">" for new entries, an id for own pending ones.
+
+        ``parse``: the entries as ``(id, fields)`` (see ``parse_entries``), else
+        as the reply holds them.
+        """
         block = ("BLOCK", block_ms) if block_ms is not None else ()
         reply = self._call(
             "XREADGROUP",
@@ -452,18 +456,24 @@ class DirtyStreamConsumer:
             start,
             blocking=block_ms is not None,
         )
-        return parse_entries(reply[0][1]) if reply else []
+        if not reply:
+            return []
+        return parse_entries(reply[0][1]) if parse else list(reply[0][1] or ())
 
-    def _read_new(self, count: int, wait: float) -> list[RawEntry]:
+    def _read_new(self, count: int, wait: float) -> list[Any]:
+        """New entries as the reply holds them (``[id, [field, value, ...]]``):
+        :func:`decode_entries` reads them in place."""
         if wait <= 0:
-            return self._xreadgroup(count, ">")
+            return self._xreadgroup(count, ">", parse=False)
         deadline = time.monotonic() + wait
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return []
             piece = self._pool.blocking_timeout(left)
-            entries = self._xreadgroup(count, ">", max(1, int(piece * 1000)))
+            entries = self._xreadgroup(
+                count, ">", max(1, int(piece * 1000)), parse=False
+            )
             if entries:
                 return entries
 
@@ -485,8 +495,11 @@ class DirtyStreamConsumer:
 
     # -- delivering -----------------------------------------------------------------------
 
-    def _deliver(self, entries: Sequence[RawEntry], redelivered: bool) -> int:
+    def _deliver(self, entries: Sequence[Any], redelivered: bool) -> int:
         """Decode, dead-letter, hand to the handler and acknowledge one batch.
+
+        ``entries``: redelivered ones as ``(id, fields)`` pairs (``None`` fields
+        for an entry deleted while pending), new ones as the reply holds them.
 
         Entries that are not valid events, and poison entries, are moved to
         ``dirty_<Name>:dead`` before the handler runs. When Redis refuses that
@@ -515,10 +528,13 @@ class DirtyStreamConsumer:
                 else:
                     live.append((ident, fields))
         else:
-            live = entries  # type: ignore[assignment]  # new entries always have fields
+            # New entries always have fields; they come as the reply holds them.
+            live = entries
         events, bad = decode_entries(
             self._stream, live, self._engine.unwirer, self._ack_one
         )
+        if not redelivered and (bad or self._engine.observer is not None):
+            live = cast(list[tuple[str, dict[bytes, bytes]]], parse_entries(entries))
         if bad:
             fields_of = dict(live)
             for ident, reason in bad:

@@ -13,7 +13,7 @@ import contextlib
 import enum
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from random import getrandbits as _random_bits
 from typing import Any, NamedTuple
 
@@ -585,11 +585,16 @@ _NEW = tuple.__new__
 
 def decode_entries(
     stream: str,
-    entries: Sequence[tuple[str, Mapping[bytes, bytes]]],
+    entries: Iterable[Sequence[Any]],
     unwire: Callable[[str], Unwire | None],
     acker: Callable[[DirtyStreamEvent], None] | None = None,
 ) -> tuple[list[DirtyStreamEvent], list[tuple[str, str]]]:
     """Decode a batch of raw entries (the consumers' hot path).
+
+    ``entries`` are ``(message id, fields)`` pairs, or the entries of an
+    ``XREADGROUP``/``XRANGE`` reply as they came (``[id bytes, [field, value,
+    ...]]``): those are read in place, without a dict per entry, when they have
+    the layout fluxaorm writes, and any other layout is read as a map.
 
     Never raises for what an entry holds: an entry that is not a valid event
     (a field missing, of the wrong kind or out of range, an unknown entity) is
@@ -609,11 +614,34 @@ def decode_entries(
     no_old = _NO_OLD
     for ident, fields in entries:
         try:
-            get = fields.get
-            entity = get(b"entity")
-            raw_id = get(b"id")
-            raw_bind = get(b"s")
-            operation = by_action.get(get(b"action"))  # type: ignore[arg-type]
+            if fields.__class__ is list:  # a reply's entry, as it came
+                ident = ident.decode()
+                n = len(fields)
+                if (
+                    (n == 10 or (n == 12 and fields[8] == b"old"))
+                    and fields[n - 2] == b"eid"
+                    and fields[0] == b"action"
+                    and fields[2] == b"entity"
+                    and fields[4] == b"id"
+                    and fields[6] == b"s"
+                ):  # the layout StreamEncoder writes: read in place
+                    action = fields[1]
+                    entity = fields[3]
+                    raw_id = fields[5]
+                    raw_bind = fields[7]
+                    raw_old = fields[9] if n == 12 else None
+                    eid = fields[n - 1]
+                else:
+                    fields = _as_map(fields)
+            if fields.__class__ is not list:
+                get = fields.get
+                action = get(b"action")
+                entity = get(b"entity")
+                raw_id = get(b"id")
+                raw_bind = get(b"s")
+                raw_old = get(b"old")
+                eid = get(b"eid")
+            operation = by_action.get(action)
             target = resolved.get(entity) if entity is not None else None
             if target is None and entity is not None and entity not in resolved:
                 target = resolved[entity] = _resolve(entity, unwire)
@@ -625,7 +653,7 @@ def decode_entries(
                 or not raw_id.isdigit()
                 or raw_id[0] == 48  # a leading "0"
             ):
-                bad.append((ident, _reason(stream, ident, fields, unwire)))
+                bad.append((ident, _reason(stream, ident, _as_map(fields), unwire)))
                 continue
             # Inside the try: a 5,000-digit id makes int() raise.
             number = int(raw_id)
@@ -635,17 +663,17 @@ def decode_entries(
             if bind.__class__ is not dict:
                 raise TypeError("s is not a msgpack map")
             bind = target[1](bind)
-            raw_old = get(b"old")
             old = no_old  # shared: one dict less per event to allocate and collect
             if raw_old is not None:
                 old = unpack(raw_old)
                 if old.__class__ is not dict:
                     raise TypeError("old is not a msgpack map")
                 old = target[1](old)
-            eid = get(b"eid")
             eid_text = eid.decode("utf-8", "replace") if eid is not None else ""
         except Exception:
-            bad.append((ident, _reason(stream, ident, fields, unwire)))
+            if ident.__class__ is not str:  # the id itself is not valid
+                ident = repr(ident)
+            bad.append((ident, _reason(stream, ident, _as_map(fields), unwire)))
             continue
         events.append(
             new(
@@ -665,6 +693,14 @@ def decode_entries(
             )
         )
     return events, bad
+
+
+def _as_map(fields: Any) -> Mapping[bytes, bytes]:
+    """An entry's fields as a map (a reply's flat ``[field, value, ...]`` list, paired)."""
+    if fields.__class__ is list:
+        it = iter(fields)
+        return dict(zip(it, it))
+    return fields  # type: ignore[no-any-return]
 
 
 def _resolve(

@@ -520,6 +520,69 @@ def test_no_entry_makes_decode_entries_raise_and_valid_ones_still_decode(valid_e
             decode_entry("AllChanges", f"2-{n}", entry, engine.unwirer)
 
 
+def _reply_entries(redis_client: Any, stream: str) -> list[Any]:
+    """The entries of ``dirty_<stream>`` exactly as an XRANGE reply holds them."""
+    pool = redis_client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_command("XRANGE", f"dirty_{stream}", "-", "+")
+        return list(conn.read_response(disable_decoding=True))
+    finally:
+        pool.release(conn)
+
+
+def test_entries_as_the_reply_holds_them_decode_as_their_pairs_do(
+    valid_entry, redis_client
+):
+    """Consumers hand decode_entries the reply's entries as they came: fluxaorm's
+    own layout is read in place, any other as a map. Hostile values in place,
+    fields missing, added, moved or doubled, and lists of any shape decode (or
+    are set aside, with the same reason) exactly as the same entries as pairs."""
+    engine, ident, fields = valid_entry
+    (flat,) = [
+        f for i, f in _reply_entries(redis_client, "AllChanges") if i == ident.encode()
+    ]
+    assert flat[0:9:2] == [b"action", b"entity", b"id", b"s", b"old"]  # read in place
+    variants: list[list[Any]] = [flat]
+    for entry in _odd_entries(fields).values():
+        in_place = list(flat)
+        for key, value in entry.items():
+            if key in in_place[::2]:
+                in_place[in_place[::2].index(key) * 2 + 1] = value
+        variants.append(in_place)
+    variants += [
+        flat[:-2],  # no eid
+        [*flat, b"traceparent", b"00-x"],  # a field more
+        flat[2:] + flat[:2],  # another order
+        flat[:-1],  # odd length
+        flat[:8] + flat[10:],  # no old (an insert's layout)
+        flat[:2] + flat,  # action twice
+        [b"action", None, b"entity", 7, b"id", b"1", b"s", b"", b"eid", b""],
+        [],
+    ]
+
+    def check(entries: list[list[Any]]) -> None:
+        raw = [[b"9-%d" % n, v] for n, v in enumerate(entries)]
+        pairs = [(f"9-{n}", dict(zip(v[::2], v[1::2]))) for n, v in enumerate(entries)]
+        assert decode_entries("AllChanges", raw, engine.unwirer) == decode_entries(
+            "AllChanges", pairs, engine.unwirer
+        )
+
+    check(variants)
+    events, bad = decode_entries("AllChanges", [[b"9-0", flat]], engine.unwirer)
+    assert bad == [] and events[0].bind == {"email": "new@example.com"}
+    assert events[0].old == {"email": "tom@example.com"}
+
+    names = st.sampled_from([*flat[::2], b"traceparent", b"", b"\xff"])
+    values = st.sampled_from(flat[1::2]) | st.binary(max_size=12) | st.none()
+
+    @given(st.lists(st.lists(st.tuples(names, values), max_size=8), max_size=4))
+    def fuzz(entries: list[list[tuple[Any, Any]]]) -> None:
+        check([[x for pair in e for x in pair] for e in entries])
+
+    fuzz()
+
+
 def test_the_largest_bigint_unsigned_id_is_a_valid_event(valid_entry):
     """An id of 2**64 - 1 (the largest the id column holds) decodes."""
     event = _decode(valid_entry, id=b"18446744073709551615")
