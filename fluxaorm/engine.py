@@ -528,6 +528,18 @@ class Engine:
         :meth:`forget_records` drops them once that flush committed,
         :meth:`return_cleanup` gives them back if not.
         """
+        # Most flushes take nothing: tell without the lock (a wrong guess only
+        # leaves the rows to a later flush; taking them is decided under it).
+        rows = self._published.get(pool)
+        if not rows:
+            return []
+        if len(rows) < _CLEANUP_BATCH:
+            try:
+                oldest = next(iter(rows.values()))[3]
+            except (RuntimeError, StopIteration):  # changed meanwhile
+                oldest = None
+            if oldest is not None and time.monotonic() - oldest < _CLEANUP_AFTER:
+                return []
         with self._lock:
             rows = self._published.get(pool)
             if not rows:
@@ -562,6 +574,8 @@ class Engine:
             Redis pool -> ``(stream, batch event id)`` pairs.
         """
         out: dict[str, list[tuple[str, str]]] = {}
+        if not cleaned:
+            return out
         with self._lock:
             for pool, ident in cleaned:
                 found = self._cleaning.get(pool, {}).pop(ident, None)
