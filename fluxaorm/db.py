@@ -275,11 +275,15 @@ def _result_set(
         row: list[Any] = []
         pos = 0
         for encoding, convert in found:
-            if data[pos] == _NULL:
+            size = data[pos]
+            if size < 0xFB:  # a length under 251: one byte (_lenenc, inlined)
+                pos += 1
+            elif size == _NULL:
                 row.append(None)
                 pos += 1
                 continue
-            size, pos = _lenenc(data, pos)
+            else:
+                size, pos = _lenenc(data, pos)
             value: Any = data[pos : pos + size]
             pos += size
             if encoding is not None:
