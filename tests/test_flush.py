@@ -155,6 +155,26 @@ def test_insert_events_carry_every_field_and_the_new_id(engine, orm, redis_clien
     assert events[0].entity_name == "tests.models.UserEntity"
 
 
+def _take_way(monkeypatch: Any, short: str, general: bool) -> None:
+    """Make the next flush take the general way (the short way ``short`` declines),
+    or fail unless it takes the short way (the general one refuses)."""
+    import fluxaorm.flush as flush_module
+
+    if general:
+        monkeypatch.setattr(flush_module, short, lambda *a, **k: None)
+        return
+
+    def refuse(*a: Any, **k: Any) -> Any:
+        raise AssertionError("the short way was not taken")
+
+    monkeypatch.setattr(flush_module, "_run_packets", refuse)
+
+
+def _without_payload(sql: str) -> str:
+    """``sql`` with its outbox payload literal (random event id inside) blanked."""
+    return re.sub(r"_binary'(?:[^'\\]|\\.)*'", "_binary'?'", sql, flags=re.S)
+
+
 @pytest.mark.parametrize("n", [1, 10])
 def test_a_one_entity_insert_takes_the_short_way_and_writes_what_the_general_way_does(
     engine, mysql_conn, redis_client, monkeypatch, n
@@ -162,17 +182,9 @@ def test_a_one_entity_insert_takes_the_short_way_and_writes_what_the_general_way
     """The commonest flush (new rows of one entity) is built by a short way of its
     own; its statements, outbox row, ids and stream entries are the general
     way's."""
-    import fluxaorm.flush as flush_module
 
     def flush(general: bool) -> tuple[QueryLog, list[UserEntity]]:
-        if general:
-            monkeypatch.setattr(flush_module, "_run_inserts", lambda *a, **k: None)
-        else:
-
-            def refuse(*a: Any, **k: Any) -> Any:
-                raise AssertionError("the short way was not taken")
-
-            monkeypatch.setattr(flush_module, "_run_packets", refuse)
+        _take_way(monkeypatch, "_run_inserts", general)
         orm = engine.new_orm()
         users = [
             orm.new_entity(UserEntity, name=f"U{i}", email=f"u{i}@example.com")
@@ -189,10 +201,9 @@ def test_a_one_entity_insert_takes_the_short_way_and_writes_what_the_general_way
     assert short.trips == general.trips
     assert short.statements[1] == general.statements[1]  # the same data INSERT
 
-    def shape(sql: str) -> str:  # the payload (random event id) aside
-        return re.sub(r"_binary'(?:[^'\\]|\\.)*'", "_binary'?'", sql, flags=re.S)
-
-    assert shape(short.statements[2]) == shape(general.statements[2])
+    assert _without_payload(short.statements[2]) == _without_payload(
+        general.statements[2]
+    )
     rows = _table_rows(
         mysql_conn, f"SELECT `payload` FROM {OUTBOX} ORDER BY `id` DESC LIMIT 2"
     )
@@ -223,7 +234,6 @@ def test_a_one_statement_change_takes_the_short_way_and_writes_what_the_general_
     """An update or delete of one entity in one statement is sent a short way of
     its own: the same statements (its outbox row checking the rows it matched),
     the same events, and a row already gone still stops the flush."""
-    import fluxaorm.flush as flush_module
 
     entity: type = ProductEntity if change == "fake_delete" else UserEntity
     engine = make_engine(entity)
@@ -240,14 +250,7 @@ def test_a_one_statement_change_takes_the_short_way_and_writes_what_the_general_
     redis_client.delete(f"dirty_{stream}")
 
     def flush(row: Any, general: bool) -> QueryLog:
-        if general:
-            monkeypatch.setattr(flush_module, "_run_changes", lambda *a, **k: None)
-        else:
-
-            def refuse(*a: Any, **k: Any) -> Any:
-                raise AssertionError("the short way was not taken")
-
-            monkeypatch.setattr(flush_module, "_run_packets", refuse)
+        _take_way(monkeypatch, "_run_changes", general)
         if change == "update":
             orm.edit_entity(row).email = "new@example.com"
         else:
@@ -259,7 +262,7 @@ def test_a_one_statement_change_takes_the_short_way_and_writes_what_the_general_
 
     def shape(log: QueryLog, row: Any) -> list[str]:  # payload and id aside
         return [
-            re.sub(r"_binary'(?:[^'\\]|\\.)*'", "_binary'?'", sql, flags=re.S)
+            _without_payload(sql)
             if OUTBOX in sql
             else re.sub(rf"\b{row.id}\b", "ID", sql)
             for sql in log.statements
