@@ -530,25 +530,16 @@ class Engine:
         """
         # Most flushes take nothing: tell without the lock (a wrong guess only
         # leaves the rows to a later flush; taking them is decided under it).
-        rows = self._published.get(pool)
-        if not rows:
+        try:
+            due = _cleanup_due(self._published.get(pool))
+        except (RuntimeError, StopIteration):  # changed meanwhile: ask under it
+            due = True
+        if not due:
             return []
-        if len(rows) < _CLEANUP_BATCH:
-            try:
-                oldest = next(iter(rows.values()))[3]
-            except (RuntimeError, StopIteration):  # changed meanwhile
-                oldest = None
-            if oldest is not None and time.monotonic() - oldest < _CLEANUP_AFTER:
-                return []
         with self._lock:
             rows = self._published.get(pool)
-            if not rows:
+            if not rows or not _cleanup_due(rows):
                 return []
-            if len(rows) < _CLEANUP_BATCH:
-                # Rows are noted in publish order: the first is (about) the oldest.
-                oldest = next(iter(rows.values()))[3]
-                if time.monotonic() - oldest < _CLEANUP_AFTER:
-                    return []
             taken = sorted(rows)[:_CLEANUP_PER_FLUSH]
             cleaning = self._cleaning.setdefault(pool, {})
             for ident in taken:
@@ -630,6 +621,17 @@ _CLEANUP_AFTER = 1.0
 # A published outbox row awaiting cleanup: Redis pool, streams, batch event id,
 # when it was published (time.monotonic()).
 _Published = tuple[str, tuple[str, ...], str, float]
+
+
+def _cleanup_due(rows: Mapping[int, _Published] | None) -> bool:
+    """Whether published rows waiting for cleanup are due: 64 of them, or the
+    oldest a second old (rows are noted in publish order: the first is about
+    the oldest)."""
+    if not rows:
+        return False
+    if len(rows) >= _CLEANUP_BATCH:
+        return True
+    return time.monotonic() - next(iter(rows.values()))[3] >= _CLEANUP_AFTER
 
 
 def _pool(kind: str, pools: Mapping[str, P], name: str) -> P:
