@@ -354,6 +354,13 @@ def missing_schema(error: BaseException | None) -> bool:
     return error_code(error) in (ER.NO_SUCH_TABLE, ER.BAD_FIELD_ERROR)
 
 
+def _joined(statements: Sequence[str | bytes]) -> bytes:
+    """Statements as one multi-statement query."""
+    return b";".join(
+        [s if s.__class__ is bytes else s.encode() for s in statements]  # type: ignore[union-attr]
+    )
+
+
 class PacketError(DatabaseError):
     """Internal: statement ``index`` of a packet failed; the later ones did not run."""
 
@@ -510,6 +517,7 @@ class Connection:
         self,
         statements: Sequence[str | bytes],
         ready: tuple[int, Callable[[list[Result]], None]] | None = None,
+        rest: Callable[[], Sequence[str | bytes]] | None = None,
     ) -> list[Result]:
         """Send several statements in one packet (one round trip); return each result.
 
@@ -527,6 +535,18 @@ class Connection:
         read in one go. If ``call`` raises, the connection (its last results
         unread) is marked broken.
 
+        ``rest``: more statements, made once ``statements`` are on their way and
+        sent right behind them as a second query, without waiting for an answer
+        (still one round trip, counted as one): the server starts on the first
+        part while the client builds the rest. The server runs the second query
+        even when the first failed, so the first statement of ``rest`` must fail
+        unless the last of ``statements`` succeeded (an outbox row checking
+        ``ROW_COUNT()``, see ``outbox.insert_statements``): a failure is then
+        reported for the statement that failed first, after both answers were
+        read. If ``rest`` raises, the connection is closed (the server rolls back
+        what the first part began) and marked broken. ``ready`` counts across
+        both parts.
+
         Raises:
             PacketError: statement ``index`` failed (``.error`` is the wrapped
                 error, a ``DuplicateKeyError`` for a duplicate); the statements
@@ -543,31 +563,98 @@ class Connection:
         if self._listeners or _log.isEnabledFor(logging.DEBUG):
             for statement in statements:
                 self._announce(statement)
-        if self._trips:
-            self._trip(len(statements))
-        payload = b";".join(
-            [s if s.__class__ is bytes else s.encode() for s in statements]  # type: ignore[union-attr]
-        )
         raw: Any = self.raw
         results: list[Result] = []
+        sent = len(statements)
         try:
-            raw._execute_command(_COM_QUERY, payload)
+            raw._execute_command(_COM_QUERY, _joined(statements))
+            if rest is not None:
+                first = sent
+                more = self._send_rest(rest)
+                sent += len(more)
+            if self._trips:
+                self._trip(sent)
             packets = _Packets(raw)
+            if rest is not None:
+                return self._read_both(packets, results, first, sent, ready)
             if ready is None:
                 _read_results(packets, self._decoders, results)
             elif ready[0] == 0 or _read_results(
                 packets, self._decoders, results, ready[0]
             ):
-                try:
-                    ready[1](results)
-                except BaseException:
-                    self.broken = True  # the results after these were never read
-                    raise
+                self._call(ready[1], results)
                 _read_results(packets, self._decoders, results)
         except pymysql.err.Error as exc:
-            raise PacketError(
-                self._wrap(exc), len(results), results, len(statements)
-            ) from exc
+            raise PacketError(self._wrap(exc), len(results), results, sent) from exc
+        return results
+
+    def _call(
+        self, call: Callable[[list[Result]], None], results: list[Result]
+    ) -> None:
+        """Run a ``ready`` callback; if it raises, the results after these stay unread."""
+        try:
+            call(results)
+        except BaseException:
+            self.broken = True
+            raise
+
+    def _send_rest(
+        self, rest: Callable[[], Sequence[str | bytes]]
+    ) -> Sequence[str | bytes]:
+        """Make and send the second query of a packet (see :meth:`packet`)."""
+        raw: Any = self.raw
+        try:
+            more = rest()
+        except BaseException:
+            # The first part's transaction is open on the server: closing the
+            # connection rolls it back (nothing holding COMMIT was sent).
+            self.broken = True
+            raw._force_close()
+            raise
+        if self._listeners or _log.isEnabledFor(logging.DEBUG):
+            for statement in more:
+                self._announce(statement)
+        raw._execute_command(_COM_QUERY, _joined(more))
+        return more
+
+    def _read_both(
+        self,
+        packets: _Packets,
+        results: list[Result],
+        first: int,
+        sent: int,
+        ready: tuple[int, Callable[[list[Result]], None]] | None,
+    ) -> list[Result]:
+        """Read the answers of a packet sent in two queries (see :meth:`packet`).
+
+        Each answer's packets are numbered from 1. A failure in the first query
+        is raised once the second's answer (its check failing) is read too, so
+        the connection stays usable for the ROLLBACK.
+        """
+        raw: Any = self.raw
+        failure: pymysql.err.Error | None = None
+        at = 0
+        try:
+            _read_results(packets, self._decoders, results)
+        except pymysql.err.Error as exc:
+            if raw._sock is None:
+                raise
+            failure, at = exc, len(results)
+        raw._next_seq_id = 1  # the second query's answer
+        if failure is not None:
+            try:
+                _read_results(packets, self._decoders, [])
+            except pymysql.err.Error:
+                if raw._sock is None:
+                    raise
+            raise PacketError(self._wrap(failure), at, results, sent) from failure
+        if ready is None:
+            _read_results(packets, self._decoders, results)
+        elif ready[0] <= first or _read_results(
+            packets, self._decoders, results, ready[0]
+        ):
+            self._call(ready[1], results)  # not before the first answer is read
+            _read_results(packets, self._decoders, results)
         return results
 
     def _closed_by_server(self) -> bool:

@@ -929,14 +929,22 @@ def _run_inserts(engine: Engine, pool: MySQLPool, work: PoolPlan) -> FlushResult
     """:func:`_run_packets` for the commonest flush, or ``None`` where it does not apply.
 
     The flush a request makes most: new rows of one entity with events, ids from
-    AUTO_INCREMENT (see :func:`_short_way`). Its packet is what
+    AUTO_INCREMENT (see :func:`_short_way`). Its statements are what
     :func:`_run_packets` sends for it (``BEGIN``, the INSERT, the outbox row
     reading the first id from ``LAST_INSERT_ID()``, ``COMMIT``), built without
     :class:`_Statements` (chunks, id strategies, several entities, the outbox's
     splitting), which costs such a flush more client time than the work itself;
     its events are made by the same helpers (:func:`_stand_ins`,
-    :func:`_with_ids`). Anything larger than one statement or one outbox row
-    goes the general way.
+    :func:`_with_ids`).
+
+    ``BEGIN`` and the INSERT leave first; the events and the outbox row are made
+    while the server runs them and follow as a second query (see
+    ``Connection.packet``'s ``rest``), the outbox row checking that the INSERT
+    added every row, so that it fails, and nothing commits, when the INSERT did
+    not run. Anything larger than one statement or one outbox row goes the
+    general way: before anything is sent when :func:`_payload_bound` says the
+    payload might not fit one row, else (never seen) by rolling back the
+    transaction just begun.
     """
     if work.deletes or work.fake_deletes or work.updates or len(work.inserts) != 1:
         return None
@@ -947,31 +955,48 @@ def _run_inserts(engine: Engine, pool: MySQLPool, work: PoolPlan) -> FlushResult
     info = pool.info
     max_packet = info.max_allowed_packet
     prefix = schema.insert_prefix
-    chunks = list(chunk_rows([r[3] for r in rows], max_packet, len(prefix) + 16))
-    if len(chunks) != 1:
-        return None  # more than one INSERT
-    records = _stand_ins(schema, rows, 0)
-    if _payload_size(records) > payload_limit(max_packet):
-        return None  # more than one outbox row
+    literals = [r[3] for r in rows]
+    chunks = list(chunk_rows(literals, max_packet, len(prefix) + 16))
+    limit = payload_limit(max_packet)
+    if len(chunks) != 1 or _payload_bound(schema, literals) > limit:
+        return None  # more than one INSERT, or perhaps more than one outbox row
     step = info.autoinc_increment
-    batch = EventBatch(schema.redis_pool, records)
-    statements = insert_statements(
-        [batch], max_packet, True, 1, step, None, direct=True
-    )
-    if len(statements) != 1:
-        return None
     result = FlushResult(work.name)
-    result.batches.append(batch)
+    batch = EventBatch(schema.redis_pool, [])
+    declined = False
+
+    def outbox() -> list[str | bytes]:
+        """The events and the outbox row, made while the INSERT runs."""
+        nonlocal declined
+        batch.records = _stand_ins(schema, rows, 0)
+        statements = insert_statements(
+            [batch], max_packet, True, 1, step, len(rows), direct=True
+        )
+        if len(statements) != 1 or _payload_size(batch.records) > limit:
+            declined = True
+            return ["ROLLBACK"]
+        result.batches.append(batch)
+        return [statements[0][0], _COMMIT.sql]
 
     def resolve(done: Result) -> None:
         """The ids are in: the events get them."""
         first = int(done.lastrowid)
         ids = range(first, first + step * len(rows), step)
-        batch.records = _with_ids(schema, rows, records, ids, result.new_ids)
+        batch.records = _with_ids(schema, rows, batch.records, ids, result.new_ids)
 
     data = _Step(prefix + ",".join(chunks[0]), schema, then=resolve)
-    _send_short(engine, pool, result, data, statements[0][0])
-    return result
+    _send_short(engine, pool, result, data, outbox)
+    return None if declined else result
+
+
+def _payload_bound(schema: EntitySchema, literals: list[str]) -> int:
+    """At least the outbox payload of inserting rows rendered as ``literals``.
+
+    A value's packed form takes at most four bytes per character of its SQL
+    literal (UTF-8) plus a header; each row's bind repeats the field names.
+    """
+    names = sum([len(name) + 16 for name in schema.names])
+    return sum(map(len, literals)) * 4 + len(literals) * (names + 64) + 4096
 
 
 def _run_changes(
@@ -1011,7 +1036,11 @@ def _run_changes(
 
 
 def _send_short(
-    engine: Engine, pool: MySQLPool, result: FlushResult, data: _Step, outbox: bytes
+    engine: Engine,
+    pool: MySQLPool,
+    result: FlushResult,
+    data: _Step,
+    outbox: bytes | Callable[[], list[str | bytes]],
 ) -> None:
     """Send a short way's packet: BEGIN, ``data``, the ``outbox`` row, COMMIT.
 
@@ -1020,16 +1049,21 @@ def _send_short(
     the send, measured): a counted ``data`` is checked by the outbox row (see
     :func:`insert_statements`); ``data.then`` (new ids) runs once its result is
     in, then the publish is packed while the server writes the COMMIT (at once
-    when there is nothing to wait for).
+    when there is nothing to wait for). ``outbox`` may be a function making the
+    outbox row and ``COMMIT`` once ``BEGIN`` and ``data`` are sent (see
+    :func:`_run_inserts`); its statements checks ``data`` itself.
     """
-    packet = [*_BEGINS, data, _Step(outbox, None), _COMMIT]
+    later = None if isinstance(outbox, bytes) else outbox
+    packet = [*_BEGINS, data]
+    if isinstance(outbox, bytes):
+        packet += [_Step(outbox, None), _COMMIT]
     guards = {2: data} if data.expect is not None else None
     prepared = False
 
     def ready(done: list[Result]) -> None:
         nonlocal prepared
-        if prepared:
-            return
+        if prepared or len(done) < 2 or not result.batches:
+            return  # declined (rolled back): nothing to publish
         prepared = True
         if data.then is not None:
             data.then(done[1])
@@ -1045,9 +1079,12 @@ def _send_short(
             guards=guards,
             commit=3,
             ready=(0 if data.then is None else 2, ready),
+            rest=later,
         )
     finally:
         pool.release(conn)
+    if len(results) < 4:
+        return  # the rest declined: rolled back
     ready(results)
     result.outbox_ids.append(int(results[2].lastrowid))
 
@@ -1140,8 +1177,12 @@ def _send(
     guards: dict[int, _Step] | None = None,
     commit: int = -1,
     ready: tuple[int, Callable[[list[Result]], None]] | None = None,
+    rest: Callable[[], list[str | bytes]] | None = None,
 ) -> list[Result]:
     """Send one packet; turn a failure into the error the flush raises.
+
+    ``rest``: the packet's later statements, made once ``packet`` is sent (see
+    ``Connection.packet``; ``packet`` then fits one query).
 
     A guard that fails means its statement fell short (the transaction is rolled
     back and :class:`_Short` or a stale error raised); an error before COMMIT
@@ -1149,6 +1190,8 @@ def _send(
     leaves the outcome unknown (``during_commit``) and is never sent again.
     """
     try:
+        if rest is not None:
+            return conn.packet([s.sql for s in packet], ready, rest)
         return _packets(
             conn, [s.sql for s in packet], pool.info.max_allowed_packet, ready
         )

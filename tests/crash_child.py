@@ -244,11 +244,11 @@ def run_between_packets(args: argparse.Namespace) -> int:
     engine.id_strategy = "returning"
     real = fluxaorm.db.Connection.packet
 
-    def packet(self: Any, statements: Any, ready: Any = None) -> Any:
+    def packet(self: Any, statements: Any, ready: Any = None, rest: Any = None) -> Any:
         if any(s == "COMMIT" for s in statements):
             _say("between", len(statements))
             _die()  # the first packet ran: its transaction is open, uncommitted
-        return real(self, statements, ready)
+        return real(self, statements, ready, rest)
 
     fluxaorm.db.Connection.packet = packet  # type: ignore[method-assign]
     orm = engine.new_orm()

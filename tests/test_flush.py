@@ -200,9 +200,14 @@ def test_a_one_entity_insert_takes_the_short_way_and_writes_what_the_general_way
     assert short.kinds() == general.kinds() == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
     assert short.trips == general.trips
     assert short.statements[1] == general.statements[1]  # the same data INSERT
-
-    assert _without_payload(short.statements[2]) == _without_payload(
-        general.statements[2]
+    # The same outbox row, which on the short way (sent behind the INSERT
+    # without waiting for it) also checks that the INSERT added every row.
+    check = re.compile(rf"IF\(ROW_COUNT\(\)={n},(\d+),~0\+1\)")
+    assert (
+        check.search(short.statements[2]) and "ROW_COUNT" not in general.statements[2]
+    )
+    assert check.sub(r"\1", _without_payload(short.statements[2])) == (
+        _without_payload(general.statements[2])
     )
     rows = _table_rows(
         mysql_conn, f"SELECT `payload` FROM {OUTBOX} ORDER BY `id` DESC LIMIT 2"
@@ -224,6 +229,101 @@ def test_a_one_entity_insert_takes_the_short_way_and_writes_what_the_general_way
         {"id": u.id, "name": u.name, "email": u.email}
         for u in short_users + general_users
     ]
+    assert _waiting(engine) == 0
+
+
+def test_an_insert_refused_on_the_short_way_commits_nothing_and_keeps_the_connection(
+    make_engine, mysql_conn, redis_client, monkeypatch
+):
+    """The short way sends its outbox row and COMMIT behind the INSERT without
+    waiting for it; when the INSERT fails (a unique index here), the outbox row's
+    check fails too: no row, no outbox row, no event, the flush raises the
+    INSERT's error and the one connection of the pool goes on working."""
+    engine = make_engine(ProductEntity, mysql_options={"pool_size": 1})
+    orm = engine.new_orm()
+    orm.new_entity(ProductEntity, sku="taken")
+    orm.flush()
+    redis_client.delete("dirty_Products")
+    outbox_before = _outbox_rows(mysql_conn)
+    _take_way(monkeypatch, "_run_inserts", False)
+    for _ in range(2):  # twice: the connection is usable after a refusal
+        other = engine.new_orm()
+        other.new_entity(ProductEntity, sku="taken")
+        with (
+            count_queries(engine) as log,
+            pytest.raises(fluxaorm.DuplicateKeyError) as info,
+        ):
+            other.flush()
+        assert info.value.index == "sku_idx"
+        assert log.kinds() == ["BEGIN", "INSERT", "INSERT", "COMMIT", "ROLLBACK"]
+        assert "ROW_COUNT()=1" in log.statements[2]
+    assert _table_rows(mysql_conn, "SELECT `sku` FROM `products`") == [("taken",)]
+    assert _outbox_rows(mysql_conn) == outbox_before
+    assert redis_client.xlen("dirty_Products") == 0
+    fine = orm.new_entity(ProductEntity, sku="free")
+    orm.flush()
+    assert [e.id for e in _events(engine, redis_client, "Products")] == [fine.id]
+
+
+def test_a_failure_making_the_outbox_row_on_the_short_way_rolls_back(
+    make_engine, mysql_conn, redis_client, monkeypatch
+):
+    """If making the events fails once BEGIN and the INSERT are on their way,
+    the connection is closed (the server rolls the INSERT back), the error is
+    raised, the changes stay pending, and the next flush writes them once."""
+    import fluxaorm.flush as flush_module
+
+    engine = make_engine(UserEntity, mysql_options={"pool_size": 1})
+    orm = engine.new_orm()
+    user = orm.new_entity(UserEntity, name="U", email="u@example.com")
+    real = flush_module.insert_statements
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("cannot make the outbox row")
+
+    monkeypatch.setattr(flush_module, "insert_statements", broken)
+    with count_queries(engine) as log, pytest.raises(RuntimeError):
+        orm.flush()
+    assert log.kinds() == ["BEGIN", "INSERT"]  # COMMIT never left
+    assert _table_rows(mysql_conn, "SELECT COUNT(*) FROM `UserEntity`") == [(0,)]
+    assert _outbox_rows(mysql_conn) == 0
+    assert user.id == 0
+    monkeypatch.setattr(flush_module, "insert_statements", real)
+    orm.flush()
+    assert user.id > 0
+    assert _table_rows(mysql_conn, "SELECT `id` FROM `UserEntity`") == [(user.id,)]
+    assert [e.id for e in _events(engine, redis_client, "NewUsers")] == [user.id]
+
+
+def test_a_short_way_insert_whose_outbox_row_would_not_fit_goes_the_general_way(
+    engine, mysql_conn, redis_client, monkeypatch
+):
+    """Should the outbox row made behind the INSERT turn out not to fit one row
+    (the size checked before sending allows for the worst case, so this is
+    forced here), the transaction just begun is rolled back and the flush goes
+    the general way: one row, one event, the ids of the general way."""
+    import fluxaorm.flush as flush_module
+
+    real = flush_module.insert_statements
+    calls: list[int] = []
+
+    def twice_on_first_call(*args: Any, **kwargs: Any) -> Any:
+        statements = real(*args, **kwargs)
+        calls.append(len(statements))
+        return statements * 2 if len(calls) == 1 else statements
+
+    monkeypatch.setattr(flush_module, "insert_statements", twice_on_first_call)
+    orm = engine.new_orm()
+    user = orm.new_entity(UserEntity, name="U", email="u@example.com")
+    with count_queries(engine) as log:
+        orm.flush()
+    assert log.kinds() == [
+        *("BEGIN", "INSERT", "ROLLBACK"),
+        *("BEGIN", "INSERT", "INSERT", "COMMIT"),
+    ]
+    assert "ROW_COUNT()" not in log.statements[5]  # the general way's outbox row
+    assert _table_rows(mysql_conn, "SELECT `id` FROM `UserEntity`") == [(user.id,)]
+    assert [e.id for e in _events(engine, redis_client, "NewUsers")] == [user.id]
     assert _waiting(engine) == 0
 
 
