@@ -634,6 +634,9 @@ class Connection:
         raw: Any = self.raw
         failure: pymysql.err.Error | None = None
         at = 0
+        if ready is not None and ready[0] == 0:  # at once, as for one query
+            self._call(ready[1], results)
+            ready = None
         try:
             _read_results(packets, self._decoders, results)
         except pymysql.err.Error as exc:

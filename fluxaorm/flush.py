@@ -182,6 +182,9 @@ class _Statements:
         # Steps whose results the events need (ids MySQL assigns).
         self.waits_for_ids = False
         self.records: dict[str, list[EventRecord]] = {}
+        # Set (to a list) by a short way sending its statement before its events:
+        # the events of deletes and updates are then made by make_events().
+        self.later: list[Callable[[], None]] | None = None
         # Rough outbox payload size per Redis pool, so most flushes skip split().
         self.sizes: dict[str, int] = {}
         # One packet for auto-id inserts with events (consecutive ids only): the
@@ -227,6 +230,12 @@ class _Statements:
             self.sizes[pool] = (
                 self.sizes.get(pool, 0) + len(bind) + 48 + (len(old) if old else 0)
             )
+
+    def make_events(self) -> None:
+        """Make the events whose making :attr:`later` put off."""
+        later, self.later = self.later or [], None
+        for make in later:
+            make()
 
     def deletes(self, schema: EntitySchema, rows: list[Delete], fake: bool) -> None:
         """Delete (or fake-delete) rows; stream only the rows a statement matched.
@@ -280,9 +289,19 @@ class _Statements:
                     assign.append((entity, "fake_delete", True))
                 if vi is not None:
                     assign.append((entity, schema.names[vi], values[vi] + 1))
-        streams = schema.delete_streams
-        if not streams:
+        if not schema.delete_streams:
             return
+        if self.later is not None:
+            self.later.append(functools.partial(self.delete_events, schema, rows, fake))
+        else:
+            self.delete_events(schema, rows, fake)
+
+    def delete_events(
+        self, schema: EntitySchema, rows: list[Delete], fake: bool
+    ) -> None:
+        """The Delete events of ``rows`` (see :meth:`deletes`)."""
+        vi = schema.version_index
+        streams = schema.delete_streams
         for _, _, ident, values in rows:
             if fake:
                 bind: dict[str, Any] = {"fake_delete": ident}
@@ -339,6 +358,23 @@ class _Statements:
         streams = schema.update_streams(tuple(c.name for c in columns))
         if not streams:
             return
+        if self.later is not None:
+            self.later.append(
+                functools.partial(self.update_events, schema, columns, rows, streams)
+            )
+        else:
+            self.update_events(schema, columns, rows, streams)
+
+    def update_events(
+        self,
+        schema: EntitySchema,
+        columns: list[Any],
+        rows: list[Update],
+        streams: tuple[str, ...],
+    ) -> None:
+        """The Update events of ``rows`` (see :meth:`updates`)."""
+        vi = schema.version_index
+        vname = schema.names[vi] if vi is not None else ""
         for row in rows:
             bind = {c.name: c.wire(v) for c, v in zip(columns, row.new)}
             old = {c.name: _wire_or_raw(c, v) for c, v in zip(columns, row.old)}
@@ -1007,9 +1043,12 @@ def _run_changes(
 
     The statement and its events are rendered as the general way renders them;
     its one outbox row is rendered directly (not through
-    :meth:`_Statements.outbox`, which splits and groups batches) and the packet
-    (``BEGIN``, the statement, the outbox row checking its matched rows,
-    ``COMMIT``) sent by :func:`_send_short`.
+    :meth:`_Statements.outbox`, which splits and groups batches). ``BEGIN`` and
+    the statement leave first; the events and the outbox row (checking the rows
+    the statement matched) are made while the server runs them and follow with
+    ``COMMIT`` as a second query (see :func:`_run_inserts`): a payload too large
+    for one row, never seen in a flush of one statement, rolls back and goes the
+    general way.
     """
     if (
         work.inserts
@@ -1018,21 +1057,31 @@ def _run_changes(
         return None
     result = FlushResult(work.name)
     steps = _Statements(pool, strategy, result)
+    steps.later = []
     _build(steps, work)
-    if len(steps.steps) != 1 or len(steps.records) != 1:
+    if len(steps.steps) != 1 or len(steps.later) != 1:
         return None  # several statements, or no events
     data = steps.steps[0]
-    ((redis_pool, records),) = steps.records.items()
     max_packet = steps.max_packet
-    if steps.sizes[redis_pool] > payload_limit(max_packet):
-        return None  # more than one outbox row
-    batch = EventBatch(redis_pool, records)
-    statements = insert_statements([batch], max_packet, True, 0, 0, data.expect)
-    if len(statements) != 1:
-        return None
-    result.batches.append(batch)
-    _send_short(engine, pool, result, data, statements[0][0])
-    return result
+    declined = False
+
+    def outbox() -> list[str | bytes]:
+        """The events and the outbox row, made while the statement runs."""
+        nonlocal declined
+        steps.make_events()
+        ((redis_pool, records),) = steps.records.items()
+        batch = EventBatch(redis_pool, records)
+        statements = []
+        if steps.sizes[redis_pool] <= payload_limit(max_packet):
+            statements = insert_statements([batch], max_packet, True, 0, 0, data.expect)
+        if len(statements) != 1:
+            declined = True
+            return ["ROLLBACK"]
+        result.batches.append(batch)
+        return [statements[0][0], _COMMIT.sql]
+
+    _send_short(engine, pool, result, data, outbox)
+    return None if declined else result
 
 
 def _send_short(
@@ -1062,8 +1111,8 @@ def _send_short(
 
     def ready(done: list[Result]) -> None:
         nonlocal prepared
-        if prepared or len(done) < 2 or not result.batches:
-            return  # declined (rolled back): nothing to publish
+        if prepared or not result.batches:
+            return  # not made yet, or declined (rolled back): nothing to publish
         prepared = True
         if data.then is not None:
             data.then(done[1])

@@ -295,6 +295,83 @@ def test_a_failure_making_the_outbox_row_on_the_short_way_rolls_back(
     assert [e.id for e in _events(engine, redis_client, "NewUsers")] == [user.id]
 
 
+def test_an_update_refused_on_the_short_way_commits_nothing_and_keeps_the_connection(
+    make_engine, mysql_conn, redis_client
+):
+    """An update's outbox row and COMMIT also follow its statement unanswered:
+    when the UPDATE fails (a unique index), the outbox row's check of the rows
+    it matched fails too; nothing commits, the flush raises the UPDATE's error,
+    the edit stays pending and the pool's one connection goes on working."""
+    engine = make_engine(ProductEntity, mysql_options={"pool_size": 1})
+    orm = engine.new_orm()
+    orm.new_entity(ProductEntity, sku="taken")
+    mine = orm.new_entity(ProductEntity, sku="mine")
+    orm.flush()
+    redis_client.delete("dirty_Products")
+    outbox_before = _outbox_rows(mysql_conn)
+    edited = orm.edit_entity(mine)
+    edited.sku = "taken"
+    with (
+        count_queries(engine) as log,
+        pytest.raises(fluxaorm.DuplicateKeyError) as info,
+    ):
+        orm.flush()
+    assert info.value.index == "sku_idx"
+    assert log.kinds() == ["BEGIN", "UPDATE", "INSERT", "COMMIT", "ROLLBACK"]
+    assert "ROW_COUNT()=1" in log.statements[2]
+    assert sorted(_table_rows(mysql_conn, "SELECT `sku` FROM `products`")) == [
+        ("mine",),
+        ("taken",),
+    ]
+    assert _outbox_rows(mysql_conn) == outbox_before
+    assert redis_client.xlen("dirty_Products") == 0
+    assert orm.has_changes
+    edited.sku = "free"
+    orm.flush()
+    assert [e.id for e in _events(engine, redis_client, "Products")] == [mine.id]
+
+
+@pytest.mark.parametrize("change", ["update", "delete"])
+def test_a_failure_making_the_events_of_a_change_on_the_short_way_rolls_back(
+    make_engine, mysql_conn, redis_client, monkeypatch, change
+):
+    """The events of a short-way update or delete are made once its statement is
+    on its way: if making them fails, the connection is closed (the server
+    rolls the statement back), the error is raised, and the change, still
+    pending, is written and streamed once by the next flush."""
+    from fluxaorm.flush import _Statements
+
+    engine = make_engine(UserEntity, mysql_options={"pool_size": 1})
+    orm = engine.new_orm()
+    user = orm.new_entity(UserEntity, name="U", email="u@example.com")
+    orm.flush()
+    redis_client.delete("dirty_AllChanges")
+    if change == "update":
+        orm.edit_entity(user).email = "new@example.com"
+    else:
+        orm.delete_entity(user)
+    maker = "update_events" if change == "update" else "delete_events"
+    real = getattr(_Statements, maker)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("cannot make the events")
+
+    monkeypatch.setattr(_Statements, maker, broken)
+    with count_queries(engine) as log, pytest.raises(RuntimeError):
+        orm.flush()
+    assert log.kinds() == ["BEGIN", change.upper()]  # COMMIT never left
+    assert _table_rows(mysql_conn, "SELECT `email` FROM `UserEntity`") == [
+        ("u@example.com",)
+    ]
+    assert redis_client.xlen("dirty_AllChanges") == 0
+    monkeypatch.setattr(_Statements, maker, real)
+    orm.flush()
+    expected = [] if change == "delete" else [("new@example.com",)]
+    assert _table_rows(mysql_conn, "SELECT `email` FROM `UserEntity`") == expected
+    assert [e.id for e in _events(engine, redis_client, "AllChanges")] == [user.id]
+    assert _waiting(engine) == 0
+
+
 def test_a_short_way_insert_whose_outbox_row_would_not_fit_goes_the_general_way(
     engine, mysql_conn, redis_client, monkeypatch
 ):
