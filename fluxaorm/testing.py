@@ -53,7 +53,8 @@ class QueryLog:
 
     @property
     def round_trips(self) -> int:
-        """How many MySQL round trips were made (one per packet of statements)."""
+        """How many MySQL round trips were made (one per packet of statements;
+        a flush's two queries sent back to back without waiting count as one)."""
         return len(self.trips)
 
     @property

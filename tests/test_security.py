@@ -324,9 +324,10 @@ def test_generated_payloads_round_trip_and_match_exactly(
     )
     with count_queries(injection_engine) as log:
         orm.flush()
-    # The values travelled in one multi-statement packet: BEGIN, the data, the
-    # outbox row reading the first id (and a batch of earlier rows' cleanup) and
-    # COMMIT; nothing they hold could add a statement.
+    # The values travelled in one round trip of multi-statement queries (one, or
+    # on the short way two sent back to back): BEGIN, the data, the outbox row
+    # reading the first id (and a batch of earlier rows' cleanup) and COMMIT;
+    # nothing they hold could add a statement.
     assert len(log.trips) == 1, log.statements
     assert log.kinds()[:3] == ["BEGIN", "INSERT", "INSERT"]
     assert log.kinds()[-1] == "COMMIT"
