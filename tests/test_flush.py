@@ -331,6 +331,48 @@ def test_an_update_refused_on_the_short_way_commits_nothing_and_keeps_the_connec
     assert [e.id for e in _events(engine, redis_client, "Products")] == [mine.id]
 
 
+def test_a_short_way_statement_that_times_out_on_a_lock_commits_nothing(
+    make_engine, mysql_conn, redis_client
+):
+    """A short-way UPDATE that waits too long for a row lock fails (1205, the
+    statement rolled back, the transaction left open); the outbox row and
+    COMMIT sent behind it fail their check, nothing commits, and once the lock
+    is gone the same flush writes and streams the change once."""
+    engine = make_engine(UserEntity, mysql_options={"pool_size": 1})
+    orm = engine.new_orm()
+    user = orm.new_entity(UserEntity, name="U", email="u@example.com")
+    orm.flush()
+    redis_client.delete("dirty_EmailAddedOrChanged")
+    with engine.mysql_pool("default").connection() as conn:
+        conn.execute("SET SESSION innodb_lock_wait_timeout=1")
+    outbox_before = _outbox_rows(mysql_conn)
+    cursor = mysql_conn.cursor()
+    cursor.execute("BEGIN")
+    cursor.execute(f"SELECT `id` FROM `UserEntity` WHERE `id`={user.id} FOR UPDATE")
+    orm.edit_entity(user).email = "new@example.com"
+    try:
+        with (
+            count_queries(engine) as log,
+            pytest.raises(fluxaorm.DatabaseError) as info,
+        ):
+            orm.flush()
+    finally:
+        cursor.execute("ROLLBACK")
+    assert "1205" in str(info.value)
+    assert log.kinds() == ["BEGIN", "UPDATE", "INSERT", "COMMIT", "ROLLBACK"]
+    assert _outbox_rows(mysql_conn) == outbox_before
+    assert _table_rows(mysql_conn, "SELECT `email` FROM `UserEntity`") == [
+        ("u@example.com",)
+    ]
+    assert redis_client.xlen("dirty_EmailAddedOrChanged") == 0
+    orm.flush()  # the edit stayed pending
+    assert _table_rows(mysql_conn, "SELECT `email` FROM `UserEntity`") == [
+        ("new@example.com",)
+    ]
+    events = _events(engine, redis_client, "EmailAddedOrChanged")
+    assert [(e.id, e.bind) for e in events] == [(user.id, {"email": "new@example.com"})]
+
+
 @pytest.mark.parametrize("change", ["update", "delete"])
 def test_a_failure_making_the_events_of_a_change_on_the_short_way_rolls_back(
     make_engine, mysql_conn, redis_client, monkeypatch, change
