@@ -560,33 +560,40 @@ class Connection:
                     self.pool,
                 )
                 self._replace()
-        if self._listeners or _log.isEnabledFor(logging.DEBUG):
-            for statement in statements:
-                self._announce(statement)
+        self._announce_all(statements)
         raw: Any = self.raw
         results: list[Result] = []
         sent = len(statements)
         try:
             raw._execute_command(_COM_QUERY, _joined(statements))
             if rest is not None:
-                first = sent
-                more = self._send_rest(rest)
-                sent += len(more)
+                sent += len(self._send_rest(rest))
             if self._trips:
                 self._trip(sent)
             packets = _Packets(raw)
             if rest is not None:
-                return self._read_both(packets, results, first, sent, ready)
-            if ready is None:
-                _read_results(packets, self._decoders, results)
-            elif ready[0] == 0 or _read_results(
-                packets, self._decoders, results, ready[0]
-            ):
-                self._call(ready[1], results)
-                _read_results(packets, self._decoders, results)
+                return self._read_both(packets, results, sent, ready)
+            self._read_rest(packets, results, ready)
         except pymysql.err.Error as exc:
             raise PacketError(self._wrap(exc), len(results), results, sent) from exc
         return results
+
+    def _read_rest(
+        self,
+        packets: _Packets,
+        results: list[Result],
+        ready: tuple[int, Callable[[list[Result]], None]] | None,
+    ) -> None:
+        """Read an answer's remaining results into ``results``; ``ready`` runs
+        once it has its first ``n`` (at once if they are in already) and more
+        follow (see :meth:`_call`)."""
+        if ready is None:
+            _read_results(packets, self._decoders, results)
+        elif ready[0] <= len(results) or _read_results(
+            packets, self._decoders, results, ready[0]
+        ):
+            self._call(ready[1], results)
+            _read_results(packets, self._decoders, results)
 
     def _call(
         self, call: Callable[[list[Result]], None], results: list[Result]
@@ -611,17 +618,20 @@ class Connection:
             self.broken = True
             raw._force_close()
             raise
-        if self._listeners or _log.isEnabledFor(logging.DEBUG):
-            for statement in more:
-                self._announce(statement)
+        self._announce_all(more)
         raw._execute_command(_COM_QUERY, _joined(more))
         return more
+
+    def _announce_all(self, statements: Sequence[str | bytes]) -> None:
+        """:meth:`_announce` each statement (nothing to do without listeners or DEBUG)."""
+        if self._listeners or _log.isEnabledFor(logging.DEBUG):
+            for statement in statements:
+                self._announce(statement)
 
     def _read_both(
         self,
         packets: _Packets,
         results: list[Result],
-        first: int,
         sent: int,
         ready: tuple[int, Callable[[list[Result]], None]] | None,
     ) -> list[Result]:
@@ -651,13 +661,7 @@ class Connection:
                 if raw._sock is None:
                     raise
             raise PacketError(self._wrap(failure), at, results, sent) from failure
-        if ready is None:
-            _read_results(packets, self._decoders, results)
-        elif ready[0] <= first or _read_results(
-            packets, self._decoders, results, ready[0]
-        ):
-            self._call(ready[1], results)  # not before the first answer is read
-            _read_results(packets, self._decoders, results)
+        self._read_rest(packets, results, ready)  # ready: not before the first answer
         return results
 
     def _closed_by_server(self) -> bool:

@@ -999,20 +999,11 @@ def _run_inserts(engine: Engine, pool: MySQLPool, work: PoolPlan) -> FlushResult
     step = info.autoinc_increment
     result = FlushResult(work.name)
     batch = EventBatch(schema.redis_pool, [])
-    declined = False
 
-    def outbox() -> list[str | bytes]:
-        """The events and the outbox row, made while the INSERT runs."""
-        nonlocal declined
+    def outbox() -> EventBatch | None:
+        """The events, made while the INSERT runs (``None``: not one outbox row)."""
         batch.records = _stand_ins(schema, rows, 0)
-        statements = insert_statements(
-            [batch], max_packet, True, 1, step, len(rows), direct=True
-        )
-        if len(statements) != 1 or _payload_size(batch.records) > limit:
-            declined = True
-            return ["ROLLBACK"]
-        result.batches.append(batch)
-        return [statements[0][0], _COMMIT.sql]
+        return None if _payload_size(batch.records) > limit else batch
 
     def resolve(done: Result) -> None:
         """The ids are in: the events get them."""
@@ -1021,8 +1012,8 @@ def _run_inserts(engine: Engine, pool: MySQLPool, work: PoolPlan) -> FlushResult
         batch.records = _with_ids(schema, rows, batch.records, ids, result.new_ids)
 
     data = _Step(prefix + ",".join(chunks[0]), schema, then=resolve)
-    _send_short(engine, pool, result, data, outbox)
-    return None if declined else result
+    committed = _send_short(engine, pool, result, data, outbox, len(rows), step)
+    return result if committed else None
 
 
 def _payload_bound(schema: EntitySchema, literals: list[str]) -> int:
@@ -1062,26 +1053,19 @@ def _run_changes(
     if len(steps.steps) != 1 or len(steps.later) != 1:
         return None  # several statements, or no events
     data = steps.steps[0]
-    max_packet = steps.max_packet
-    declined = False
 
-    def outbox() -> list[str | bytes]:
-        """The events and the outbox row, made while the statement runs."""
-        nonlocal declined
+    def outbox() -> EventBatch | None:
+        """The events, made while the statement runs (``None``: not one outbox row)."""
         steps.make_events()
         ((redis_pool, records),) = steps.records.items()
-        batch = EventBatch(redis_pool, records)
-        statements = []
-        if steps.sizes[redis_pool] <= payload_limit(max_packet):
-            statements = insert_statements([batch], max_packet, True, 0, 0, data.expect)
-        if len(statements) != 1:
-            declined = True
-            return ["ROLLBACK"]
-        result.batches.append(batch)
-        return [statements[0][0], _COMMIT.sql]
+        if steps.sizes[redis_pool] > payload_limit(steps.max_packet):
+            return None
+        return EventBatch(redis_pool, records)
 
-    _send_short(engine, pool, result, data, outbox)
-    return None if declined else result
+    checks = data.expect
+    assert checks is not None  # updates and deletes count the rows they match
+    committed = _send_short(engine, pool, result, data, outbox, checks)
+    return result if committed else None
 
 
 def _send_short(
@@ -1089,23 +1073,48 @@ def _send_short(
     pool: MySQLPool,
     result: FlushResult,
     data: _Step,
-    outbox: bytes | Callable[[], list[str | bytes]],
-) -> None:
-    """Send a short way's packet: BEGIN, ``data``, the ``outbox`` row, COMMIT.
+    events: Callable[[], EventBatch | None],
+    checks: int,
+    id_step: int = 0,
+) -> bool:
+    """Send a short way's transaction: BEGIN, ``data``, its outbox row, COMMIT.
 
     What :func:`_finish` does for such a packet, without its loops over guards,
     cleanup and callbacks (about 2 µs of a one-row flush's client time before
-    the send, measured): a counted ``data`` is checked by the outbox row (see
-    :func:`insert_statements`); ``data.then`` (new ids) runs once its result is
+    the send, measured). ``BEGIN`` and ``data`` leave first; ``events()`` makes
+    the batch while the server runs them, and its outbox row and ``COMMIT``
+    follow as a second query (``Connection.packet``'s ``rest``). The outbox row
+    checks that ``data`` added or matched ``checks`` rows (``ROW_COUNT()``, see
+    :func:`insert_statements`), so that it fails, and nothing commits, when
+    ``data`` failed; with ``id_step`` (an auto-id INSERT) it reads the first id
+    from ``LAST_INSERT_ID()``. ``data.then`` (new ids) runs once its result is
     in, then the publish is packed while the server writes the COMMIT (at once
-    when there is nothing to wait for). ``outbox`` may be a function making the
-    outbox row and ``COMMIT`` once ``BEGIN`` and ``data`` are sent (see
-    :func:`_run_inserts`); its statements checks ``data`` itself.
+    when there is nothing to wait for).
+
+    Returns:
+        Whether it committed: ``False`` when the batch would not fit one outbox
+        row (``events()`` returned ``None`` or the row had to be split), which
+        sends ``ROLLBACK`` instead (the caller goes the general way).
     """
-    later = None if isinstance(outbox, bytes) else outbox
-    packet = [*_BEGINS, data]
-    if isinstance(outbox, bytes):
-        packet += [_Step(outbox, None), _COMMIT]
+    max_packet = pool.info.max_allowed_packet
+
+    def rest() -> list[str | bytes]:
+        batch = events()
+        if batch is not None:
+            statements = insert_statements(
+                [batch],
+                max_packet,
+                True,
+                1 if id_step else 0,
+                id_step,
+                checks,
+                direct=bool(id_step),
+            )
+            if len(statements) == 1:
+                result.batches.append(batch)
+                return [statements[0][0], _COMMIT.sql]
+        return ["ROLLBACK"]
+
     guards = {2: data} if data.expect is not None else None
     prepared = False
 
@@ -1123,19 +1132,20 @@ def _send_short(
         results = _send(
             conn,
             pool,
-            packet,
+            [*_BEGINS, data],
             commits=True,
             guards=guards,
             commit=3,
             ready=(0 if data.then is None else 2, ready),
-            rest=later,
+            rest=rest,
         )
     finally:
         pool.release(conn)
-    if len(results) < 4:
-        return  # the rest declined: rolled back
+    if not result.batches:
+        return False  # rolled back
     ready(results)
     result.outbox_ids.append(int(results[2].lastrowid))
+    return True
 
 
 def _finish(

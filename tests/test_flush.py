@@ -232,6 +232,17 @@ def test_a_one_entity_insert_takes_the_short_way_and_writes_what_the_general_way
     assert _waiting(engine) == 0
 
 
+def _refused(engine: fluxaorm.Engine, orm: fluxaorm.ORM, error: type, kind: str) -> Any:
+    """Flush ``orm`` on a short way whose ``kind`` statement the server refuses
+    with ``error``; check what was sent: BEGIN, the statement, the outbox row
+    checking it and COMMIT (behind it, unanswered), then the ROLLBACK."""
+    with count_queries(engine) as log, pytest.raises(error) as info:
+        orm.flush()
+    assert log.kinds() == ["BEGIN", kind, "INSERT", "COMMIT", "ROLLBACK"]
+    assert "ROW_COUNT()=1" in log.statements[2]
+    return info
+
+
 def test_an_insert_refused_on_the_short_way_commits_nothing_and_keeps_the_connection(
     make_engine, mysql_conn, redis_client, monkeypatch
 ):
@@ -249,14 +260,8 @@ def test_an_insert_refused_on_the_short_way_commits_nothing_and_keeps_the_connec
     for _ in range(2):  # twice: the connection is usable after a refusal
         other = engine.new_orm()
         other.new_entity(ProductEntity, sku="taken")
-        with (
-            count_queries(engine) as log,
-            pytest.raises(fluxaorm.DuplicateKeyError) as info,
-        ):
-            other.flush()
+        info = _refused(engine, other, fluxaorm.DuplicateKeyError, "INSERT")
         assert info.value.index == "sku_idx"
-        assert log.kinds() == ["BEGIN", "INSERT", "INSERT", "COMMIT", "ROLLBACK"]
-        assert "ROW_COUNT()=1" in log.statements[2]
     assert _table_rows(mysql_conn, "SELECT `sku` FROM `products`") == [("taken",)]
     assert _outbox_rows(mysql_conn) == outbox_before
     assert redis_client.xlen("dirty_Products") == 0
@@ -311,14 +316,8 @@ def test_an_update_refused_on_the_short_way_commits_nothing_and_keeps_the_connec
     outbox_before = _outbox_rows(mysql_conn)
     edited = orm.edit_entity(mine)
     edited.sku = "taken"
-    with (
-        count_queries(engine) as log,
-        pytest.raises(fluxaorm.DuplicateKeyError) as info,
-    ):
-        orm.flush()
+    info = _refused(engine, orm, fluxaorm.DuplicateKeyError, "UPDATE")
     assert info.value.index == "sku_idx"
-    assert log.kinds() == ["BEGIN", "UPDATE", "INSERT", "COMMIT", "ROLLBACK"]
-    assert "ROW_COUNT()=1" in log.statements[2]
     assert sorted(_table_rows(mysql_conn, "SELECT `sku` FROM `products`")) == [
         ("mine",),
         ("taken",),
@@ -351,15 +350,10 @@ def test_a_short_way_statement_that_times_out_on_a_lock_commits_nothing(
     cursor.execute(f"SELECT `id` FROM `UserEntity` WHERE `id`={user.id} FOR UPDATE")
     orm.edit_entity(user).email = "new@example.com"
     try:
-        with (
-            count_queries(engine) as log,
-            pytest.raises(fluxaorm.DatabaseError) as info,
-        ):
-            orm.flush()
+        info = _refused(engine, orm, fluxaorm.DatabaseError, "UPDATE")
     finally:
         cursor.execute("ROLLBACK")
     assert "1205" in str(info.value)
-    assert log.kinds() == ["BEGIN", "UPDATE", "INSERT", "COMMIT", "ROLLBACK"]
     assert _outbox_rows(mysql_conn) == outbox_before
     assert _table_rows(mysql_conn, "SELECT `email` FROM `UserEntity`") == [
         ("u@example.com",)
