@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import logging
-import os
 import re
 import select
 import threading
@@ -27,6 +26,7 @@ import pymysql.converters
 import pymysql.cursors
 from pymysql.constants import CLIENT, COMMAND, CR, ER, FIELD_TYPE, SERVER_STATUS
 
+from . import forks
 from .config import MySQLConfig
 from .errors import DatabaseError, DuplicateKeyError
 
@@ -839,9 +839,13 @@ class MySQLPool:
         self.packets = config.charset.lower() in _PACKET_SAFE_CHARSETS
         self._idle: list[Connection] = []
         self._open = 0
-        self._cond = threading.Condition()
+        # _lock guards _idle, _open and _waiting; _cond (on the same lock) wakes
+        # threads waiting for a connection. Entered directly, the lock skips
+        # Condition's Python-level __enter__ on the hot path.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._waiting = 0  # threads waiting in acquire() for a connection
-        self._pid = os.getpid()
+        self._pid = forks.pid
         self._info: ServerInfo | None = None
 
     def __repr__(self) -> str:
@@ -946,9 +950,9 @@ class MySQLPool:
         return conn
 
     def _check_fork(self) -> None:
-        pid = os.getpid()
+        pid = forks.pid
         if pid != self._pid:
-            with self._cond:
+            with self._lock:
                 if pid != self._pid:
                     self._idle = []  # the parent owns those sockets
                     self._open = 0
@@ -956,8 +960,9 @@ class MySQLPool:
 
     def acquire(self) -> Connection:
         """Take a connection out of the pool (open one when none is idle)."""
-        self._check_fork()
-        with self._cond:
+        if forks.pid != self._pid:
+            self._check_fork()
+        with self._lock:
             if not self._idle and self._open >= self.config.pool_size:
                 self._wait_for_idle()
             if self._idle:
@@ -1000,20 +1005,20 @@ class MySQLPool:
             self._waiting -= 1
 
     def _forget(self) -> None:
-        with self._cond:
+        with self._lock:
             self._open -= 1
             self._cond.notify()
 
     def release(self, conn: Connection) -> None:
         """Give a connection back; a broken one is closed instead."""
-        if os.getpid() != self._pid:
+        if forks.pid != self._pid:
             return
         if conn.broken:
             conn.close()
             self._forget()
             return
         conn.last_used = time.monotonic()
-        with self._cond:
+        with self._lock:
             self._idle.append(conn)
             if self._waiting:  # notify() costs more than the rest of release()
                 self._cond.notify()
@@ -1048,7 +1053,7 @@ class MySQLPool:
 
     def close(self) -> None:
         """Close every idle connection (connections in use close on release)."""
-        with self._cond:
+        with self._lock:
             idle, self._idle = self._idle, []
             self._open -= len(idle)
         for conn in idle:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import re
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import TypeVar
 
 import attrs
 
+from . import forks
 from .db import Connection, MySQLPool, ServerInfo, missing_schema
 from .errors import DatabaseError
 
@@ -103,7 +103,7 @@ class ReplicaSet:
         self.interval = interval
         self._replicas = [_Replica(pool) for pool in replicas]
         self._turn = itertools.count()
-        self._pid = os.getpid()
+        self._pid = forks.pid
 
     def __repr__(self) -> str:
         names = [r.pool.config.address for r in self._replicas]
@@ -186,11 +186,11 @@ class ReplicaSet:
         return None
 
     def _refresh(self, replica: _Replica) -> None:
-        if os.getpid() != self._pid:
+        if forks.pid != self._pid:
             # A lock held by another thread at fork() stays held in the child.
             for other in self._replicas:
                 other.lock = threading.Lock()
-            self._pid = os.getpid()
+            self._pid = forks.pid
         if not replica.lock.acquire(blocking=False):
             return  # another thread is reading it: use what is known meanwhile
         try:

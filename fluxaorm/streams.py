@@ -21,6 +21,7 @@ from typing import Any
 import redis
 import redis.exceptions
 
+from . import forks
 from .config import RedisConfig
 from .errors import ConfigurationError, StreamError
 
@@ -112,7 +113,7 @@ class RedisPool(_Commands):
             ) from None
         # Connections given back, ready for the next call (see connect()).
         self._idle: list[Any] = []
-        self._pid = os.getpid()
+        self._pid = forks.pid
         timeout = self._pool.connection_kwargs.get("socket_timeout")
         self.socket_timeout: float | None = float(timeout) if timeout else None
 
@@ -157,7 +158,7 @@ class RedisPool(_Commands):
         data) is reconnected before it is handed out, as redis-py's pool does.
         """
         idle = self._idle
-        if idle and self._pid == os.getpid():
+        if idle and self._pid == forks.pid:
             try:
                 conn = idle.pop()
             except IndexError:  # another thread took the last one
@@ -178,7 +179,7 @@ class RedisPool(_Commands):
 
     def release(self, conn: Any) -> None:
         """Give back a connection taken with :meth:`connect`."""
-        pid = os.getpid()
+        pid = forks.pid
         if pid != self._pid:  # a forked child: the parent's sockets stay its own
             self._idle, self._pid = [], pid
         self._idle.append(conn)

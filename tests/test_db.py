@@ -52,6 +52,29 @@ def _every_text(error: BaseException) -> str:
     )
 
 
+def test_a_forked_child_opens_its_own_mysql_connections(make_engine):
+    """After fork() the child's pool never lends the parent's pooled socket (the
+    pool learns of the fork from the process id, kept current by a fork hook),
+    and the parent's connection goes on working."""
+    import os
+
+    engine = make_engine(UserEntity)
+    parent_id = _connection_id(engine)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its connection id, then leave at once
+        try:
+            os.write(write, str(_connection_id(engine)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child_id = int(os.read(read, 64) or b"0")
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child_id and child_id != parent_id
+    assert _connection_id(engine) == parent_id  # still the parent's, still usable
+
+
 def test_threads_sharing_one_engine_get_correct_results(make_engine, mysql_conn):
     """Many threads with their own ORM on one engine insert, read and edit correctly,
     never opening more connections than pool_size."""
