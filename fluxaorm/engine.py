@@ -516,6 +516,15 @@ class Engine:
                 [*self._published.get(pool, ()), *self._cleaning.get(pool, ())]
             )
 
+    def cleanup_due(self, pool: str) -> bool:
+        """Whether a flush on MySQL pool ``pool`` would get published rows to
+        delete from :meth:`take_cleanup` (told without the lock: a wrong guess
+        only moves the rows to another flush; ``True`` when unsure)."""
+        try:
+            return _cleanup_due(self._published.get(pool))
+        except (RuntimeError, StopIteration):  # changed meanwhile
+            return True
+
     def take_cleanup(self, pool: str) -> list[int]:
         """Hand a flush the published rows of ``pool`` to delete (at most 500).
 
@@ -528,13 +537,9 @@ class Engine:
         :meth:`forget_records` drops them once that flush committed,
         :meth:`return_cleanup` gives them back if not.
         """
-        # Most flushes take nothing: tell without the lock (a wrong guess only
-        # leaves the rows to a later flush; taking them is decided under it).
-        try:
-            due = _cleanup_due(self._published.get(pool))
-        except (RuntimeError, StopIteration):  # changed meanwhile: ask under it
-            due = True
-        if not due:
+        # Most flushes take nothing: tell without the lock (taking them is
+        # decided under it).
+        if not self.cleanup_due(pool):
             return []
         with self._lock:
             rows = self._published.get(pool)

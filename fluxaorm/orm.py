@@ -343,12 +343,20 @@ class ORM:
             return
         pending = self._pending
         inserts = list(pending.inserts.values())
-        updates = [
-            (row, tracked)
-            for row, copies in pending.updates.items()
-            for tracked, _ in copies
-        ]
-        deletes = [(row, entity) for row, (_, entity, _) in pending.deletes.items()]
+        updates = (
+            [
+                (row, tracked)
+                for row, copies in pending.updates.items()
+                for tracked, _ in copies
+            ]
+            if pending.updates
+            else []
+        )
+        deletes = (
+            [(row, entity) for row, (_, entity, _) in pending.deletes.items()]
+            if pending.deletes
+            else []
+        )
         if self._replicas:
             # Before the flush: a failing one may still have committed a pool.
             self._wrote_to.update(schema.mysql_pool for schema, _ in inserts)

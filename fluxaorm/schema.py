@@ -144,6 +144,9 @@ class EntitySchema:
         self.alive_sql = "`fake_delete` = 0" if self.has_fake_delete else ""
         self.insert_prefix = f"INSERT INTO {self.quoted_table} ({data_cols}) VALUES "
         self.insert_prefix_with_id = f"INSERT INTO {self.quoted_table} ({cols}) VALUES "
+        # What the field names add to each event of an outbox payload, at most
+        # (a bound the flush's short way checks before it sends anything).
+        self.bind_names_size = sum(len(name) + 16 for name in self.names)
 
         self.insert_streams: tuple[str, ...] = ()
         self.edit_streams: tuple[str, ...] = ()

@@ -21,6 +21,7 @@ __all__ = [
     "chunk_rows",
     "packet_budget",
     "quote",
+    "row_budget",
     "string_literal",
     "where_to_format",
 ]
@@ -114,6 +115,12 @@ def binary_literal(value: bytes, raw: bool = True) -> bytes:
     return b"_binary'" + escaped + b"'"
 
 
+def row_budget(max_packet: int, fixed: int) -> int:
+    """The characters of rows (each counted with its comma) one statement of
+    :func:`chunk_rows` holds: rows adding up to at most this make one group."""
+    return max(1, (packet_budget(max_packet) - fixed * 4) // 4)
+
+
 def chunk_rows(
     rows: Sequence[str], max_packet: int, fixed: int
 ) -> Iterator[Sequence[str]]:
@@ -128,7 +135,7 @@ def chunk_rows(
         max_packet: the server's ``max_allowed_packet``.
         fixed: length of the statement text around the rows.
     """
-    budget = max(1, (packet_budget(max_packet) - fixed * 4) // 4)
+    budget = row_budget(max_packet, fixed)
     if sum(map(len, rows)) + len(rows) <= budget:
         yield rows
         return

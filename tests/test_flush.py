@@ -184,7 +184,7 @@ def test_a_one_entity_insert_takes_the_short_way_and_writes_what_the_general_way
     way's."""
 
     def flush(general: bool) -> tuple[QueryLog, list[UserEntity]]:
-        _take_way(monkeypatch, "_run_inserts", general)
+        _take_way(monkeypatch, "_insert_rows", general)
         orm = engine.new_orm()
         users = [
             orm.new_entity(UserEntity, name=f"U{i}", email=f"u{i}@example.com")
@@ -256,7 +256,7 @@ def test_an_insert_refused_on_the_short_way_commits_nothing_and_keeps_the_connec
     orm.flush()
     redis_client.delete("dirty_Products")
     outbox_before = _outbox_rows(mysql_conn)
-    _take_way(monkeypatch, "_run_inserts", False)
+    _take_way(monkeypatch, "_insert_rows", False)
     for _ in range(2):  # twice: the connection is usable after a refusal
         other = engine.new_orm()
         other.new_entity(ProductEntity, sku="taken")
@@ -889,6 +889,35 @@ def test_a_bad_value_in_entity_500_of_1000_sends_nothing(
     users[499].name = "fixed"
     orm.flush()
     assert _table_rows(mysql_conn, "SELECT COUNT(*) FROM `UserEntity`") == [(1000,)]
+
+
+def test_one_new_entity_with_a_bad_value_sends_nothing_and_stays_pending(
+    engine, orm, mysql_conn, redis_client
+):
+    """A flush of one new entity (the commonest, which skips the general plan)
+    validates the same way: a bad value raises before any SQL, the entity stays
+    pending with id 0, and once fixed it is written and streamed once."""
+    user = orm.new_entity(UserEntity, name="x" * 101)
+    with (
+        count_queries(engine) as log,
+        count_round_trips(engine) as trips,
+        pytest.raises(fluxaorm.ValidationError) as caught,
+    ):
+        orm.flush()
+    assert str(caught.value) == "UserEntity.name: 101 characters, the column allows 100"
+    assert (log.count, trips.count) == (0, 0)
+    assert user.id == 0 and orm.has_changes
+    assert _table_rows(mysql_conn, "SELECT COUNT(*) FROM `UserEntity`") == [(0,)]
+    user.name = "fixed"
+    with count_queries(engine) as log:
+        orm.flush()
+    assert log.kinds() == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
+    assert log.round_trips == 1
+    assert _table_rows(mysql_conn, "SELECT `id`, `name` FROM `UserEntity`") == [
+        (user.id, "fixed")
+    ]
+    assert [e.id for e in _events(engine, redis_client, "NewUsers")] == [user.id]
+    assert not orm.has_changes
 
 
 def test_a_bad_value_in_an_update_blocks_the_whole_flush(make_engine, mysql_conn):
