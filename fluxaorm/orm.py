@@ -88,6 +88,8 @@ class ORM:
         # copy streams, even after clear_flush() dropped its edit.
         self._edited_from: dict[int, tuple[Callable[[], Any], tuple[Any, ...]]] = {}
         self._sweep_at = _SWEEP_EVERY
+        # Whether _loaded or _edited_from holds a strong reference (_Strong).
+        self._strong = False
         self._guard = threading.RLock()
 
     def __repr__(self) -> str:
@@ -99,7 +101,7 @@ class ORM:
     ) -> None:
         """Remember an entity's values, to catch changes made without edit_entity()."""
         loaded = self._loaded
-        loaded[id(entity)] = (_reference(entity), schema, values)
+        loaded[id(entity)] = (self._reference(entity), schema, values)
         if len(loaded) >= self._sweep_at:
             self._sweep()
 
@@ -244,7 +246,7 @@ class ORM:
         snapshot = self._loaded_values(schema, entity)
         pending.updates.setdefault(row, []).append((tracked, snapshot))
         self._copies[key] = (entity, tracked, row)
-        self._edited_from[id(tracked)] = (_reference(tracked), snapshot)
+        self._edited_from[id(tracked)] = (self._reference(tracked), snapshot)
         self._copies[id(tracked)] = (tracked, tracked, row)
         return tracked
 
@@ -387,9 +389,21 @@ class ORM:
             self._drop_strong()
 
     def _drop_strong(self) -> None:
+        if not self._strong:  # most entities take weak references: nothing to scan
+            return
+        self._strong = False
         for table in (self._loaded, self._edited_from):
             for key in [k for k, v in table.items() if type(v[0]) is _Strong]:
                 del table[key]
+
+    def _reference(self, entity: Any) -> Callable[[], Any]:
+        """A weak reference to ``entity``, or, when it has no weakref slot, a
+        strong one, dropped when the next flush ends."""
+        try:
+            return weakref.ref(entity)
+        except TypeError:
+            self._strong = True
+            return _Strong(entity)
 
     @_exclusive
     def clear_flush(self) -> None:
@@ -719,15 +733,6 @@ class ORM:
     def get_event_broker(self) -> EventBroker:
         """Return the broker that reports stream statistics (see docs/statistics.md)."""
         return self._engine.get_event_broker()
-
-
-def _reference(entity: Any) -> Callable[[], Any]:
-    """A weak reference to ``entity``, or a strong one when it has no weakref slot."""
-    try:
-        return weakref.ref(entity)
-    except TypeError:
-        # No __weakref__ slot: held until the next flush or clear_flush().
-        return _Strong(entity)
 
 
 class _Strong:

@@ -80,9 +80,10 @@ def _lines(i: int, column: Column, ns: dict[str, Any]) -> list[str]:
         # Already at the column's scale and in range: the common case, inlined.
         # str() is plain notation for an exponent of -scale when scale <= 6.
         ns[f"Q{i}"], ns[f"LIM{i}"] = fast["quantum"], fast["limit"]
+        ns[f"NLIM{i}"] = -fast["limit"]  # negated once, not per value
         text = "str" if fast["scale"] <= 6 else "format_f"
         head = [
-            f"if type({v}) is Decimal and {v}.is_finite() and -LIM{i} < {v} < LIM{i}"
+            f"if type({v}) is Decimal and {v}.is_finite() and NLIM{i} < {v} < LIM{i}"
             f" and {v} == (q := {v}.quantize(Q{i}, context=CTX)):",
             f"    w{i} = {text}(q)",
             f"    l{i} = w{i}",

@@ -32,6 +32,15 @@ class NoteEntity:
     stars: int = attrs.field(default=0, metadata={"orm": "size=8;unsigned=true"})
 
 
+@fluxaorm.entity(table="slotted_notes")
+@dataclass(slots=True)
+class SlottedNote:
+    """A dataclass with slots and no weakref slot: tracked by strong reference."""
+
+    id: int = 0
+    title: str = fluxaorm.column(length=20, default="")
+
+
 @dataclass
 class WithFactory:
     id: int = 0
@@ -317,6 +326,31 @@ def test_edit_entity_returns_a_tracked_copy(orm, mysql_conn):
     orm.flush()
     assert _rows(mysql_conn, "UserEntity") == [(user.id, "Tom", "new@example.com")]
     assert orm.get_by_id(UserEntity, user.id) == edited
+
+
+def test_an_entity_without_a_weakref_slot_is_checked_until_the_next_flush(
+    make_engine, mysql_conn
+):
+    """An entity class with slots=True and no weakref slot is tracked by a strong
+    reference: a change in place is refused while it is tracked, and the ORM lets
+    go of it once the next flush ends (as docs/crud.md says), so a later change
+    in place is neither refused nor written."""
+    engine = make_engine(SlottedNote)
+    orm = engine.new_orm()
+    note = orm.new_entity(SlottedNote, title="first")
+    orm.flush()
+    reader = engine.new_orm()
+    loaded = reader.get_by_id(SlottedNote, note.id)
+    assert loaded is not None
+    loaded.title = "in place"
+    reader.new_entity(SlottedNote, title="second")
+    with pytest.raises(fluxaorm.ValidationError, match=r"SlottedNote\.title"):
+        reader.flush()
+    loaded.title = "first"
+    reader.flush()  # writes "second"; the loaded note is let go when it ends
+    loaded.title = "in place again"
+    reader.flush()  # nothing pending, nothing tracked: no error, nothing written
+    assert _rows(mysql_conn, "slotted_notes", "`title`") == [("first",), ("second",)]
 
 
 def test_changes_to_the_original_after_edit_entity_are_refused_not_lost(
