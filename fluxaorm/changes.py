@@ -12,9 +12,21 @@ from typing import Any
 from .errors import StaleEntityError, ValidationError
 from .schema import EntitySchema
 
-__all__ = ["Delete", "Pending", "PoolPlan", "RowKey", "Update", "plan", "saved_id"]
+__all__ = [
+    "Delete",
+    "InsertRow",
+    "Pending",
+    "PoolPlan",
+    "RowKey",
+    "Update",
+    "plan",
+    "plan_insert",
+    "saved_id",
+]
 
 RowKey = tuple[EntitySchema, int]
+# A planned insert: (key in Pending.inserts, entity, bind, SQL row literal).
+InsertRow = tuple[int, Any, dict[str, Any], str]
 
 
 class Pending:
@@ -92,14 +104,8 @@ class PoolPlan:
         self.fake_deletes: dict[EntitySchema, list[Delete]] = {}
         self.updates: dict[tuple[EntitySchema, tuple[int, ...]], list[Update]] = {}
         self.update_keys: list[RowKey] = []
-        # schema -> (auto-id rows, explicit-id rows); each row is (key, entity, values, literal)
-        self.inserts: dict[
-            EntitySchema,
-            tuple[
-                list[tuple[int, Any, dict[str, Any], str]],
-                list[tuple[int, Any, dict[str, Any], str]],
-            ],
-        ] = {}
+        # schema -> (auto-id rows, explicit-id rows)
+        self.inserts: dict[EntitySchema, tuple[list[InsertRow], list[InsertRow]]] = {}
         self.insert_keys: list[int] = []
 
 
@@ -144,26 +150,41 @@ def plan(pending: Pending) -> tuple[dict[str, PoolPlan], list[RowKey]]:
         target.update_keys.append(row_key)
 
     for key, (schema, entity) in pending.inserts.items():
-        if schema.version_index is not None:
-            object.__setattr__(entity, schema.names[schema.version_index], 1)
-        values = schema.get_values(entity)
-        explicit = values[0] != 0
-        if explicit:
-            schema.id_column.literal(values[0])
-            if values[0] < 1:
-                raise ValidationError(
-                    f"{values[0]} is not a valid id (ids start at 1)",
-                    schema.label,
-                    "id",
-                )
-            row, wires = schema.render_row_with_id(values)
-        else:
-            row, wires = schema.render_row(values)
+        explicit, row = plan_insert(key, schema, entity)
         target = pool_plan(schema)
         auto_rows, explicit_rows = target.inserts.setdefault(schema, ([], []))
-        (explicit_rows if explicit else auto_rows).append((key, entity, wires, row))
+        (explicit_rows if explicit else auto_rows).append(row)
         target.insert_keys.append(key)
     return plans, clean
+
+
+def plan_insert(key: int, schema: EntitySchema, entity: Any) -> tuple[bool, InsertRow]:
+    """Validate and render one pending insert (``key`` as in ``Pending.inserts``).
+
+    Sets a versioned entity's version to 1.
+
+    Returns:
+        Whether the entity has an id of its own, and the planned row.
+
+    Raises:
+        ValidationError: a value does not fit its column, or the id is not valid.
+    """
+    if schema.version_index is not None:
+        object.__setattr__(entity, schema.names[schema.version_index], 1)
+    values = schema.get_values(entity)
+    explicit = values[0] != 0
+    if explicit:
+        schema.id_column.literal(values[0])
+        if values[0] < 1:
+            raise ValidationError(
+                f"{values[0]} is not a valid id (ids start at 1)",
+                schema.label,
+                "id",
+            )
+        row, wires = schema.render_row_with_id(values)
+    else:
+        row, wires = schema.render_row(values)
+    return explicit, (key, entity, wires, row)
 
 
 def saved_id(schema: EntitySchema, entity: Any, what: str) -> int:

@@ -23,7 +23,16 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .changes import Delete, Pending, PoolPlan, RowKey, Update, plan
+from .changes import (
+    Delete,
+    InsertRow,
+    Pending,
+    PoolPlan,
+    RowKey,
+    Update,
+    plan,
+    plan_insert,
+)
 from .db import Connection, MySQLPool, PacketError, Result, error_code
 from .errors import (
     DatabaseError,
@@ -437,7 +446,7 @@ class _Statements:
     def inserts(
         self,
         schema: EntitySchema,
-        rows: list[tuple[int, Any, dict[str, Any], str]],
+        rows: list[InsertRow],
         explicit: bool,
     ) -> None:
         prefix = schema.insert_prefix_with_id if explicit else schema.insert_prefix
@@ -476,7 +485,7 @@ class _Statements:
     def inserted(
         self,
         schema: EntitySchema,
-        rows: list[tuple[int, Any, dict[str, Any], str]],
+        rows: list[InsertRow],
         ids: list[int],
     ) -> None:
         """Note the ids of inserted rows and their Insert events."""
@@ -502,7 +511,7 @@ class _Statements:
     def placeholder_events(
         self,
         schema: EntitySchema,
-        rows: list[tuple[int, Any, dict[str, Any], str]],
+        rows: list[InsertRow],
         k: int,
     ) -> int:
         """Queue the Insert events of auto-id INSERT ``k`` before its ids are known.
@@ -523,7 +532,7 @@ class _Statements:
     def resolve(
         self,
         schema: EntitySchema,
-        rows: list[tuple[int, Any, dict[str, Any], str]],
+        rows: list[InsertRow],
         k: int,
         first: int,
         ids: list[int],
@@ -635,9 +644,6 @@ class _Statements:
             if checks is not None:
                 self.steps[first].checks = checks
                 checks = None
-
-
-InsertRow = tuple[int, Any, dict[str, Any], str]
 
 
 def _stand_ins(
@@ -979,7 +985,7 @@ def _insert_rows(
     engine: Engine,
     pool: MySQLPool,
     schema: EntitySchema,
-    rows: list[tuple[int, Any, dict[str, Any], str]],
+    rows: list[InsertRow],
 ) -> FlushResult | None:
     """:func:`_run_packets` for the commonest flush, or ``None`` when the rows
     need more than one INSERT or one outbox row.
@@ -1465,13 +1471,14 @@ def _insert_one(engine: Engine, pending: Pending) -> bool:
     or only a transaction rolled back) where it does not apply.
 
     What :func:`execute` does for it through :func:`plan`, :func:`_run_pool`
-    and :func:`_committed`, without their loops and per-pool plan, which cost a
-    one-row flush more client time, before its first byte is sent, than
+    and :func:`_committed`, without their loops and per-pool grouping, which
+    cost a one-row flush more client time, before its first byte is sent, than
     building the INSERT: the same checks (:func:`_short_way`: one MySQL pool,
     outbox on, consecutive ids, no cleanup due, no tracing; an entity with
-    insert events, no version field, an id to assign), the same rendering and
-    validation (:meth:`EntitySchema.render_row`, raising ``ValidationError``
-    before anything is sent) and :func:`_insert_rows`.
+    insert events, no version field, an id to assign), the same plan of the
+    insert (:func:`plan_insert`, which :func:`plan` makes for each: it
+    validates and renders the row, raising ``ValidationError`` before anything
+    is sent) and the same statements (:func:`_insert_rows`).
     """
     ((key, (schema, entity)),) = pending.inserts.items()
     if (
@@ -1481,9 +1488,8 @@ def _insert_one(engine: Engine, pending: Pending) -> bool:
         or engine.observer is not None
     ):
         return False
-    values = schema.get_values(entity)
-    if values[0] != 0:
-        return False  # an explicit id: plan() checks it
+    if entity.id != 0:
+        return False  # an id of its own: plan() checks it
     pool = engine.mysql_pool(schema.mysql_pool)
     if (
         not pool.packets
@@ -1491,8 +1497,8 @@ def _insert_one(engine: Engine, pending: Pending) -> bool:
         or engine.cleanup_due(schema.mysql_pool)
     ):
         return False
-    row, wires = schema.render_row(values)
-    result = _insert_rows(engine, pool, schema, [(key, entity, wires, row)])
+    _, row = plan_insert(key, schema, entity)  # validated and rendered as plan() does
+    result = _insert_rows(engine, pool, schema, [row])
     if result is None:
         return False
     ((_, _, ident),) = result.new_ids
