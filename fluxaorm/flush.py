@@ -807,7 +807,7 @@ def _run_pool(
                 result = _run_statements(engine, pool, work, strategy, False, cleanup)
             else:
                 done = None
-                if short and _short_way(engine, work, strategy, cleanup, alone):
+                if short and _short_way(engine, strategy, bool(cleanup), alone):
                     done = _run_inserts(engine, pool, work) or _run_changes(
                         engine, pool, work, strategy
                     )
@@ -956,11 +956,10 @@ def _pack_ahead(engine: Engine, result: FlushResult) -> None:
         _log.debug("packing the publish ahead failed", exc_info=True)
 
 
-def _short_way(
-    engine: Engine, work: PoolPlan, strategy: str, cleanup: list[int], alone: bool
-) -> bool:
-    """Whether the flush may take a short way: one MySQL pool, the outbox on,
-    consecutive ids, no cleanup due, no tracing (which stamps the batches)."""
+def _short_way(engine: Engine, strategy: str, cleanup: bool, alone: bool) -> bool:
+    """Whether the flush may take a short way: one MySQL pool (``alone``), the
+    outbox on, consecutive ids, no cleanup to carry, no tracing (which stamps
+    the batches)."""
     return (
         not cleanup
         and alone
@@ -1473,36 +1472,28 @@ def _insert_one(engine: Engine, pending: Pending) -> bool:
     What :func:`execute` does for it through :func:`plan`, :func:`_run_pool`
     and :func:`_committed`, without their loops and per-pool grouping, which
     cost a one-row flush more client time, before its first byte is sent, than
-    building the INSERT: the same checks (:func:`_short_way`: one MySQL pool,
-    outbox on, consecutive ids, no cleanup due, no tracing; an entity with
-    insert events, no version field, an id to assign), the same plan of the
-    insert (:func:`plan_insert`, which :func:`plan` makes for each: it
-    validates and renders the row, raising ``ValidationError`` before anything
-    is sent) and the same statements (:func:`_insert_rows`).
+    building the INSERT: the same checks (packets on the pool, :func:`_short_way`
+    and :func:`_run_inserts`' own: insert events, an id to assign), the same
+    plan of the insert (:func:`plan_insert`, which :func:`plan` makes for each:
+    it validates and renders the row, raising ``ValidationError`` before
+    anything is sent), the same statements (:func:`_insert_rows`) and the same
+    values set once committed (:func:`_reflect`).
     """
     ((key, (schema, entity)),) = pending.inserts.items()
-    if (
-        schema.version_index is not None
-        or not schema.insert_streams
-        or not engine.outbox
-        or engine.observer is not None
-    ):
-        return False
-    if entity.id != 0:
-        return False  # an id of its own: plan() checks it
-    pool = engine.mysql_pool(schema.mysql_pool)
-    if (
-        not pool.packets
-        or (engine.id_strategy or _assign_strategy(pool)) != _CONSECUTIVE
-        or engine.cleanup_due(schema.mysql_pool)
+    if not schema.insert_streams or entity.id != 0:
+        return False  # no insert events, or an id of its own (plan() checks it)
+    name = schema.mysql_pool
+    pool = engine.mysql_pool(name)
+    strategy = engine.id_strategy or _assign_strategy(pool)
+    if not pool.packets or not _short_way(
+        engine, strategy, engine.cleanup_due(name), True
     ):
         return False
     _, row = plan_insert(key, schema, entity)  # validated and rendered as plan() does
     result = _insert_rows(engine, pool, schema, [row])
     if result is None:
         return False
-    ((_, _, ident),) = result.new_ids
-    schema.set_id(entity, ident)
+    _reflect(result)
     del pending.inserts[key]
     permanent = _publish_results(engine, [result])
     if permanent is not None:
@@ -1512,10 +1503,7 @@ def _insert_one(engine: Engine, pending: Pending) -> bool:
 
 def _committed(pending: Pending, work: PoolPlan, result: FlushResult) -> None:
     """Reflect a committed pool in the entities and drop its changes from ``pending``."""
-    for schema, entity, ident in result.new_ids:
-        schema.set_id(entity, ident)
-    for entity, name, value in result.assign:
-        object.__setattr__(entity, name, value)
+    _reflect(result)
     for rows in (*work.deletes.values(), *work.fake_deletes.values()):
         for row_key, _, _, _ in rows:
             pending.deletes.pop(row_key, None)
@@ -1525,6 +1513,15 @@ def _committed(pending: Pending, work: PoolPlan, result: FlushResult) -> None:
         pending.updates.pop(row, None)
     for key in work.insert_keys:
         pending.inserts.pop(key, None)
+
+
+def _reflect(result: FlushResult) -> None:
+    """Set what a committed transaction gave its entities: new ids, then
+    fake_delete flags and versions."""
+    for schema, entity, ident in result.new_ids:
+        schema.set_id(entity, ident)
+    for entity, name, value in result.assign:
+        object.__setattr__(entity, name, value)
 
 
 def _publish_results(engine: Engine, results: list[FlushResult]) -> StreamError | None:
