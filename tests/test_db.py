@@ -17,6 +17,7 @@ import fluxaorm
 from fluxaorm.db import PacketError
 from fluxaorm.testing import count_queries
 from tests.conftest import MYSQL_URL, REDIS_URL
+from tests.forking import in_child
 from tests.models import UserEntity
 from tests.servers import ThrowawayMariaDB
 from tests.stream_reading import stream_keys
@@ -56,21 +57,10 @@ def test_a_forked_child_opens_its_own_mysql_connections(make_engine):
     """After fork() the child's pool never lends the parent's pooled socket (the
     pool learns of the fork from the process id, kept current by a fork hook),
     and the parent's connection goes on working."""
-    import os
-
     engine = make_engine(UserEntity)
     parent_id = _connection_id(engine)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report its connection id, then leave at once
-        try:
-            os.write(write, str(_connection_id(engine)).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    child_id = int(os.read(read, 64) or b"0")
-    os.close(read)
-    os.waitpid(pid, 0)
+    written, _ = in_child(lambda: str(_connection_id(engine)))
+    child_id = int(written or "0")
     assert child_id and child_id != parent_id
     assert _connection_id(engine) == parent_id  # still the parent's, still usable
 

@@ -868,6 +868,19 @@ def test_multi_row_insert_ids_map_to_their_rows(make_engine, mysql_conn, strateg
 # -- validation ----------------------------------------------------------------------
 
 
+def _refused_before_sql(engine: fluxaorm.Engine, orm: fluxaorm.ORM) -> str:
+    """Flush ``orm``, which must raise ValidationError having sent no statement
+    and made no round trip to MySQL or Redis; return the error's message."""
+    with (
+        count_queries(engine) as log,
+        count_round_trips(engine) as trips,
+        pytest.raises(fluxaorm.ValidationError) as caught,
+    ):
+        orm.flush()
+    assert (log.count, trips.count) == (0, 0)
+    return str(caught.value)
+
+
 def test_a_bad_value_in_entity_500_of_1000_sends_nothing(
     engine, orm, mysql_conn, redis_client
 ):
@@ -875,15 +888,9 @@ def test_a_bad_value_in_entity_500_of_1000_sends_nothing(
     statements, an empty table and no stream entry."""
     users = [orm.new_entity(UserEntity, name=f"U{i}") for i in range(1000)]
     users[499].name = "x" * 101
-    with (
-        count_queries(engine) as log,
-        count_round_trips(engine) as trips,
-        pytest.raises(fluxaorm.ValidationError) as caught,
-    ):
-        orm.flush()
-    assert str(caught.value) == "UserEntity.name: 101 characters, the column allows 100"
-    assert log.count == 0
-    assert trips.count == 0
+    assert _refused_before_sql(engine, orm) == (
+        "UserEntity.name: 101 characters, the column allows 100"
+    )
     assert _table_rows(mysql_conn, "SELECT COUNT(*) FROM `UserEntity`") == [(0,)]
     assert _stream_lengths(redis_client) == {}
     users[499].name = "fixed"
@@ -898,14 +905,9 @@ def test_one_new_entity_with_a_bad_value_sends_nothing_and_stays_pending(
     validates the same way: a bad value raises before any SQL, the entity stays
     pending with id 0, and once fixed it is written and streamed once."""
     user = orm.new_entity(UserEntity, name="x" * 101)
-    with (
-        count_queries(engine) as log,
-        count_round_trips(engine) as trips,
-        pytest.raises(fluxaorm.ValidationError) as caught,
-    ):
-        orm.flush()
-    assert str(caught.value) == "UserEntity.name: 101 characters, the column allows 100"
-    assert (log.count, trips.count) == (0, 0)
+    assert _refused_before_sql(engine, orm) == (
+        "UserEntity.name: 101 characters, the column allows 100"
+    )
     assert user.id == 0 and orm.has_changes
     assert _table_rows(mysql_conn, "SELECT COUNT(*) FROM `UserEntity`") == [(0,)]
     user.name = "fixed"

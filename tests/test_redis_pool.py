@@ -16,6 +16,7 @@ import pytest
 import fluxaorm
 from fluxaorm.config import RedisConfig
 from fluxaorm.streams import RedisPool
+from tests.forking import in_child
 from tests.servers import ThrowawayRedis, free_port
 
 SECRET = "pool-secret-9f2"
@@ -178,23 +179,11 @@ def test_a_connection_left_with_unread_data_is_not_handed_out_again(other_redis)
 
 def test_a_forked_child_opens_its_own_connections(other_redis):
     """After fork() the child never writes on the parent's pooled sockets."""
-    import os
-
     pool = _pool(other_redis.url)
     try:
         parent_id = int(pool.execute("CLIENT", "ID"))
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: report its connection id, then leave at once
-            try:
-                child_id = int(pool.execute("CLIENT", "ID"))
-                os.write(write, str(child_id).encode())
-            finally:
-                os._exit(0)
-        os.close(write)
-        child_id = int(os.read(read, 64) or b"0")
-        os.close(read)
-        os.waitpid(pid, 0)
+        written, _ = in_child(lambda: str(int(pool.execute("CLIENT", "ID"))))
+        child_id = int(written or "0")
         assert child_id and child_id != parent_id
         assert int(pool.execute("CLIENT", "ID")) == parent_id  # still the parent's
     finally:
